@@ -1,0 +1,119 @@
+"""The paper's recipe (Xu et al., Section IV-C): every number a user may change.
+
+Usage:
+  python -m ecam_jax.main --config=configs/default.py --workdir=runs/x \
+      --config.data.root=/data/Task07_Pancreas
+  python -m ecam_jax.main --config=configs/default.py:variant=unet_coa ...
+
+`get_config(arg)` takes `variant=NAME` (one of `ecam_jax.models.variants.VARIANTS`,
+default `ec_cam_unet`). Dataset configs (msd.py, tcia.py, kits.py, cardiac.py, demo.py)
+start from this one and change only what their dataset needs.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from ecam_jax.configuration import parse_arg
+from ecam_jax.models.variants import apply_variant
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = parse_arg(arg, variant='ec_cam_unet')
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # --- data -----------------------------------------------------------------
+  config.data = data = ml_collections.ConfigDict()
+  data.root = ''  # the dataset folder; the layout below says what is inside
+  data.layout = 'msd'  # 'msd' | 'kits19' | 'paired'
+  data.dataset = 'custom'  # names the paper's split sizes: see ecam_jax/data/splits.py
+  data.modality = 'CT'  # 'CT': HU window; 'MR': percentile clip + z-score per volume
+  data.label_values = config_dict.placeholder(tuple)
+  data.foreground_labels = (1, 2)  # label values that count as foreground
+  data.hu_window = (-100.0, 240.0)  # CT clip window in HU, then scaled to [0, 1]
+  data.mr_percentiles = (0.5, 99.5)  # MR clip percentiles before the z-score
+  data.image_size = 512  # in-plane size after resizing (square)
+  data.cache_dir = ''  # '' = WORKDIR/cache
+  data.splits_file = ''  # a user's splits.json; overrides the sizes below
+  data.split_sizes = config_dict.placeholder(tuple)
+  data.split_ratios = (0.8, 0.05, 0.15)  # used when split_sizes is None
+  data.split_seed = 0
+  data.foreground_oversample = 0.0  # fraction of each epoch drawn from fg slices
+  data.foreground_only = False  # the paper trains on all slices
+  data.num_workers = 0  # grain worker processes (0: read in the main process)
+  data.prefetch_batches = 4
+  data.prepare_workers = 2  # processes used by --mode=prepare
+
+  # --- augmentation (train only; runs on the device inside the step) ---------
+  config.augment = aug = ml_collections.ConfigDict()
+  aug.flip_prob = 0.5
+  aug.rotate_degrees = 10.0  # uniform in [-x, x]
+  aug.blur_prob = 0.5
+  aug.blur_sigma = (0.1, 2.0)  # sigma uniform in this range (pixels)
+
+  # --- model (docs: ../shared/docs/model.md) ----------------------------------
+  config.model = model = ml_collections.ConfigDict()
+  model.name = 'ecam_unet'  # key of ecam_jax.models.MODELS
+  model.variant = ''  # set by apply_variant; a label for logs
+  model.base_channels = 64
+  model.num_classes = 1
+  model.use_cc = True
+  model.use_sc = True
+  model.use_mus = True
+  model.use_ec = True
+  model.use_dws = True
+  model.attention = 'coa'  # 'coa' | 'se' | 'cbam' | 'none'
+  model.fusion = 'conv'  # 'conv' | 'add' | 'serial'
+  model.attention_scale = config_dict.FieldReference(1.0, field_type=object)  # or 'rsqrt'
+  model.attention_impl = 'fused'  # 'fused' (jax.nn.dot_product_attention) | 'naive'
+  model.cc_hidden = 1
+  model.aspp_rates = (6, 12, 18)
+  model.aspp_1x1_branch = False
+  model.aspp_image_pool = False
+  model.side_outputs = ('bottleneck',)  # also 'decoder1'..'decoder3' (H/8..H/2)
+  model.reduction = 16  # SE and CBAM
+  model.cbam_kernel = 7
+  model.bn_momentum = 0.9
+  model.bn_epsilon = 1e-5
+  model.dtype = 'float32'  # compute dtype; parameters stay float32
+  model.remat = False  # jax.checkpoint per U-Net level
+
+  # --- loss (eq. 11-13, 17) ---------------------------------------------------
+  config.loss = loss = ml_collections.ConfigDict()
+  loss.w_dice = 1.0
+  loss.w_bce = 1.0
+  loss.w_side = 1.0  # counts only where the model has side outputs
+  loss.alpha = config_dict.placeholder(float)  # eq. 17
+  loss.dice_smooth = 1.0
+
+  # --- optimisation and the loop ----------------------------------------------
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 4  # global, over all devices and hosts
+  train.epochs = 150
+  train.lr = 1e-5
+  train.schedule = 'cosine'  # 'cosine' (to 0 over the run) | 'constant'
+  train.warmup_steps = 0
+  train.weight_decay = 1e-4
+  train.decoupled_weight_decay = False  # False: PyTorch Adam (L2 in the gradient)
+  train.grad_clip_norm = 0.0  # 0 = off
+  train.adam_b1 = 0.9
+  train.adam_b2 = 0.999
+  train.adam_eps = 1e-8
+  train.log_every_steps = 50
+  train.eval_every_epochs = 1
+  train.checkpoint_every_steps = 500
+  train.checkpoint_every_seconds = 300.0  # also save when this much time has passed
+  train.keep_checkpoints = 2
+  train.nonfinite = 'stop'  # 'stop' | 'skip' a batch whose loss is not finite
+  train.overlay_slices = 4  # validation slices drawn into the PNG at each eval
+
+  # --- evaluation and prediction ------------------------------------------------
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.batch_size = 16  # slices per inference batch (over the local devices)
+  ev.tta_flip = False
+  ev.largest_component = False
+  ev.checkpoint = 'best'  # 'best' | 'latest' | a path
+  ev.overlay_slices = 3  # per case, in WORKDIR/eval/overlays
+
+  apply_variant(config, args['variant'])
+  return config

@@ -1,0 +1,37 @@
+"""MuS: the atrous spatial pyramid (ASPP) block of the bottleneck."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ecam_jax.models.layers import ConvUnit, ModuleDef
+
+
+class MultiScale(nn.Module):
+  """Parallel 3x3 atrous conv units (rates 6, 12, 18), concatenated, then a 1x1 conv
+  unit back to C channels: F_S. Options (off in the paper): DeepLabV3's extra 1x1
+  branch and its image-pooling branch."""
+
+  norm: ModuleDef
+  rates: tuple[int, ...] = (6, 12, 18)
+  use_1x1_branch: bool = False
+  use_image_pool: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, f: jax.Array, train: bool) -> jax.Array:
+    b, h, w, c = f.shape
+    branches = [
+      ConvUnit(c, self.norm, dilation=r, dtype=self.dtype, name=f'rate{r}')(f, train)
+      for r in self.rates
+    ]
+    if self.use_1x1_branch:
+      branches.append(ConvUnit(c, self.norm, (1, 1), dtype=self.dtype, name='conv1x1')(f, train))
+    if self.use_image_pool:
+      pooled = jnp.mean(f, axis=(1, 2), keepdims=True)
+      pooled = ConvUnit(c, self.norm, (1, 1), dtype=self.dtype, name='image_pool')(pooled, train)
+      branches.append(jnp.broadcast_to(pooled, (b, h, w, c)))
+    x = jnp.concatenate(branches, axis=-1)
+    return ConvUnit(c, self.norm, (1, 1), dtype=self.dtype, name='project')(x, train)

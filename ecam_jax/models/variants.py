@@ -1,0 +1,60 @@
+"""Every network the paper trains, as switches of one U-Net (model.md's table)."""
+
+import ml_collections
+
+_OFF = dict(use_cc=False, use_sc=False, use_mus=False, use_ec=False, use_dws=False)
+_FULL = dict(use_cc=True, use_sc=True, use_mus=True, use_ec=True, use_dws=True)
+
+
+def _on(*names: str, attention: str = 'none', fusion: str = 'conv') -> dict:
+  switches = dict(_OFF, attention=attention, fusion=fusion)
+  switches.update({f'use_{n}': True for n in names})
+  return switches
+
+
+# name -> (model switches, what it is, where the paper reports it)
+VARIANTS: dict[str, tuple[dict, str, str]] = {
+  'unet': (_on(), 'plain U-Net (trained with Dice loss only)', 'Table I, II row 1'),
+  'unet_cc': (_on('cc', attention='coa'), 'U-Net + channel-correlation attention', 'II, V'),
+  'unet_sc': (_on('sc', attention='coa'), 'U-Net + spatial-correlation attention', 'II, V'),
+  'unet_mus': (_on('mus'), 'U-Net + multi-scale ASPP block', 'II'),
+  'unet_ec': (_on('ec'), 'U-Net with enhanced (asymmetric) encoder convs', 'II'),
+  'unet_dws': (_on('dws'), 'U-Net + side output (deep supervision)', 'II'),
+  'unet_coa': (_on('cc', 'sc', attention='coa'), 'U-Net + collaborative attention', 'II, V'),
+  'unet_coag_musfu': (
+    _on('cc', 'sc', 'mus', attention='coa'),
+    'U-Net + CoAG-MuSFu (CoA and MuS fused by a 1x1 conv)',
+    'II',
+  ),
+  'unet_coag_musfu_ec': (
+    _on('cc', 'sc', 'mus', 'ec', attention='coa'),
+    'U-Net + CoAG-MuSFu + enhanced convs',
+    'II',
+  ),
+  'ec_cam_unet': (dict(_FULL, attention='coa', fusion='conv'), 'the full model', 'I, II'),
+  'fusion_serial': (
+    dict(_FULL, attention='coa', fusion='serial'),
+    'full model, CoA then MuS in series ([8], [10])',
+    'III',
+  ),
+  'fusion_add': (
+    dict(_FULL, attention='coa', fusion='add'),
+    'full model, CoA and MuS added ([14])',
+    'III',
+  ),
+  'unet_se': (_on(attention='se'), 'U-Net + SE at the end of the encoder', 'V'),
+  'unet_cbam': (_on(attention='cbam'), 'U-Net + CBAM at the end of the encoder', 'V'),
+}
+
+# The paper's U-Net baseline (Table I, IV row 1) is trained with the Dice loss only.
+_LOSS = {'unet': dict(w_dice=1.0, w_bce=0.0)}
+
+
+def apply_variant(config: ml_collections.ConfigDict, name: str) -> None:
+  """Sets config.model's switches (and the loss where the paper differs) to `name`."""
+  if name not in VARIANTS:
+    raise ValueError(f'variant={name!r} is not known; expected one of {sorted(VARIANTS)}')
+  switches, _, _ = VARIANTS[name]
+  config.model.update(switches)
+  config.model.variant = name
+  config.loss.update(_LOSS.get(name, {}))

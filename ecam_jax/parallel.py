@@ -1,0 +1,3 @@
+"""The data-parallel axis: one name, defined once, imported everywhere."""
+
+AXIS = 'data'
