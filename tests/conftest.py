@@ -9,8 +9,6 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # noqa: E402
 
-jax.config.update('jax_threefry_partitionable', True)
-
 
 def pytest_report_header(config):
   return f'jax {jax.__version__}: {jax.device_count()} devices ({jax.devices()[0].platform})'

@@ -2,7 +2,8 @@
 the 2x2 up-convolution and the 2x2 max-pool. NHWC throughout."""
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
