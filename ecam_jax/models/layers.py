@@ -102,11 +102,11 @@ def fold_ec(variables: dict, epsilon: float) -> dict:
   """
 
   def walk(params: dict, stats: dict) -> tuple[dict, dict]:
+    if _is_ec(params):
+      return {EC_FUSED: fold_branches(params, stats, epsilon)}, {}
     new_params, new_stats = {}, {}
     for key, node in params.items():
-      if _is_ec(node):
-        new_params[key] = {EC_FUSED: fold_branches(node, stats[key], epsilon)}
-      elif isinstance(node, dict):
+      if isinstance(node, dict):
         new_params[key], sub = walk(node, stats.get(key, {}))
         if sub:
           new_stats[key] = sub

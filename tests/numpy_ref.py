@@ -1,0 +1,162 @@
+"""Independent NumPy (float64) computations of the model's equations, for the tests.
+
+Written from model.md and the paper, not from the Flax code: loops over kernel taps,
+explicit softmax, PyTorch's definition of the transposed convolution.
+"""
+
+import jax
+import numpy as np
+
+EPS = 1e-5
+
+
+def randomize(variables, seed: int = 0, scale: float = 0.5):
+  """Every parameter drawn at random (default inits hide bugs: BN scale 1, bias 0)."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+    lambda x: (rng.standard_normal(x.shape) * scale).astype(np.float32), variables
+  )
+
+
+def conv2d(x, w, dilation=1, bias=None):
+  """'same' conv, x [B, H, W, I], w [kh, kw, I, O] (cross-correlation, as Flax/PyTorch)."""
+  x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+  kh, kw = w.shape[:2]
+  ph, pw = dilation * (kh - 1) // 2, dilation * (kw - 1) // 2
+  xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+  b, h, wd, _ = x.shape
+  out = np.zeros((b, h, wd, w.shape[-1]))
+  for i in range(kh):
+    for j in range(kw):
+      patch = xp[:, i * dilation : i * dilation + h, j * dilation : j * dilation + wd]
+      out += patch @ w[i, j]
+  return out if bias is None else out + bias
+
+
+def conv1d(x, w, stride=1, padding=0):
+  """x [B, L, I], w [k, I, O]; PyTorch's Conv1d."""
+  x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+  k = w.shape[0]
+  xp = np.pad(x, ((0, 0), (padding, padding), (0, 0)))
+  n = (xp.shape[1] - k) // stride + 1
+  return np.stack(
+    [np.einsum('bki,kio->bo', xp[:, i * stride : i * stride + k], w) for i in range(n)], 1
+  )
+
+
+def conv_transpose1d(x, w, bias, stride, padding, output_padding):
+  """PyTorch's ConvTranspose1d: y[i*stride + k - padding] += x[i] w[k]."""
+  x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+  b, length, _ = x.shape
+  k = w.shape[0]
+  full = (length - 1) * stride + k + output_padding
+  y = np.zeros((b, full, w.shape[2]))
+  for i in range(length):
+    for t in range(k):
+      y[:, i * stride + t] += x[:, i] @ w[t]
+  return y[:, padding : full - padding] + bias if padding else y + bias
+
+
+def batchnorm_train(x, scale, bias, axes=None):
+  """Training-mode BatchNorm: statistics of this batch over every axis but the last."""
+  x = np.asarray(x, np.float64)
+  axes = tuple(range(x.ndim - 1)) if axes is None else axes
+  mean, var = x.mean(axes), x.var(axes)
+  return (x - mean) / np.sqrt(var + EPS) * scale + bias
+
+
+def batchnorm_eval(x, scale, bias, mean, var):
+  return (np.asarray(x, np.float64) - mean) / np.sqrt(var + EPS) * scale + bias
+
+
+def relu(x):
+  return np.maximum(x, 0.0)
+
+
+def sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def softmax(x, axis=-1):
+  e = np.exp(x - x.max(axis, keepdims=True))
+  return e / e.sum(axis, keepdims=True)
+
+
+def conv_unit(x, p, dilation=1):
+  """p: {'Conv_0': {'kernel'}, 'BatchNorm_0': {'scale', 'bias'}} (train mode)."""
+  y = conv2d(x, p['Conv_0']['kernel'], dilation)
+  return relu(batchnorm_train(y, p['BatchNorm_0']['scale'], p['BatchNorm_0']['bias']))
+
+
+def ec_block(x, p):
+  """EC: sum of BN(conv3x3), BN(conv1x3), BN(conv3x1), then ReLU (train mode)."""
+  total = 0.0
+  for name in ('square', 'hor', 'ver'):
+    y = conv2d(x, p[name]['kernel'])
+    total = total + batchnorm_train(y, p[f'{name}_bn']['scale'], p[f'{name}_bn']['bias'])
+  return relu(total)
+
+
+def channel_correlation(f, p):
+  """CC, eq. 5-7 (train-mode BN over batch and channel positions)."""
+  f = np.asarray(f, np.float64)
+  theta = f.mean(axis=(1, 2))[..., None]  # eq. 5: [B, C, 1]
+  t = conv1d(theta, p['Conv_0']['kernel'], 1, 1)
+  t = relu(batchnorm_train(t, p['BatchNorm_0']['scale'], p['BatchNorm_0']['bias']))
+  t = conv1d(t, p['Conv_1']['kernel'], 2, 3)
+  t = relu(batchnorm_train(t, p['BatchNorm_1']['scale'], p['BatchNorm_1']['bias']))
+  c = f.shape[-1]
+  tp = p['ConvTranspose1D_0']
+  t = conv_transpose1d(t, tp['kernel'], tp['bias'], 2, 3, c - ((t.shape[1] - 1) * 2 - 6 + 7))
+  weights = sigmoid(t[..., 0])  # eq. 6
+  return f * weights[:, None, None, :]  # eq. 7
+
+
+def spatial_correlation(f, value, scale=1.0):
+  """SC, eq. 8-9: S = softmax over the last axis of E E^T; out = S value."""
+  b, h, w, c = f.shape
+  e = np.asarray(f, np.float64).reshape(b, h * w, c)
+  v = np.asarray(value, np.float64).reshape(b, h * w, -1)
+  s = softmax(np.einsum('bic,bjc->bij', e, e) * scale, axis=-1)
+  return np.einsum('bij,bjc->bic', s, v).reshape(b, h, w, -1)
+
+
+def collaborative_attention(f, p, scale=1.0):
+  """CoA, eq. 4: F_A = SC(F, value=CC(F)) + F."""
+  return spatial_correlation(f, channel_correlation(f, p['ChannelCorrelation_0']), scale) + f
+
+
+def multiscale(f, p, rates=(6, 12, 18)):
+  """MuS: atrous conv units, concat, 1x1 conv unit."""
+  branches = [conv_unit(f, p[f'rate{r}'], r) for r in rates]
+  return conv_unit(np.concatenate(branches, -1), p['project'])
+
+
+def squeeze_excitation(f, p):
+  z = np.asarray(f, np.float64).mean(axis=(1, 2))
+  z = sigmoid(relu(z @ p['Dense_0']['kernel']) @ p['Dense_1']['kernel'])
+  return f * z[:, None, None, :]
+
+
+def cbam(f, p):
+  f = np.asarray(f, np.float64)
+
+  def mlp(z):
+    return relu(z @ p['Dense_0']['kernel']) @ p['Dense_1']['kernel']
+
+  f = f * sigmoid(mlp(f.mean(axis=(1, 2))) + mlp(f.max(axis=(1, 2))))[:, None, None, :]
+  pooled = np.concatenate([f.mean(-1, keepdims=True), f.max(-1, keepdims=True)], -1)
+  s = conv2d(pooled, p['Conv_0']['kernel'])
+  s = sigmoid(batchnorm_train(s, p['BatchNorm_0']['scale'], p['BatchNorm_0']['bias']))
+  return f * s
+
+
+def up_conv_2x2(x, kernel, bias):
+  """PyTorch ConvTranspose2d(k=2, s=2): y[2i+p, 2j+q] = sum_c x[i, j, c] K[p, q, c]."""
+  x = np.asarray(x, np.float64)
+  b, h, w, _ = x.shape
+  y = np.zeros((b, 2 * h, 2 * w, kernel.shape[-1]))
+  for p in range(2):
+    for q in range(2):
+      y[:, p::2, q::2] = x @ kernel[p, q]
+  return y + bias

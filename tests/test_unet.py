@@ -1,0 +1,169 @@
+"""The whole network: every variant's parameters, shapes at the paper's size,
+gradients, rematerialization and folding."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ecam_jax.configuration import load_config, validate
+from ecam_jax.models import build_model, fold_ec
+from ecam_jax.models.unet import WIDTHS
+from ecam_jax.models.variants import VARIANTS
+
+import numpy_ref as ref
+
+CONFIG = 'configs/default.py'
+
+
+def _config(variant, base=4):
+  config = load_config(CONFIG, f'variant={variant}')
+  config.model.base_channels = base
+  return config
+
+
+def _param_count(variant, base=4, size=32):
+  model = build_model(_config(variant, base).model)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 1))))
+  return sum(x.size for x in jax.tree.leaves(shapes['params'])), shapes['params']
+
+
+def _extra(b):
+  """Closed-form parameter counts of each part at base b (C = 16 b at the bottleneck)."""
+  c = 16 * b
+  conv_unit = lambda i, o, k=9: k * i * o + 2 * o  # conv without bias + BN scale/bias
+  widths = [b * w for w in WIDTHS]
+  encoder_convs = [(1, widths[0]), (widths[0], widths[0])]
+  for i, o in zip(widths[:-1], widths[1:], strict=True):
+    encoder_convs += [(i, o), (o, o)]
+  return {
+    'mus': 3 * conv_unit(c, c) + conv_unit(3 * c, c, 1),
+    'cc': 3 + 2 + 7 + 2 + 7 + 1,
+    'fuse': conv_unit(2 * c, c, 1),
+    'se': 2 * c * (c // 16),
+    'cbam': 2 * c * (c // 16) + 7 * 7 * 2 + 2,
+    'side': c + 1,
+    'ec': sum(6 * i * o + 4 * o for i, o in encoder_convs),
+  }
+
+
+@pytest.mark.parametrize('variant', sorted(VARIANTS))
+def test_every_variant_has_exactly_its_parameters(variant):
+  b = 4
+  base, _ = _param_count('unet', b)
+  count, params = _param_count(variant, b)
+  m = _config(variant, b).model
+  extra = _extra(b)
+  expected = base
+  expected += extra['cc'] * m.use_cc + extra['mus'] * m.use_mus + extra['ec'] * m.use_ec
+  expected += extra['side'] * m.use_dws
+  expected += extra['fuse'] * (m.use_mus and m.attention != 'none' and m.fusion == 'conv')
+  expected += extra.get(m.attention, 0)
+  assert count == expected, (variant, count - base)
+  bottleneck = params.get('bottleneck', {})
+  assert ('coa' in bottleneck) == (m.attention == 'coa' and m.use_cc)
+  assert ('mus' in bottleneck) == m.use_mus
+  assert any(k.startswith('side_') for k in params) == m.use_dws
+  assert ('square' in params['encoder1']['conv0']) == m.use_ec
+
+
+def test_plain_unet_at_base_64_is_the_usual_31m():
+  count, params = _param_count('unet', 64, 64)
+  assert count == 31_036_481
+  assert set(params) == {f'encoder{i}' for i in range(1, 6)} | {
+    f'decoder{i}' for i in range(1, 5)
+  } | {'head'}
+
+
+def test_sc_changes_the_function_but_adds_no_parameters():
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 1))
+  plain, sc = build_model(_config('unet').model), build_model(_config('unet_sc').model)
+  variables = jax.jit(plain.init)(jax.random.key(0), x)
+  a = jax.jit(plain.apply)(variables, x)['logits']
+  b = jax.jit(sc.apply)(variables, x)['logits']
+  assert float(jnp.abs(a - b).max()) > 1e-4
+
+
+def test_full_model_at_512_builds_with_side_logits():
+  model = build_model(load_config(CONFIG).model)
+  x = jax.ShapeDtypeStruct((2, 512, 512, 1), jnp.float32)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x.shape and jnp.zeros(x.shape)))
+  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+  assert out['logits'].shape == (2, 512, 512, 1)
+  assert [s.shape for s in out['side_logits']] == [(2, 512, 512, 1)]
+  count = sum(x.size for x in jax.tree.leaves(variables['params']))
+  assert count == 77_176_792
+
+
+def test_side_outputs_on_decoder_levels():
+  config = _config('ec_cam_unet')
+  config.model.side_outputs = ('bottleneck', 'decoder1', 'decoder3')
+  model = build_model(config.model)
+  x = jnp.zeros((1, 32, 32, 1))
+  out = jax.jit(model.apply)(jax.jit(model.init)(jax.random.key(0), x), x)
+  assert len(out['side_logits']) == 3
+  assert all(s.shape == (1, 32, 32, 1) for s in out['side_logits'])
+
+
+def _loss(model, variables, x, y):
+  out, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  loss = jnp.mean((out['logits'] - y) ** 2) + sum(jnp.mean(s**2) for s in out['side_logits'])
+  return loss, updates
+
+
+def test_gradients_finite_and_remat_equal():
+  config = _config('ec_cam_unet')
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 1))
+  y = (x > 0.5).astype(jnp.float32)
+  model = build_model(config.model)
+  variables = model.init(jax.random.key(0), x)
+  grad_fn = jax.jit(
+    jax.grad(lambda p, m: _loss(m, {**variables, 'params': p}, x, y)[0]), static_argnums=1
+  )
+  grads = grad_fn(variables['params'], model)
+  leaves = jax.tree.leaves(grads)
+  assert all(bool(jnp.isfinite(g).all()) for g in leaves)
+  assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0
+  config.model.remat = True
+  remat_grads = grad_fn(variables['params'], build_model(config.model))
+  chex.assert_trees_all_close(remat_grads, grads, atol=1e-5, rtol=1e-4)
+
+
+def test_folded_model_equals_unfolded_in_eval():
+  config = _config('ec_cam_unet')
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 1))
+  model = build_model(config.model)
+  variables = model.init(jax.random.key(0), x)
+  variables = {
+    'params': ref.randomize(variables['params'], 7, 0.2),
+    'batch_stats': variables['batch_stats'],
+  }
+  for step in range(3):
+    _, updates = model.apply(variables, x * (step + 1), train=True, mutable=['batch_stats'])
+    variables = {**variables, **updates}
+  unfolded = model.apply(variables, x)
+  folded_model = build_model(config.model, folded=True)
+  folded = folded_model.apply(fold_ec(variables, config.model.bn_epsilon), x)
+  scale = float(jnp.abs(unfolded['logits']).max())
+  chex.assert_trees_all_close(folded, unfolded, atol=1e-4 * scale, rtol=1e-4)
+  assert jax.tree.structure(
+    jax.eval_shape(lambda: folded_model.init(jax.random.key(0), x))
+  ) == jax.tree.structure(fold_ec(variables, config.model.bn_epsilon))
+
+
+@pytest.mark.parametrize('variant', sorted(VARIANTS))
+def test_every_variant_config_validates(variant):
+  validate(load_config(CONFIG, f'variant={variant}'))
+
+
+def test_unknown_variant_names_the_choices():
+  with pytest.raises(ValueError, match='ec_cam_unet'):
+    load_config(CONFIG, 'variant=nope')
+
+
+def test_input_not_multiple_of_16_is_a_clear_error():
+  model = build_model(_config('unet').model)
+  with pytest.raises(ValueError, match='multiples of 16'):
+    model.init(jax.random.key(0), jnp.zeros((1, 40, 40, 1)))
+  np.testing.assert_equal(WIDTHS, (1, 2, 4, 8, 16))
