@@ -91,7 +91,12 @@ def _finite_mean(values: ArrayLike) -> tuple[float, int]:
 
 
 def slice_scores(pred: np.ndarray, label: np.ndarray, axis: int = 0) -> dict[str, float | int]:
-  """Per-slice scores of a volume, slices along `axis` (model.md, Metrics).
+  """Per-slice scores of a volume, slices along `axis` (see `slice_scores_from_counts`)."""
+  return slice_scores_from_counts(*confusion_counts(pred, label, axis=axis))
+
+
+def slice_scores_from_counts(tp: ArrayLike, fp: ArrayLike, fn: ArrayLike) -> dict[str, float | int]:
+  """Per-slice scores from each slice's TP, FP, FN (model.md, Metrics).
 
   `slice_<ratio>` is the mean of that ratio over slices. A slice where prediction and label
   are both empty is left out of every mean and counted in `both_empty_slices`. A ratio that
@@ -100,7 +105,7 @@ def slice_scores(pred: np.ndarray, label: np.ndarray, axis: int = 0) -> dict[str
   and precision are 0; with an empty prediction (`empty_prediction_slices`, label not empty)
   precision is undefined and DSC and sensitivity are 0. A mean over no slices is NaN.
   """
-  tp, fp, fn = confusion_counts(pred, label, axis=axis)
+  tp, fp, fn = (np.asarray(c, np.int64).ravel() for c in (tp, fp, fn))
   label_empty, pred_empty = tp + fn == 0, tp + fp == 0
   keep = ~(label_empty & pred_empty)
   per_slice = ratios(tp[keep], fp[keep], fn[keep])

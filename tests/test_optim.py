@@ -1,0 +1,89 @@
+"""Adam with PyTorch's L2 weight decay (or AdamW), cosine to 0, warmup, clipping."""
+
+import chex
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ecam_jax.optim import learning_rate_schedule, make_optimizer
+
+
+def _config(**kwargs):
+  c = ml_collections.ConfigDict(
+    dict(
+      lr=1e-2,
+      schedule='cosine',
+      warmup_steps=0,
+      weight_decay=1e-1,
+      decoupled_weight_decay=False,
+      grad_clip_norm=0.0,
+      adam_b1=0.9,
+      adam_b2=0.999,
+      adam_eps=1e-8,
+    )
+  )
+  c.update(kwargs)
+  return c
+
+
+def _numpy_adam(params, grads, config, total):
+  """PyTorch's torch.optim.Adam / AdamW, written out, with the cosine learning rate."""
+  p, m, v = params.copy(), np.zeros_like(params), np.zeros_like(params)
+  b1, b2, eps, wd = config.adam_b1, config.adam_b2, config.adam_eps, config.weight_decay
+  for t, g in enumerate(grads, start=1):
+    lr = config.lr * 0.5 * (1 + np.cos(np.pi * (t - 1) / total))
+    if not config.decoupled_weight_decay:
+      g = g + wd * p
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    update = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+    if config.decoupled_weight_decay:
+      update = update + wd * p
+    p = p - lr * update
+  return p
+
+
+def _run(config, total=10, steps=4):
+  rng = np.random.default_rng(0)
+  params = rng.standard_normal(5)
+  grads = [rng.standard_normal(5) for _ in range(steps)]
+  tx, _ = make_optimizer(config, total)
+  p = jnp.asarray(params, jnp.float32)
+  state = tx.init(p)
+  for g in grads:
+    updates, state = tx.update(jnp.asarray(g, jnp.float32), state, p)
+    p = optax.apply_updates(p, updates)
+  return np.asarray(p), _numpy_adam(params, grads, config, total)
+
+
+def test_adam_with_l2_in_the_gradient_is_pytorchs():
+  got, expected = _run(_config())
+  chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_decoupled_weight_decay_is_adamw():
+  got, expected = _run(_config(decoupled_weight_decay=True))
+  chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-6)
+  l2, _ = _run(_config())
+  assert np.abs(got - l2).max() > 1e-4
+
+
+def test_cosine_reaches_zero_and_warmup_ramps():
+  schedule = learning_rate_schedule(_config(), 100)
+  chex.assert_trees_all_close(float(schedule(0)), 1e-2, rtol=1e-6)
+  assert abs(float(schedule(100))) < 1e-12
+  chex.assert_trees_all_close(float(schedule(50)), 0.5e-2, rtol=1e-5)
+  warm = learning_rate_schedule(_config(warmup_steps=10), 110)
+  chex.assert_trees_all_close(float(warm(5)), 0.5e-2, rtol=1e-5)
+  chex.assert_trees_all_close(float(warm(10)), 1e-2, rtol=1e-5)
+  assert abs(float(warm(110))) < 1e-12
+
+
+def test_clipping_bounds_the_update_input():
+  tx, _ = make_optimizer(_config(grad_clip_norm=1.0, weight_decay=0.0, lr=1.0), 10)
+  p = jnp.zeros(3)
+  state = tx.init(p)
+  big, _ = tx.update(jnp.array([300.0, 400.0, 0.0]), state, p)
+  small, _ = tx.update(jnp.array([0.6, 0.8, 0.0]), state, p)
+  chex.assert_trees_all_close(big, small, rtol=1e-5)
