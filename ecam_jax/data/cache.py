@@ -1,0 +1,254 @@
+"""The preprocessing cache: every case once through volumes.py, then slices by memory map.
+
+Reading one slice of a `.nii.gz` decompresses everything before it; training reads slices
+in random order, so each case is preprocessed once into `.npy` arrays (float32 image and
+binary uint8 label, `[Z, S, S]`) that a memory map reads a slice of in well under a
+millisecond. The folder:
+
+    cache/manifest.json          written last: the cache is complete iff it exists
+    cache/index.npz              per slice: case position, z, foreground flag
+    cache/cases/<id>/image.npy   float32 [Z, S, S]
+    cache/cases/<id>/label.npy   uint8 [Z, S, S]: 1 where the raw label is foreground
+    cache/cases/<id>/meta.json   sources, settings, the undo record, foreground slices
+
+A case is reused when its source files (path, size, mtime) and the preprocessing settings
+are unchanged, and rebuilt otherwise; a changed setting rebuilds all. Inputs are checked
+(files, headers) before anything is written, and data errors found while building stop
+the build before the manifest is written, so an interrupted or failed prepare never
+leaves a cache that looks complete. One process per cache folder at a time.
+"""
+
+import hashlib
+import json
+import multiprocessing
+import os
+import pathlib
+from concurrent import futures
+from typing import Any, NamedTuple
+
+import ml_collections
+import numpy as np
+import tqdm
+
+from ecam_jax.configuration import ConfigError
+from ecam_jax.data import layouts, volumes
+from ecam_jax.data.errors import TEMP_PREFIXES, DataError, atomic_path, remove, write_json_atomic
+
+CACHE_VERSION = 1
+IMAGE_DTYPE = np.float32
+
+
+class SliceIndex(NamedTuple):
+  """Every slice of the cache, ordered by case then z: three [N] arrays."""
+
+  case: np.ndarray  # [N] int32: position in SliceCache.case_ids
+  z: np.ndarray  # [N] int32: slice index in the canonical volume
+  foreground: np.ndarray  # [N] bool: the slice has at least one foreground pixel
+
+
+class SliceCache:
+  """A complete cache folder: memory-mapped arrays per case and the slice index.
+
+  Attributes: path, case_ids (sorted; `index.case` points into it), index (SliceIndex),
+  image_size (S), fingerprint (changes whenever the cache's content does).
+  """
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = pathlib.Path(path)
+    manifest = self.path / 'manifest.json'
+    if not manifest.is_file():
+      raise DataError(f'{self.path} is not a complete cache (no manifest.json); run --mode=prepare')
+    text = manifest.read_text()
+    meta = json.loads(text)
+    self.fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
+    self.case_ids: list[str] = [c['case_id'] for c in meta['cases']]
+    self.image_size: int = meta['settings']['image_size']
+    self._position = {case_id: k for k, case_id in enumerate(self.case_ids)}
+    with np.load(self.path / 'index.npz') as f:
+      self.index = SliceIndex(f['case'], f['z'], f['foreground'])
+    self._arrays: dict[tuple[str, str], np.memmap] = {}
+
+  def _check_known(self, case_id: str) -> None:
+    if case_id not in self._position:
+      raise DataError(f'case {case_id!r} is not in the cache {self.path}')
+
+  def _case_dir(self, case_id: str) -> pathlib.Path:
+    self._check_known(case_id)
+    return self.path / 'cases' / case_id
+
+  def _array(self, case_id: str, name: str) -> np.memmap:
+    key = (case_id, name)
+    if key not in self._arrays:
+      self._arrays[key] = np.load(self._case_dir(case_id) / f'{name}.npy', mmap_mode='r')
+    return self._arrays[key]
+
+  def image(self, case_id: str) -> np.memmap:
+    """float32 [Z, S, S], normalized (see volumes.normalize)."""
+    return self._array(case_id, 'image')
+
+  def label(self, case_id: str) -> np.memmap:
+    """uint8 [Z, S, S]: 1 where the raw label is in data.foreground_labels."""
+    return self._array(case_id, 'label')
+
+  def record(self, case_id: str) -> volumes.VolumeRecord:
+    """What `volumes.restore` needs to put a prediction of this case into its file's grid."""
+    meta = json.loads((self._case_dir(case_id) / 'meta.json').read_text())
+    return volumes.VolumeRecord.from_dict(meta['record'])
+
+  def slices_of(self, case_ids: list[str]) -> np.ndarray:
+    """[M] positions in `index` of every slice of these cases: case by case, z ascending."""
+    for case_id in case_ids:
+      self._check_known(case_id)
+    parts = [np.flatnonzero(self.index.case == self._position[c]) for c in case_ids]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def cache_path(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> pathlib.Path:
+  """config.data.cache_dir, or WORKDIR/cache when it is empty."""
+  return pathlib.Path(config.data.cache_dir or pathlib.Path(workdir) / 'cache')
+
+
+def _settings(data: ml_collections.ConfigDict, declared: tuple[int, ...]) -> dict[str, Any]:
+  """Everything that changes the cached arrays: a change rebuilds every case."""
+  settings = {
+    'version': CACHE_VERSION,
+    'dtype': np.dtype(IMAGE_DTYPE).name,
+    'modality': data.modality,
+    'image_size': int(data.image_size),
+    'foreground_labels': sorted(int(v) for v in data.foreground_labels),
+    'declared_labels': list(declared),
+  }
+  if data.modality == 'CT':
+    settings['hu_window'] = [float(v) for v in data.hu_window]
+  else:
+    settings['mr_percentiles'] = [float(v) for v in data.mr_percentiles]
+  return settings
+
+
+def _sources(case: layouts.Case) -> dict[str, list]:
+  """What identifies a case's files: resolved path, size and modification time."""
+  out = {}
+  for key, path in (('image', case.image), ('label', case.label)):
+    stat = path.stat()
+    out[key] = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+  return out
+
+
+def _read_json(path: pathlib.Path) -> Any:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError):
+    return None
+
+
+def _is_built(case_dir: pathlib.Path, sources: dict[str, list], settings: dict[str, Any]) -> bool:
+  """Whether case_dir holds this case built from these files with these settings."""
+  meta = _read_json(case_dir / 'meta.json') or {}
+  return meta.get('sources') == sources and meta.get('settings') == settings
+
+
+def _build_case(
+  case: layouts.Case,
+  data: dict[str, Any],
+  declared: tuple[int, ...],
+  settings: dict[str, Any],
+  sources: dict[str, list],
+  cases_dir: pathlib.Path,
+) -> None:
+  """Reads, checks and preprocesses one case into cases_dir/<id> (all of it or nothing)."""
+  data_config = ml_collections.ConfigDict(data)
+  image = volumes.load_nifti(case.image)
+  label = volumes.load_nifti(case.label)
+  volumes.check_label_values(label, declared, case.label)
+  x, record = volumes.preprocess_image(image, data_config)  # [Z, S, S]
+  y = volumes.preprocess_label(label, data_config)  # [Z, S, S]
+  meta = {
+    'sources': sources,
+    'settings': settings,
+    'record': record.to_dict(),
+    'num_slices': int(len(y)),
+    'foreground_slices': np.flatnonzero(y.reshape(len(y), -1).any(axis=1)).tolist(),
+  }
+  with atomic_path(cases_dir / case.case_id, directory=True) as tmp:
+    np.save(tmp / 'image.npy', x.astype(IMAGE_DTYPE))
+    np.save(tmp / 'label.npy', y.astype(np.uint8))
+    (tmp / 'meta.json').write_text(json.dumps(meta))
+
+
+def _build_all(jobs: list[tuple], workers: int, progress: bool) -> None:
+  """Runs _build_case over jobs, in `workers` spawned processes when there is more than one."""
+  bar = tqdm.tqdm(total=len(jobs), desc='prepare cache', unit='case', disable=not progress)
+  with bar:
+    if workers <= 1 or len(jobs) <= 1:
+      for job in jobs:
+        _build_case(*job)
+        bar.update()
+      return
+    # spawn, not fork: the parent may already run JAX threads.
+    context = multiprocessing.get_context('spawn')
+    pool = futures.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context)
+    try:
+      for done in futures.as_completed([pool.submit(_build_case, *job) for job in jobs]):
+        done.result()
+        bar.update()
+    finally:
+      pool.shutdown(wait=True, cancel_futures=True)
+
+
+def prepare_cache(
+  config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, progress: bool = True
+) -> SliceCache:
+  """Builds, completes or reuses the cache of config.data in cache_path(config, workdir).
+
+  With data.prepare_workers > 1 cases are built in spawned processes: a script that calls
+  this needs the `if __name__ == '__main__':` guard (absl.app.run entry points have it).
+  """
+  data = config.data
+  path = cache_path(config, workdir)
+  cases = layouts.discover_cases(data)
+  declared = layouts.declared_labels(data, data.root)
+  undeclared = sorted(set(data.foreground_labels) - set(declared))
+  if undeclared:
+    raise ConfigError(
+      f'config.data.foreground_labels has {undeclared}, not among the declared label values '
+      f'{list(declared)}'
+    )
+  settings = _settings(data, declared)
+  sources = {c.case_id: _sources(c) for c in cases}
+  manifest = {
+    'settings': settings,
+    'cases': [{'case_id': c.case_id, 'sources': sources[c.case_id]} for c in cases],
+  }
+  if _read_json(path / 'manifest.json') == manifest and (path / 'index.npz').is_file():
+    return SliceCache(path)
+
+  cases_dir = path / 'cases'
+  stale = [c for c in cases if not _is_built(cases_dir / c.case_id, sources[c.case_id], settings)]
+  for case in stale:  # cheap header checks of every case before any is built
+    volumes.check_pair(case.image, case.label)
+  remove(path / 'manifest.json')  # from here until the end, the cache is incomplete
+  cases_dir.mkdir(parents=True, exist_ok=True)
+  keep = {c.case_id for c in cases}
+  for entry in cases_dir.iterdir():  # leftovers of killed runs; cases no longer in the data
+    if entry.name.startswith(TEMP_PREFIXES) or entry.name not in keep:
+      remove(entry)
+  plain = data.to_dict()
+  jobs = [(c, plain, declared, settings, sources[c.case_id], cases_dir) for c in stale]
+  _build_all(jobs, int(data.prepare_workers), progress)
+
+  counts, foreground = [], []
+  for case in cases:
+    meta = json.loads((cases_dir / case.case_id / 'meta.json').read_text())
+    flags = np.zeros(meta['num_slices'], bool)
+    flags[meta['foreground_slices']] = True
+    counts.append(meta['num_slices'])
+    foreground.append(flags)
+  with atomic_path(path / 'index.npz') as tmp, open(tmp, 'wb') as f:
+    np.savez(
+      f,
+      case=np.repeat(np.arange(len(cases), dtype=np.int32), counts),
+      z=np.concatenate([np.arange(n, dtype=np.int32) for n in counts]),
+      foreground=np.concatenate(foreground),
+    )
+  write_json_atomic(path / 'manifest.json', manifest)
+  return SliceCache(path)

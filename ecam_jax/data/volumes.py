@@ -1,0 +1,239 @@
+"""Reading a NIfTI volume and turning it into what the network sees, reversibly.
+
+The canonical array is `[Z, H, W]` with nibabel axis codes ('S', 'P', 'L'): axis 0 runs
+from inferior to superior, rows from anterior (row 0, the top of the image) to posterior,
+columns from the patient's right (column 0, the image's left) to the patient's left: the
+radiological view of an axial slice, whatever the file's affine. Intensities are then
+normalized (CT: a HU window scaled to [0, 1]; MR: percentile clip and z-score per volume)
+and slices are resized in-plane with `scipy.ndimage.zoom` (grid mode: pixel areas, not
+pixel centres, are aligned). A `VolumeRecord` keeps what `restore` needs to put a
+prediction back into the file's voxel grid.
+"""
+
+import dataclasses
+import gzip
+import os
+import pathlib
+import zlib
+from typing import Any
+
+import ml_collections
+import nibabel as nib
+import numpy as np
+import scipy.ndimage
+
+from ecam_jax.configuration import ConfigError
+from ecam_jax.data.errors import DataError
+
+CANONICAL_AXCODES = ('S', 'P', 'L')
+AFFINE_TOLERANCE_MM = 1e-3  # image and label affines may differ by rounding, not more
+# What reading a damaged file raises, depending on where the damage is.
+_READ_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError)
+
+
+@dataclasses.dataclass(frozen=True)
+class VolumeRecord:
+  """What undoing the preprocessing of one volume needs (JSON-serialisable)."""
+
+  shape: tuple[int, int, int]  # the file's array shape
+  affine: tuple[tuple[float, ...], ...]  # the file's 4x4 affine
+  transform: tuple[tuple[int, int], ...]  # nibabel ornt: file axis i -> canonical [axis, flip]
+  spacing: tuple[float, float, float]  # mm along the canonical axes (z, row, column)
+  canonical_shape: tuple[int, int, int]  # [Z, H, W] before in-plane resizing
+
+  def to_dict(self) -> dict[str, Any]:
+    return {f.name: _lists(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> 'VolumeRecord':
+    return cls(
+      shape=tuple(int(v) for v in d['shape']),
+      affine=tuple(tuple(float(v) for v in row) for row in d['affine']),
+      transform=tuple((int(a), int(f)) for a, f in d['transform']),
+      spacing=tuple(float(v) for v in d['spacing']),
+      canonical_shape=tuple(int(v) for v in d['canonical_shape']),
+    )
+
+
+def _lists(value):
+  return [_lists(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _open(path: str | os.PathLike) -> nib.Nifti1Image:
+  path = pathlib.Path(path)
+  if not path.name.endswith(('.nii', '.nii.gz')):
+    raise DataError(f'{path}: expected a NIfTI file (.nii or .nii.gz)')
+  if not path.is_file():
+    raise DataError(f'{path} does not exist')
+  try:
+    img = nib.load(path)
+  except (nib.filebasedimages.ImageFileError, *_READ_ERRORS) as e:
+    raise DataError(f'{path}: not readable as NIfTI, corrupt or truncated ({e})') from None
+  if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
+    raise DataError(f'{path}: expected a NIfTI image, found {type(img).__name__}')
+  shape = _volume_shape(img.shape)
+  if len(shape) != 3:
+    raise DataError(f'{path}: array shape {img.shape}; expected one 3-D volume')
+  return img
+
+
+def _volume_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+  """Drops trailing singleton axes ([X, Y, Z, 1] is a 3-D volume saved as 4-D)."""
+  shape = tuple(shape)
+  while len(shape) > 3 and shape[-1] == 1:
+    shape = shape[:-1]
+  return shape
+
+
+def header_info(path: str | os.PathLike) -> tuple[tuple[int, int, int], np.ndarray]:
+  """(3-D shape, 4x4 affine) from the header alone: cheap checks before reading any data."""
+  img = _open(path)
+  return _volume_shape(img.shape), img.affine
+
+
+def check_pair(image_path: str | os.PathLike, label_path: str | os.PathLike) -> None:
+  """Raises DataError when a label does not lie on its image's voxel grid."""
+  (ishape, iaff), (lshape, laff) = header_info(image_path), header_info(label_path)
+  if ishape != lshape:
+    raise DataError(f'{label_path}: shape {lshape} differs from its image {image_path} {ishape}')
+  if not np.allclose(iaff, laff, atol=AFFINE_TOLERANCE_MM, rtol=0):
+    raise DataError(
+      f'{label_path}: affine differs from its image {image_path} by up to '
+      f'{np.abs(iaff - laff).max():.4g} (allowed {AFFINE_TOLERANCE_MM}):\n{laff}\nvs\n{iaff}'
+    )
+
+
+def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
+  """The file's image with its data read into memory and checked.
+
+  Raises DataError naming the file when it is not NIfTI, is corrupt or truncated, is not
+  one 3-D volume, or has NaN or infinite voxels.
+  """
+  img = _open(path)
+  try:
+    data = np.asanyarray(img.dataobj)
+  except _READ_ERRORS as e:
+    raise DataError(f'{path}: the data cannot be read, corrupt or truncated ({e})') from None
+  data = data.reshape(_volume_shape(data.shape))
+  if data.dtype.kind == 'f':
+    bad = np.size(data) - np.count_nonzero(np.isfinite(data))
+    if bad:
+      raise DataError(f'{path}: {bad} NaN or infinite voxels; expected finite values')
+  return type(img)(data, img.affine, img.header)
+
+
+def check_label_values(
+  img: nib.Nifti1Image, declared: tuple[int, ...], path: str | os.PathLike
+) -> None:
+  """Raises DataError when a label volume holds a value outside the declared set."""
+  data = np.asanyarray(img.dataobj)
+  if data.dtype.kind == 'f' and not np.array_equal(data, np.round(data)):
+    raise DataError(f'{path}: label values are not integers; expected values in {declared}')
+  values = np.unique(data.astype(np.int64) if data.dtype.kind == 'f' else data)
+  extra = sorted(set(values.tolist()) - set(declared))
+  if extra:
+    raise DataError(
+      f'{path}: label values {extra} are not declared; expected values in {list(declared)} '
+      '(dataset.json "labels" or config.data.label_values)'
+    )
+
+
+def to_canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, VolumeRecord]:
+  """[Z, H, W] in CANONICAL_AXCODES order (a transpose and flips, no resampling)."""
+  transform = nib.orientations.ornt_transform(
+    nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt(CANONICAL_AXCODES)
+  )
+  canonical = nib.orientations.apply_orientation(data, transform)  # [Z, H, W]
+  file_spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+  spacing = [0.0] * 3
+  for axis, (new_axis, _) in enumerate(transform):
+    spacing[int(new_axis)] = float(file_spacing[axis])
+  record = VolumeRecord(
+    shape=tuple(int(s) for s in data.shape),
+    affine=tuple(tuple(float(v) for v in row) for row in np.asarray(affine)),
+    transform=tuple((int(a), int(f)) for a, f in transform),
+    spacing=tuple(spacing),
+    canonical_shape=tuple(int(s) for s in canonical.shape),
+  )
+  return canonical, record
+
+
+def from_canonical(canonical: np.ndarray, record: VolumeRecord) -> np.ndarray:
+  """The inverse of `to_canonical`: the array in the file's voxel order and shape."""
+  inverse = np.zeros((3, 2))  # canonical axis -> [file axis, flip]
+  for axis, (canonical_axis, flip) in enumerate(record.transform):
+    inverse[canonical_axis] = (axis, flip)
+  return nib.orientations.apply_orientation(canonical, inverse)
+
+
+def normalize(array: np.ndarray, data_config: ml_collections.ConfigDict) -> np.ndarray:
+  """float32 intensities: CT window -> [0, 1]; MR percentile clip -> z-score per volume."""
+  array = np.asarray(array, np.float32)
+  if data_config.modality == 'CT':
+    lo, hi = (float(v) for v in data_config.hu_window)
+    if not hi > lo:
+      raise ConfigError(
+        f'config.data.hu_window={tuple(data_config.hu_window)}; expected (lo, hi), lo < hi'
+      )
+    return (np.clip(array, lo, hi) - lo) / np.float32(hi - lo)
+  if data_config.modality == 'MR':
+    p_lo, p_hi = data_config.mr_percentiles
+    if not 0 <= p_lo < p_hi <= 100:
+      raise ConfigError(
+        f'config.data.mr_percentiles={tuple(data_config.mr_percentiles)}; '
+        'expected 0 <= lo < hi <= 100'
+      )
+    lo, hi = np.percentile(array, (p_lo, p_hi))
+    array = np.clip(array, lo, hi)
+    return ((array - array.mean()) / max(float(array.std()), 1e-6)).astype(np.float32)
+  raise ConfigError(f"config.data.modality={data_config.modality!r}; expected 'CT' or 'MR'")
+
+
+def resize_inplane(array: np.ndarray, size: int | tuple[int, int], order: int) -> np.ndarray:
+  """[Z, H, W] -> [Z, size, size] (or [Z, *size]); order 1 for images, 0 for labels.
+
+  scipy.ndimage.zoom in grid mode with edge replication; axis 0 is left untouched (zoom 1
+  samples exactly on the voxels), so a volume's slices stay its slices.
+  """
+  out_h, out_w = (size, size) if isinstance(size, int) else size
+  z, h, w = array.shape
+  if (h, w) == (out_h, out_w):
+    return np.array(array)
+  return scipy.ndimage.zoom(
+    array, (1, out_h / h, out_w / w), order=order, mode='nearest', grid_mode=True
+  )
+
+
+def preprocess_image(
+  source: str | os.PathLike | nib.Nifti1Image, data_config: ml_collections.ConfigDict
+) -> tuple[np.ndarray, VolumeRecord]:
+  """What the network sees of a volume: float32 [Z, S, S], S = data.image_size, and its record."""
+  img = source if isinstance(source, nib.Nifti1Image) else load_nifti(source)
+  canonical, record = to_canonical(np.asanyarray(img.dataobj), img.affine)  # [Z, H, W]
+  return resize_inplane(normalize(canonical, data_config), data_config.image_size, 1), record
+
+
+def preprocess_label(img: nib.Nifti1Image, data_config: ml_collections.ConfigDict) -> np.ndarray:
+  """Binary uint8 [Z, S, S]: 1 where the label value is in data.foreground_labels."""
+  data = np.asanyarray(img.dataobj)
+  foreground = np.isin(data, np.asarray(data_config.foreground_labels, data.dtype))
+  canonical, _ = to_canonical(foreground.astype(np.uint8), img.affine)
+  return resize_inplane(canonical, data_config.image_size, 0)
+
+
+def restore(volume: np.ndarray, record: VolumeRecord, order: int | None = None) -> np.ndarray:
+  """A [Z, S, S] prediction back in the file's voxel order and shape.
+
+  Masks (integer or bool) are resized with nearest neighbour and probabilities (float)
+  linearly, unless `order` says otherwise. The result lies on the grid of `record.affine`.
+  """
+  if volume.shape[0] != record.canonical_shape[0]:
+    raise ValueError(
+      f'prediction has {volume.shape[0]} slices; the volume has {record.canonical_shape[0]}'
+    )
+  if order is None:
+    order = 1 if np.issubdtype(volume.dtype, np.floating) else 0
+  if volume.dtype == bool:
+    return restore(volume.astype(np.uint8), record, order).astype(bool)
+  resized = resize_inplane(volume, tuple(record.canonical_shape[1:]), order)
+  return from_canonical(resized, record)

@@ -1,0 +1,72 @@
+"""Small NIfTI datasets written on the fly for the data tests (a module, not a conftest)."""
+
+import json
+import pathlib
+
+import ml_collections
+import nibabel as nib
+import numpy as np
+
+from ecam_jax.configuration import load_config
+
+CONFIG = pathlib.Path(__file__).parents[1] / 'configs' / 'default.py'
+LPS = np.diag([-0.8, -0.8, 3.0, 1.0])  # what DICOM converters write: i -> left, j -> posterior
+RAS = np.diag([0.8, 0.8, 3.0, 1.0])
+# KiTS19 stores [slice, H, W]; its first axis runs inferior (world -z), then posterior, left.
+KITS = np.array([[0, 0, -0.8, 0], [0, -0.8, 0, 0], [-3.0, 0, 0, 0], [0, 0, 0, 1.0]])
+
+
+def config(root='', layout='msd', **data) -> ml_collections.ConfigDict:
+  """The default config with tiny-data settings and `data` overrides."""
+  c = load_config(CONFIG)
+  c.data.root = str(root)
+  c.data.layout = layout
+  c.data.image_size = 32
+  c.data.prepare_workers = 1
+  c.data.prefetch_batches = 0
+  c.train.batch_size = 4
+  for key, value in data.items():
+    c.data[key] = value
+  return c
+
+
+def volume(seed: int, shape=(24, 24, 8)) -> tuple[np.ndarray, np.ndarray]:
+  """(int16 HU image, uint8 label with values 0, 1, 2) in the file's voxel order."""
+  rng = np.random.default_rng(seed)
+  image = rng.normal(40, 30, shape).round().astype(np.int16)
+  label = np.zeros(shape, np.uint8)
+  x, y, z = (rng.integers(2, s // 2) for s in shape)
+  label[x : x + shape[0] // 3, y : y + shape[1] // 3, z : z + max(1, shape[2] // 2)] = 1
+  label[x : x + 2, y : y + 2, z] = 2
+  image[label > 0] += 100
+  return image, label
+
+
+def write_nifti(path: pathlib.Path, data: np.ndarray, affine: np.ndarray = LPS) -> pathlib.Path:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  nib.save(nib.Nifti1Image(data, affine), path)
+  return path
+
+
+def write_msd(
+  root: pathlib.Path, num_cases: int = 3, shape=(24, 24, 8), affine=LPS
+) -> pathlib.Path:
+  """An MSD task folder with dataset.json (listed in reverse order) and a macOS '._' file."""
+  ids = [f'case_{i:03d}' for i in range(num_cases)]
+  for i, case_id in enumerate(ids):
+    image, label = volume(i, shape)
+    write_nifti(root / 'imagesTr' / f'{case_id}.nii.gz', image, affine)
+    write_nifti(root / 'labelsTr' / f'{case_id}.nii.gz', label, affine)
+  (root / 'imagesTr' / '._case_000.nii.gz').write_bytes(b'\x00\x05\x16\x07 resource fork')
+  meta = {
+    'name': 'Tiny',
+    'modality': {'0': 'CT'},
+    'labels': {'0': 'background', '1': 'organ', '2': 'tumour'},
+    'numTraining': num_cases,
+    'training': [
+      {'image': f'./imagesTr/{c}.nii.gz', 'label': f'./labelsTr/{c}.nii.gz'} for c in reversed(ids)
+    ],
+    'test': [],
+  }
+  (root / 'dataset.json').write_text(json.dumps(meta))
+  return root

@@ -1,0 +1,192 @@
+"""The preprocessing cache: contents, reuse, rebuild on change, atomicity, bad inputs."""
+
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ecam_jax.configuration import ConfigError
+from ecam_jax.data import cache, volumes
+from ecam_jax.data.errors import DataError
+
+import nifti_fixtures as fx
+
+
+def _leftovers(path):
+  return [p.name for p in path.rglob('*') if p.name.startswith(('.tmp-', '.old-'))]
+
+
+@pytest.fixture
+def dataset(tmp_path):
+  return fx.write_msd(tmp_path / 'data', num_cases=3, shape=(24, 20, 6))
+
+
+def _built(monkeypatch):
+  """Records the case ids that prepare_cache builds (rather than reuses)."""
+  built, build = [], cache._build_case
+  monkeypatch.setattr(
+    cache, '_build_case', lambda case, *a: (built.append(case.case_id), build(case, *a))
+  )
+  return built
+
+
+def test_contents_match_preprocessing(dataset, tmp_path):
+  config = fx.config(dataset)
+  sc = cache.prepare_cache(config, tmp_path / 'work', progress=False)
+  assert sc.path == tmp_path / 'work' / 'cache'
+  assert sc.case_ids == ['case_000', 'case_001', 'case_002'] and sc.image_size == 32
+  for k, case_id in enumerate(sc.case_ids):
+    x, record = volumes.preprocess_image(dataset / 'imagesTr' / f'{case_id}.nii.gz', config.data)
+    label = volumes.load_nifti(dataset / 'labelsTr' / f'{case_id}.nii.gz')
+    y = volumes.preprocess_label(label, config.data)
+    assert isinstance(sc.image(case_id), np.memmap) and sc.image(case_id).dtype == np.float32
+    np.testing.assert_array_equal(sc.image(case_id), x)
+    np.testing.assert_array_equal(sc.label(case_id), y)
+    assert sc.label(case_id).dtype == np.uint8 and set(np.unique(y)) <= {0, 1}
+    assert sc.record(case_id) == record
+    rows = sc.slices_of([case_id])
+    np.testing.assert_array_equal(sc.index.case[rows], k)
+    np.testing.assert_array_equal(sc.index.z[rows], np.arange(6))
+    np.testing.assert_array_equal(sc.index.foreground[rows], y.any(axis=(1, 2)))
+  both = sc.slices_of(['case_002', 'case_000'])
+  np.testing.assert_array_equal(sc.index.case[both], [2] * 6 + [0] * 6)
+  with pytest.raises(DataError, match="case 'nope' is not in the cache"):
+    sc.slices_of(['nope'])
+
+
+def test_reuse_and_rebuild_what_changed(dataset, tmp_path, monkeypatch):
+  config = fx.config(dataset)
+  built = _built(monkeypatch)
+  cache.prepare_cache(config, tmp_path, progress=False)
+  assert built == ['case_000', 'case_001', 'case_002']
+  built.clear()
+  cache.prepare_cache(config, tmp_path, progress=False)
+  assert built == []  # unchanged: reused as it is
+  image = dataset / 'imagesTr' / 'case_001.nii.gz'
+  os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+  cache.prepare_cache(config, tmp_path, progress=False)
+  assert built == ['case_001']  # a changed file: only its case
+  built.clear()
+  config.data.hu_window = (-200.0, 300.0)
+  sc = cache.prepare_cache(config, tmp_path, progress=False)
+  assert built == ['case_000', 'case_001', 'case_002']  # a changed setting: all
+  x, _ = volumes.preprocess_image(image, config.data)
+  np.testing.assert_array_equal(sc.image('case_001'), x)
+
+
+def test_removed_case_leaves_the_cache(dataset, tmp_path):
+  config = fx.config(dataset)
+  cache.prepare_cache(config, tmp_path, progress=False)
+  meta = json.loads((dataset / 'dataset.json').read_text())
+  meta['training'] = meta['training'][1:]  # drops case_002 (listed in reverse)
+  (dataset / 'dataset.json').write_text(json.dumps(meta))
+  sc = cache.prepare_cache(config, tmp_path, progress=False)
+  assert sc.case_ids == ['case_000', 'case_001'] and len(sc.index.case) == 12
+  assert not (tmp_path / 'cache' / 'cases' / 'case_002').exists()
+
+
+def test_failure_mid_prepare_leaves_no_complete_cache(dataset, tmp_path, monkeypatch):
+  config = fx.config(dataset)
+  save = np.save
+
+  def failing_save(path, array):
+    if 'case_001' in str(path) and path.name == 'label.npy':
+      raise OSError('disk full')  # mid-write of the second case
+    save(path, array)
+
+  monkeypatch.setattr(np, 'save', failing_save)
+  with pytest.raises(OSError, match='disk full'):
+    cache.prepare_cache(config, tmp_path, progress=False)
+  path = tmp_path / 'cache'
+  assert not (path / 'manifest.json').exists() and _leftovers(path) == []
+  assert sorted(p.name for p in (path / 'cases').iterdir()) == ['case_000']
+  with pytest.raises(DataError, match='not a complete cache'):
+    cache.SliceCache(path)
+  monkeypatch.setattr(np, 'save', save)
+  (path / 'cases' / '.tmp-case_002-1234').mkdir()  # what a killed process leaves
+  built = _built(monkeypatch)
+  sc = cache.prepare_cache(config, tmp_path, progress=False)
+  assert built == ['case_001', 'case_002'] and _leftovers(path) == []
+  assert len(sc.index.case) == 18
+
+
+def test_parallel_prepare_matches_inline(dataset, tmp_path):
+  inline = cache.prepare_cache(fx.config(dataset), tmp_path / 'a', progress=False)
+  config = fx.config(dataset, prepare_workers=2, cache_dir=str(tmp_path / 'b'))
+  parallel = cache.prepare_cache(config, tmp_path / 'unused', progress=True)
+  assert parallel.path == tmp_path / 'b'
+  for case_id in inline.case_ids:
+    np.testing.assert_array_equal(parallel.image(case_id), inline.image(case_id))
+    np.testing.assert_array_equal(parallel.label(case_id), inline.label(case_id))
+  for a, b in zip(inline.index, parallel.index, strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_error_in_a_worker_process_names_the_file(dataset, tmp_path):
+  path, message = _truncate(dataset)
+  with pytest.raises(DataError, match=rf'{path}.*{message}'):
+    cache.prepare_cache(fx.config(dataset, prepare_workers=2), tmp_path, progress=False)
+  assert not (tmp_path / 'cache' / 'manifest.json').exists() and _leftovers(tmp_path) == []
+
+
+def _truncate(dataset):
+  path = dataset / 'imagesTr' / 'case_001.nii.gz'
+  path.write_bytes(path.read_bytes()[:400])
+  return path, 'corrupt or truncated'
+
+
+def _label_value(dataset):
+  path = dataset / 'labelsTr' / 'case_002.nii.gz'
+  label = np.asanyarray(nib.load(path).dataobj).copy()
+  label[0, 0, 0] = 5
+  fx.write_nifti(path, label)
+  return path, r'label values \[5\] are not declared'
+
+
+def _nan(dataset):
+  path = dataset / 'imagesTr' / 'case_000.nii.gz'
+  image = fx.volume(0, (24, 20, 6))[0].astype(np.float32)
+  image[3, 3, 3] = np.nan
+  fx.write_nifti(path, image)
+  return path, 'NaN'
+
+
+def _shape(dataset):
+  path = dataset / 'labelsTr' / 'case_001.nii.gz'
+  fx.write_nifti(path, np.zeros((24, 20, 7), np.uint8))
+  return path, 'shape .* differs from its image'
+
+
+def _affine(dataset):
+  path = dataset / 'labelsTr' / 'case_001.nii.gz'
+  fx.write_nifti(path, fx.volume(1, (24, 20, 6))[1], fx.RAS)
+  return path, 'affine differs'
+
+
+def _missing(dataset):
+  path = dataset / 'imagesTr' / 'case_002.nii.gz'
+  path.unlink()
+  return path, r'listed in .*dataset\.json'
+
+
+@pytest.mark.parametrize('damage', [_truncate, _label_value, _nan, _shape, _affine, _missing])
+def test_bad_input_fails_before_a_complete_cache(dataset, tmp_path, damage):
+  path, message = damage(dataset)
+  with pytest.raises(DataError, match=rf'{path}.*{message}'):
+    cache.prepare_cache(fx.config(dataset), tmp_path, progress=False)
+  assert not (tmp_path / 'cache' / 'manifest.json').exists()
+  assert _leftovers(tmp_path) == []
+
+
+def test_header_errors_stop_before_anything_is_written(dataset, tmp_path):
+  _shape(dataset)
+  with pytest.raises(DataError):
+    cache.prepare_cache(fx.config(dataset), tmp_path, progress=False)
+  assert not (tmp_path / 'cache').exists()
+
+
+def test_foreground_label_must_be_declared(dataset, tmp_path):
+  with pytest.raises(ConfigError, match=r'config.data.foreground_labels has \[3\]'):
+    cache.prepare_cache(fx.config(dataset, foreground_labels=(1, 3)), tmp_path, progress=False)
