@@ -25,6 +25,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # --- data -----------------------------------------------------------------
   config.data = data = ml_collections.ConfigDict()
   data.root = ''  # the dataset folder; the layout below says what is inside
+  data.source = ''  # where to get the dataset (shown when data.root is missing)
+  data.phantom_cases = 0  # > 0 and root '': generate a synthetic phantom into WORKDIR
+  data.phantom_size = 256  # in-plane size of the generated phantom volumes
   data.layout = 'msd'  # 'msd' | 'kits19' | 'paired'
   data.dataset = 'custom'  # names the paper's split sizes: see ecam_jax/data/splits.py
   data.modality = 'CT'  # 'CT': HU window; 'MR': percentile clip + z-score per volume

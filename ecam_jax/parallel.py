@@ -1,3 +1,147 @@
-"""The data-parallel axis: one name, defined once, imported everywhere."""
+"""Data parallelism: the one axis name, the device mesh, and host data -> global arrays.
+
+Every device of every process lies on one mesh axis, AXIS, in process-major order, so
+that process p's local batch becomes rows [p * local, (p + 1) * local) of the global
+batch and device d's shard is rows [d * per_device, (d + 1) * per_device).
+"""
+
+import os
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXIS = 'data'
+
+
+def _cluster_detected() -> bool:
+  """SLURM with several tasks, Open MPI, or a multi-worker TPU VM: jax finds the rest."""
+  env = os.environ
+  if int(env.get('SLURM_NTASKS', '1')) > 1 or int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1:
+    return True
+  return ',' in env.get('TPU_WORKER_HOSTNAMES', '')
+
+
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  heartbeat_timeout_s: int = 60,
+  initialization_timeout_s: int = 300,
+) -> None:
+  """Starts jax.distributed when this is one process of several; else does nothing.
+
+  Explicit flags win; otherwise SLURM, Open MPI and TPU pods are detected. A process
+  that stops sending heartbeats for `heartbeat_timeout_s` is declared dead and the
+  others fail with an error instead of hanging.
+  """
+  explicit = coordinator_address is not None or num_processes is not None
+  if explicit and (coordinator_address is None or num_processes is None or process_id is None):
+    raise ValueError(
+      '--coordinator_address, --num_processes and --process_id go together; got '
+      f'{coordinator_address!r}, {num_processes!r}, {process_id!r}'
+    )
+  if explicit and num_processes == 1:
+    return
+  if explicit or _cluster_detected():
+    jax.distributed.initialize(
+      coordinator_address,
+      num_processes,
+      process_id,
+      initialization_timeout=initialization_timeout_s,
+      heartbeat_timeout_seconds=heartbeat_timeout_s,
+    )
+
+
+def print0(*args) -> None:
+  """print on process 0 only."""
+  if jax.process_index() == 0:
+    print(*args, flush=True)
+
+
+def data_mesh(devices: list | None = None) -> Mesh:
+  """A 1-D mesh over `devices` (default: every device of every process)."""
+  devices = jax.devices() if devices is None else devices
+  devices = sorted(devices, key=lambda d: (d.process_index, d.id))
+  return Mesh(np.asarray(devices), (AXIS,), axis_types=(AxisType.Auto,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(AXIS))
+
+
+def check_batch_size(global_batch: int, mesh: Mesh, key: str = 'config.train.batch_size') -> None:
+  """The global batch must split evenly over processes and devices."""
+  devices, processes = mesh.devices.size, jax.process_count()
+  if global_batch % devices or global_batch % processes:
+    raise ValueError(
+      f'{key}={global_batch} does not divide over {devices} devices in {processes} '
+      f'process(es); use a multiple of {devices}'
+    )
+
+
+def global_batch(mesh: Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  """This process's rows of the batch -> global arrays sharded over AXIS."""
+  sharding = batch_sharded(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+  """The rows of a batch-sharded global array that live on this process, in order."""
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  seen, rows = set(), []
+  for shard in shards:
+    start = shard.index[0].start or 0
+    if start not in seen:  # replicated shards appear once per device
+      seen.add(start)
+      rows.append(np.asarray(shard.data))
+  return np.concatenate(rows, axis=0)
+
+
+def global_batch_from_full(mesh: Mesh, full: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  """A batch every process holds whole -> global arrays (each process gives its rows)."""
+  p, n = jax.process_index(), jax.process_count()
+  local = {}
+  for key, value in full.items():
+    rows = value.shape[0] // n
+    local[key] = value[p * rows : (p + 1) * rows]
+  return global_batch(mesh, local)
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """A global array, whole, on every process."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def gather_rows(local: np.ndarray) -> np.ndarray:
+  """Every process's equally-shaped rows, concatenated in process order, on every process."""
+  if jax.process_count() == 1:
+    return local
+  return np.asarray(multihost_utils.process_allgather(local, tiled=True))
+
+
+def pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
+  """Zero rows appended so that the first axis is a multiple of `multiple`."""
+  extra = -x.shape[0] % multiple
+  return np.concatenate([x, np.zeros((extra, *x.shape[1:]), x.dtype)]) if extra else x
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process if `flag` is true on any (a host-level all-reduce)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
+
+
+def barrier(name: str) -> None:
+  """Waits until every process gets here."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)

@@ -1,0 +1,72 @@
+"""Entry point: python -m ecam_jax.main --config=configs/msd.py --workdir=runs/msd
+
+Modes: train (default; resumes when the workdir has a checkpoint), prepare (build the
+preprocessing cache only), eval (score the best checkpoint on the test split) and
+predict (segment NIfTI files). Config values are overridden as
+--config.train.batch_size=8. Intentionally thin: the work lives in train.py / infer.py.
+"""
+
+import logging
+import os
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from ecam_jax import parallel
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Where checkpoints, logs, cache and results go.')
+flags.DEFINE_enum('mode', 'train', ['train', 'prepare', 'eval', 'predict'], 'What to run.')
+flags.DEFINE_string('input', None, 'predict: a NIfTI file or a folder of them.')
+flags.DEFINE_string('output', None, 'predict: the output file or folder.')
+flags.DEFINE_string('checkpoint', None, "eval/predict: 'best', 'latest' or a checkpoint path.")
+flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.')
+flags.DEFINE_integer('num_processes', None, 'Multi-process: how many processes in all.')
+flags.DEFINE_integer('process_id', None, 'Multi-process: this process (0 .. n-1).')
+flags.DEFINE_integer(
+  'heartbeat_timeout_seconds', 60, 'Multi-process: declare a silent process dead after this.'
+)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.getLogger('absl').setLevel(logging.WARNING)
+  # A rerun (resume after preemption, eval after train) reuses compiled programs.
+  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    jax.config.update('jax_compilation_cache_dir', os.path.join(FLAGS.workdir, '.xla_cache'))
+  parallel.initialize(
+    FLAGS.coordinator_address,
+    FLAGS.num_processes,
+    FLAGS.process_id,
+    heartbeat_timeout_s=FLAGS.heartbeat_timeout_seconds,
+  )
+  config = FLAGS.config
+  if FLAGS.mode == 'train':
+    from ecam_jax import train
+
+    summary = train.train_and_evaluate(config, FLAGS.workdir)
+    parallel.print0(f'done: {summary}')
+  elif FLAGS.mode == 'prepare':
+    from ecam_jax import train
+
+    train.prepare_data(config, train.prepare_workdir(FLAGS.workdir))
+  elif FLAGS.mode == 'eval':
+    from ecam_jax import infer
+
+    infer.evaluate_test_split(config, FLAGS.workdir, FLAGS.checkpoint or config.eval.checkpoint)
+  else:
+    from ecam_jax import infer
+
+    if not FLAGS.input or not FLAGS.output:
+      raise app.UsageError('--mode=predict needs --input=FILE_OR_DIR and --output=FILE_OR_DIR')
+    infer.predict_paths(
+      config, FLAGS.workdir, FLAGS.input, FLAGS.output, FLAGS.checkpoint or config.eval.checkpoint
+    )
+
+
+if __name__ == '__main__':
+  app.run(main)

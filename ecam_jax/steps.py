@@ -1,0 +1,126 @@
+"""The jitted steps: a per-device function under `jax.shard_map` over the data axis.
+
+Train: augment on the device, forward with BatchNorm statistics synchronized over
+AXIS, the loss as a global quantity (psum/pmean inside `losses`), its gradient taken
+directly: inside shard_map the gradient of a replicated parameter already comes out
+reduced over devices, so it is NOT reduced again (jax-notes.md's pitfall). A step
+whose loss or gradient is not finite leaves the state unchanged and is recorded.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax import lax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from ecam_jax import losses, metrics
+from ecam_jax.data.augment import augment_batch
+from ecam_jax.parallel import AXIS
+from ecam_jax.state import TrainState
+
+Batch = dict[str, jax.Array]
+
+
+def example_keys(base: jax.Array, step: jax.Array, local_batch: int) -> jax.Array:
+  """One key per example from (run key, step, global row), whatever the device count.
+
+  Called inside the per-device step: row = device index * local batch + i.
+  """
+  rows = lax.axis_index(AXIS) * local_batch + jnp.arange(local_batch)
+  step_key = jax.random.fold_in(base, step)
+  return jax.vmap(lambda r: jax.random.fold_in(step_key, r))(rows)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def make_train_step(
+  model: Any,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  config: ml_collections.ConfigDict,
+  mesh: Mesh,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+  """(state, batch{'image' [B,S,S,1] f32, 'label' [B,S,S,1] u8}) -> (state, metrics)."""
+  augment = config.augment
+
+  def per_device(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+    images, labels = batch['image'], batch['label']
+    keys = example_keys(state.key, state.step, images.shape[0])
+    images, labels = augment_batch(keys, images, labels, augment)
+    labels = labels.astype(jnp.float32)
+
+    def loss_fn(params):
+      outputs, updates = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats},
+        images,
+        train=True,
+        mutable=['batch_stats'],
+      )
+      loss, parts = losses.total_loss(outputs, labels, config.loss, AXIS)
+      return loss, (updates['batch_stats'], parts, outputs['logits'])
+
+    (loss, (batch_stats, parts, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params
+    )
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = state.replace(
+      step=state.step + 1,
+      params=keep(params, state.params),
+      batch_stats=keep(batch_stats, state.batch_stats),
+      opt_state=keep(opt_state, state.opt_state),
+      skipped=state.skipped + (~finite).astype(jnp.int32),
+      first_nonfinite=jnp.where(
+        (state.first_nonfinite < 0) & ~finite, state.step, state.first_nonfinite
+      ),
+    )
+    counts = lax.psum(jnp.sum(metrics.slice_counts(logits, labels), axis=0), AXIS)
+    out = {
+      'loss': loss,
+      **parts,
+      'dsc': metrics.dice_from_counts(counts),
+      'grad_norm': optax.tree.norm(grads),
+      'lr': schedule(state.step),
+      'finite': finite,
+    }
+    return new_state, out
+
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()))
+  return jax.jit(sharded, donate_argnums=(0,))
+
+
+def make_eval_step(model: Any, mesh: Mesh) -> Callable[[dict, Batch], jax.Array]:
+  """(variables, batch) -> int32 [B, 3]: TP, FP, FN of each slice (batch-sharded)."""
+
+  def per_device(variables: dict, batch: Batch) -> jax.Array:
+    logits = model.apply(variables, batch['image'], train=False)['logits']
+    return metrics.slice_counts(logits, batch['label'])
+
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS))
+  return jax.jit(sharded)
+
+
+def make_predict_step(
+  model: Any, mesh: Mesh, tta_flip: bool = False
+) -> Callable[[dict, jax.Array], jax.Array]:
+  """(variables, images [B,S,S,1]) -> foreground probabilities [B,S,S] (batch-sharded);
+  with `tta_flip`, the mean of the image's and its horizontal mirror's probabilities."""
+
+  def per_device(variables: dict, images: jax.Array) -> jax.Array:
+    prob = jax.nn.sigmoid(model.apply(variables, images, train=False)['logits'][..., 0])
+    if tta_flip:
+      flipped = model.apply(variables, images[:, :, ::-1], train=False)['logits'][..., 0]
+      prob = 0.5 * (prob + jax.nn.sigmoid(flipped)[:, :, ::-1])
+    return prob
+
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS))
+  return jax.jit(sharded)

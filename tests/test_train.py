@@ -1,0 +1,160 @@
+"""Training end to end on a tiny phantom: exact resume after SIGTERM, guard rails, and
+the demo config through main."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ecam_jax import checkpoint, train
+from ecam_jax.configuration import ConfigError, load_config
+from ecam_jax.data import phantom
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def tiny_phantom(tmp_path_factory):
+  out = tmp_path_factory.mktemp('data') / 'phantom'
+  phantom.generate(out, 3, seed=0, size=64)
+  return out
+
+
+def _config(root, **train):
+  config = load_config(ROOT / 'configs/demo.py')
+  config.data.root = str(root)
+  config.data.phantom_cases = 0
+  config.data.image_size = 32
+  config.data.split_sizes = (1, 1, 1)
+  config.data.prepare_workers = 1
+  config.model.base_channels = 4
+  config.train.batch_size = 8
+  config.train.epochs = 2
+  config.train.log_every_steps = 2
+  config.train.warmup_steps = 0
+  config.train.overlay_slices = 2
+  config.train.update(train)
+  return config
+
+
+def _latest(workdir, config):
+  from ecam_jax import parallel
+  from ecam_jax.models import build_model
+
+  model = build_model(config.model)
+  size = config.data.image_size
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 1))))
+  mesh = parallel.data_mesh(jax.local_devices())
+  target = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated(mesh)), abstract
+  )
+  return checkpoint.restore_variables(workdir, 'latest', target)
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tiny_phantom, tmp_path, monkeypatch):
+  config = _config(tiny_phantom)
+  straight = train.train_and_evaluate(config, tmp_path / 'straight')
+  assert not straight.get('interrupted')
+  total = straight['total_steps']
+
+  original_write = train.Monitor.write
+
+  def write_then_sigterm(self, step, kind, values):
+    original_write(self, step, kind, values)
+    if kind == 'train' and step == 4:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(train.Monitor, 'write', write_then_sigterm)
+  first = train.train_and_evaluate(_config(tiny_phantom), tmp_path / 'resumed')
+  assert first['interrupted'] and first['step'] == 4
+  monkeypatch.setattr(train.Monitor, 'write', original_write)
+  second = train.train_and_evaluate(_config(tiny_phantom), tmp_path / 'resumed')
+  assert second['step'] == total and not second.get('interrupted')
+
+  a, meta_a = _latest(tmp_path / 'straight', config)
+  b, meta_b = _latest(tmp_path / 'resumed', config)
+  assert meta_a['step'] == meta_b['step'] == total
+  chex.assert_trees_all_close(a, b, atol=1e-6, rtol=1e-6)
+  records = [
+    json.loads(x) for x in (tmp_path / 'resumed' / 'metrics.jsonl').read_text().splitlines()
+  ]
+  assert {r['kind'] for r in records} == {'train', 'val'}
+  for name in ('config.json', 'splits.json'):
+    assert (tmp_path / 'resumed' / name).is_file()
+  assert list((tmp_path / 'resumed' / 'tensorboard').glob('events.out.tfevents.*'))
+  assert list((tmp_path / 'resumed' / 'val_overlays').glob('step_*.png'))
+  assert (tmp_path / 'resumed' / 'checkpoints' / 'best').is_dir()
+
+
+def test_nonfinite_loss_stops_naming_the_step(tiny_phantom, tmp_path):
+  config = _config(tiny_phantom, lr=1e38, epochs=1, schedule='constant')
+  with pytest.raises(FloatingPointError, match=r'not finite at step \d+'):
+    train.train_and_evaluate(config, tmp_path)
+
+
+def test_nonfinite_skip_keeps_training(tiny_phantom, tmp_path):
+  config = _config(tiny_phantom, lr=1e38, epochs=1, schedule='constant', nonfinite='skip')
+  summary = train.train_and_evaluate(config, tmp_path)
+  records = [json.loads(x) for x in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert records[-2]['skipped_steps'] > 0 or records[-1].get('skipped_steps', 1) > 0
+  assert summary['step'] == summary['total_steps']
+
+
+def test_missing_data_root_says_where_to_get_it(tmp_path):
+  config = load_config(ROOT / 'configs/msd.py')
+  config.data.root = str(tmp_path / 'nowhere')
+  with pytest.raises(ConfigError, match='medicaldecathlon.com'):
+    train.train_and_evaluate(config, tmp_path / 'run')
+  assert not (tmp_path / 'run' / 'config.json').exists()
+
+
+def test_unwritable_workdir_is_a_clear_error(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('x')
+  with pytest.raises(OSError, match='not writable'):
+    train.prepare_workdir(blocker / 'run')
+
+
+def test_demo_config_through_main_then_eval(tmp_path):
+  """The README's command, shrunk: phantom generated into the workdir, train, eval."""
+  workdir = tmp_path / 'demo'
+  small = [
+    '--config.data.phantom_cases=3',
+    '--config.data.phantom_size=64',
+    '--config.data.image_size=32',
+    '--config.data.split_sizes=(1,1,1)',
+    '--config.model.base_channels=4',
+    '--config.train.batch_size=2',
+    '--config.train.epochs=1',
+  ]
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  command = [
+    sys.executable,
+    '-m',
+    'ecam_jax.main',
+    '--config=configs/demo.py',
+    f'--workdir={workdir}',
+  ]
+  run = subprocess.run(command + small, cwd=ROOT, env=env, capture_output=True, text=True)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert (workdir / 'phantom' / 'dataset.json').is_file()
+  saved = json.loads((workdir / 'config.json').read_text())
+  assert saved['data']['root'] == str(workdir / 'phantom') and saved['model']['base_channels'] == 4
+  run = subprocess.run(
+    command + small + ['--mode=eval'], cwd=ROOT, env=env, capture_output=True, text=True
+  )
+  assert run.returncode == 0, run.stderr[-3000:]
+  summary = json.loads((workdir / 'eval' / 'summary.json').read_text())
+  assert summary['count']['cases'] == 1
+  case = next(iter(summary['cases'].values()))
+  assert 0.0 <= case['dsc'] <= 1.0 or case['dsc'] is None
+  assert (workdir / 'eval' / 'summary.md').is_file()
+  assert np.isfinite(summary['mean']['slices'])
