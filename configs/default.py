@@ -93,6 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 4  # global, over all devices and hosts
   train.epochs = 150
+  train.max_steps = 0  # > 0: stop after this step (the lr schedule still spans the epochs)
   train.lr = 1e-5
   train.schedule = 'cosine'  # 'cosine' (to 0 over the run) | 'constant'
   train.warmup_steps = 0

@@ -28,7 +28,7 @@ def get_config(arg: str | None = None):
 
   config.model.base_channels = 16
   config.train.batch_size = 4
-  config.train.epochs = 12
+  config.train.epochs = 6
   config.train.lr = 2e-3
   config.train.warmup_steps = 50
   config.train.log_every_steps = 20

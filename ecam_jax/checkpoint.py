@@ -115,19 +115,18 @@ def restore_variables(workdir: str | pathlib.Path, which: str, target: dict) -> 
     raise CheckpointError(f'{path} is not an ecam-jax checkpoint (no meta/ inside)')
   item = 'variables' if (path / 'variables').exists() else 'state'
   with ocp.StandardCheckpointer() as ckptr:
-    saved = ckptr.metadata(path / item).item_metadata
-    saved = getattr(saved, 'tree', saved)
-    saved = {k: saved[k] for k in ('params', 'batch_stats')}
-    _check_shapes(path, saved, target)
+    tree = ckptr.metadata(path / item).item_metadata
+    tree = getattr(tree, 'tree', tree)
+    _check_shapes(path, {k: tree[k] for k in ('params', 'batch_stats')}, target)
     if item == 'variables':
       variables = ckptr.restore(path / item, target)
-    else:  # a latest checkpoint: the whole train state; keep its variables
-      restored = ckptr.restore(path / item)
-      variables = jax.tree.map(
-        lambda t, v: jax.device_put(v, t.sharding),
-        target,
-        {k: restored[k] for k in ('params', 'batch_stats')},
+    else:  # a latest checkpoint holds the whole train state: restore it, keep its variables
+      sharding = jax.tree.leaves(target)[0].sharding
+      abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree
       )
+      restored = ckptr.restore(path / item, abstract)
+      variables = {k: restored[k] for k in ('params', 'batch_stats')}
   meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(path / 'meta')
   return variables, meta
 

@@ -23,7 +23,7 @@ from ecam_jax import checkpoint, configuration, evaluate, overlay, parallel, ste
 from ecam_jax.data import layouts, source, splits, volumes
 from ecam_jax.data.errors import DataError, atomic_path
 from ecam_jax.data.layouts import NIFTI_SUFFIXES, case_id_of
-from ecam_jax.models import build_model, fold_ec
+from ecam_jax.models import abstract_variables, build_model, fold_ec
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -56,9 +56,7 @@ class Predictor:
     self.mesh = parallel.data_mesh(jax.local_devices())
     model = build_model(config.model)
     size = config.data.image_size
-    abstract = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, size, size, 1)))
-    )
+    abstract = abstract_variables(model, size)
     sharding = parallel.replicated(self.mesh)
     target = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract
@@ -143,11 +141,9 @@ def plan_outputs(source: str, target: str) -> list[tuple[pathlib.Path, pathlib.P
   """(input, output) pairs; an output that would overwrite an input is an error."""
   src, dst = pathlib.Path(source).expanduser(), pathlib.Path(target).expanduser()
   inputs = _nifti_inputs(src)
-  if src.is_file() and not dst.is_dir():
-    if not dst.name.endswith(NIFTI_SUFFIXES):
-      raise DataError(f'--output {dst}: expected a .nii or .nii.gz file name (or a folder)')
+  if src.is_file() and dst.name.endswith(NIFTI_SUFFIXES):
     pairs = [(src, dst)]
-  else:
+  else:  # a folder (created if missing) receives CASE.nii.gz per input
     pairs = [(p, dst / f'{case_id_of(p)}.nii.gz') for p in inputs]
   resolved_inputs = {p.resolve() for p in inputs}
   for _, out in pairs:

@@ -25,6 +25,12 @@ flags.DEFINE_string('checkpoint', None, "eval/predict: 'best', 'latest' or a che
 flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.')
 flags.DEFINE_integer('num_processes', None, 'Multi-process: how many processes in all.')
 flags.DEFINE_integer('process_id', None, 'Multi-process: this process (0 .. n-1).')
+flags.DEFINE_enum(
+  'distributed',
+  'auto',
+  ['auto', 'on', 'off'],
+  'Multi-process start: auto (SLURM, Open MPI, TPU pod detected), on (always), off.',
+)
 flags.DEFINE_integer(
   'heartbeat_timeout_seconds', 60, 'Multi-process: declare a silent process dead after this.'
 )
@@ -42,9 +48,22 @@ def main(argv: list[str]) -> None:
     FLAGS.coordinator_address,
     FLAGS.num_processes,
     FLAGS.process_id,
+    mode=FLAGS.distributed,
     heartbeat_timeout_s=FLAGS.heartbeat_timeout_seconds,
   )
-  config = FLAGS.config
+  try:
+    _run(FLAGS.config)
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    raise RuntimeError(
+      f'process {jax.process_index()} of {jax.process_count()}: an exchange with the other '
+      'processes failed; another process of this run has probably died (see its log). Run '
+      f'the same command again to resume from the latest checkpoint. ({str(e).splitlines()[0]})'
+    ) from e
+
+
+def _run(config) -> None:
   if FLAGS.mode == 'train':
     from ecam_jax import train
 

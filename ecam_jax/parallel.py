@@ -28,15 +28,19 @@ def initialize(
   coordinator_address: str | None = None,
   num_processes: int | None = None,
   process_id: int | None = None,
+  mode: str = 'auto',
   heartbeat_timeout_s: int = 60,
   initialization_timeout_s: int = 300,
 ) -> None:
   """Starts jax.distributed when this is one process of several; else does nothing.
 
-  Explicit flags win; otherwise SLURM, Open MPI and TPU pods are detected. A process
-  that stops sending heartbeats for `heartbeat_timeout_s` is declared dead and the
-  others fail with an error instead of hanging.
+  Explicit coordinator flags win. mode 'auto' starts it under SLURM (several tasks),
+  Open MPI or a multi-worker TPU VM; 'on' always (jax finds the cluster: TPU pods);
+  'off' never. A process that stops sending heartbeats for `heartbeat_timeout_s` is
+  declared dead and the others fail with an error instead of hanging.
   """
+  if mode not in ('auto', 'on', 'off'):
+    raise ValueError(f"--distributed={mode!r}; expected 'auto', 'on' or 'off'")
   explicit = coordinator_address is not None or num_processes is not None
   if explicit and (coordinator_address is None or num_processes is None or process_id is None):
     raise ValueError(
@@ -45,7 +49,7 @@ def initialize(
     )
   if explicit and num_processes == 1:
     return
-  if explicit or _cluster_detected():
+  if explicit or mode == 'on' or (mode == 'auto' and _cluster_detected()):
     jax.distributed.initialize(
       coordinator_address,
       num_processes,

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ecam_jax.models import init_variables
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -30,9 +32,10 @@ class TrainState:
 def create_train_state(
   model: nn.Module, tx: optax.GradientTransformation, seed: int, image_size: int
 ) -> TrainState:
-  """Initializes parameters from `seed` (one [1, S, S, 1] dummy input) and the optimizer."""
-  init_key, run_key = jax.random.split(jax.random.key(seed))
-  variables = model.init(init_key, jnp.zeros((1, image_size, image_size, 1), jnp.float32))
+  """Initializes parameters from `seed` (one [1, S, S, 1] dummy input) and the optimizer;
+  the run's key (augmentation) is derived from the same seed."""
+  variables = init_variables(model, seed, image_size)
+  run_key = jax.random.fold_in(jax.random.key(seed), 1)
   params = variables['params']
   return TrainState(
     step=jnp.zeros((), jnp.int32),

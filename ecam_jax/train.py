@@ -99,7 +99,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = parallel.data_mesh()
   parallel.check_batch_size(config.train.batch_size, mesh)
   steps_per_epoch = pipeline.steps_per_epoch(cache, train_cases, config)
-  total_steps = steps_per_epoch * config.train.epochs
+  total_steps = steps_per_epoch * config.train.epochs  # the schedule spans these
+  last_step = min(total_steps, config.train.max_steps or total_steps)  # where this run ends
   model = build_model(config.model, axis_name=parallel.AXIS)
   eval_model = build_model(config.model)
   tx, schedule = make_optimizer(config.train, total_steps)
@@ -130,7 +131,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   predict_step = steps.make_predict_step(eval_model, mesh)
   overlay_picks = validate.overlay_slices(cache, val_cases, config.train.overlay_slices)
 
-  monitor = Monitor(workdir, total_steps, start_step)
+  monitor = Monitor(workdir, last_step, start_step)
   if restored is not None:
     monitor.note(f'resumed from step {start_step} of {total_steps} in {workdir}')
   last_save, pending, step = time.monotonic(), [], start_step
@@ -144,7 +145,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   with StopRequest() as stop:
     try:
-      while step < total_steps:
+      while step < last_step:
         batch = parallel.global_batch(mesh, next(train_iter))
         state, metrics = train_step(state, batch)
         step += 1
@@ -152,7 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         end_of_epoch = step % steps_per_epoch == 0
 
         # --- log ---
-        if step % config.train.log_every_steps == 0 or end_of_epoch or step == total_steps:
+        if step % config.train.log_every_steps == 0 or end_of_epoch or step == last_step:
           values = _mean_metrics(pending)
           pending = []
           first_bad, skipped = (int(x) for x in (state.first_nonfinite, state.skipped))
@@ -195,7 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           )
 
         # --- checkpoint, stop ---
-        due = step % config.train.checkpoint_every_steps == 0 or step == total_steps
+        due = step % config.train.checkpoint_every_steps == 0 or step == last_step
         if step % sync_every == 0 or due:
           late = time.monotonic() - last_save > config.train.checkpoint_every_seconds
           stopping = parallel.any_process(stop.requested)

@@ -160,3 +160,20 @@ def up_conv_2x2(x, kernel, bias):
     for q in range(2):
       y[:, p::2, q::2] = x @ kernel[p, q]
   return y + bias
+
+
+def host_variables(abstract, seed: int = 0):
+  """Initial-like variables made on the host from their shapes, with no compile: kernels
+  ~ N(0, 1/fan_in) (LeCun, as Flax's default), biases and BN shifts 0, BN scales 1,
+  running means 0 and variances 1. For tests that need some reasonable weights fast."""
+  rng = np.random.default_rng(seed)
+
+  def make(path, leaf):
+    name = jax.tree_util.keystr(path[-1:])
+    if 'kernel' in name:
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+    fill = 1.0 if ('scale' in name or 'var' in name) else 0.0
+    return np.full(leaf.shape, fill, np.float32)
+
+  return jax.tree_util.tree_map_with_path(make, abstract)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ecam_jax.configuration import load_config, validate
-from ecam_jax.models import build_model, fold_ec
+from ecam_jax.models import abstract_variables, build_model, fold_ec
 from ecam_jax.models.unet import WIDTHS
 from ecam_jax.models.variants import VARIANTS
 
@@ -77,12 +77,22 @@ def test_plain_unet_at_base_64_is_the_usual_31m():
 
 
 def test_sc_changes_the_function_but_adds_no_parameters():
+  """unet_sc's bottleneck output is SC(F, F) + F of unet's (eq. 8-9), same parameters."""
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 1))
   plain, sc = build_model(_config('unet').model), build_model(_config('unet_sc').model)
-  variables = jax.jit(plain.init)(jax.random.key(0), x)
-  a = jax.jit(plain.apply)(variables, x)['logits']
-  b = jax.jit(sc.apply)(variables, x)['logits']
-  assert float(jnp.abs(a - b).max()) > 1e-4
+  variables = ref.host_variables(abstract_variables(plain, 32))
+  variables = {**variables, 'params': ref.randomize(variables['params'], 3, 0.3)}
+
+  def bottleneck(model):
+    only = lambda module, _: module.name == 'bottleneck'
+    _, state = jax.jit(lambda v: model.apply(v, x, capture_intermediates=only))(variables)
+    return np.asarray(state['intermediates']['bottleneck']['__call__'][0])
+
+  f = bottleneck(plain)
+  chex.assert_trees_all_close(
+    bottleneck(sc), ref.spatial_correlation(f, f) + f, rtol=1e-4, atol=1e-5
+  )
+  assert np.abs(ref.spatial_correlation(f, f)).max() > 0.1 * np.abs(f).max()
 
 
 def test_full_model_at_512_builds_with_side_logits():
@@ -97,11 +107,11 @@ def test_full_model_at_512_builds_with_side_logits():
 
 
 def test_side_outputs_on_decoder_levels():
-  config = _config('ec_cam_unet')
+  config = _config('unet_dws')
   config.model.side_outputs = ('bottleneck', 'decoder1', 'decoder3')
   model = build_model(config.model)
   x = jnp.zeros((1, 32, 32, 1))
-  out = jax.jit(model.apply)(jax.jit(model.init)(jax.random.key(0), x), x)
+  out = jax.jit(model.apply)(ref.host_variables(abstract_variables(model, 32)), x)
   assert len(out['side_logits']) == 3
   assert all(s.shape == (1, 32, 32, 1) for s in out['side_logits'])
 
@@ -112,12 +122,13 @@ def _loss(model, variables, x, y):
   return loss, updates
 
 
-def test_gradients_finite_and_remat_equal():
-  config = _config('ec_cam_unet')
+def test_remat_gives_the_same_gradients():
+  config = _config('unet_ec')  # EC encoder, decoder and side head all rematerialized
+  config.model.use_dws = True
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 1))
   y = (x > 0.5).astype(jnp.float32)
   model = build_model(config.model)
-  variables = model.init(jax.random.key(0), x)
+  variables = ref.host_variables(abstract_variables(model, 32))
   grad_fn = jax.jit(
     jax.grad(lambda p, m: _loss(m, {**variables, 'params': p}, x, y)[0]), static_argnums=1
   )
@@ -134,17 +145,17 @@ def test_folded_model_equals_unfolded_in_eval():
   config = _config('ec_cam_unet')
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 1))
   model = build_model(config.model)
-  variables = model.init(jax.random.key(0), x)
+  variables = ref.host_variables(abstract_variables(model, 32))
   variables = {
     'params': ref.randomize(variables['params'], 7, 0.2),
     'batch_stats': variables['batch_stats'],
   }
+  train_apply = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])[1])
   for step in range(3):
-    _, updates = model.apply(variables, x * (step + 1), train=True, mutable=['batch_stats'])
-    variables = {**variables, **updates}
-  unfolded = model.apply(variables, x)
+    variables = {**variables, **train_apply(variables, x * (step + 1))}
+  unfolded = jax.jit(model.apply)(variables, x)
   folded_model = build_model(config.model, folded=True)
-  folded = folded_model.apply(fold_ec(variables, config.model.bn_epsilon), x)
+  folded = jax.jit(folded_model.apply)(fold_ec(variables, config.model.bn_epsilon), x)
   scale = float(jnp.abs(unfolded['logits']).max())
   chex.assert_trees_all_close(folded, unfolded, atol=1e-4 * scale, rtol=1e-4)
   assert jax.tree.structure(
