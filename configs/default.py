@@ -68,7 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model.attention = 'coa'  # 'coa' | 'se' | 'cbam' | 'none'
   model.fusion = 'conv'  # 'conv' | 'add' | 'serial'
   model.attention_scale = config_dict.FieldReference(1.0, field_type=object)  # or 'rsqrt'
-  model.attention_impl = 'fused'  # 'fused' (jax.nn.dot_product_attention) | 'naive'
+  model.attention_impl = 'fused'  # 'fused' (jax.nn.dot_product_attention) | 'chunked' | 'naive'
   model.cc_hidden = 1
   model.aspp_rates = (6, 12, 18)
   model.aspp_1x1_branch = False

@@ -64,7 +64,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   m = config.model
   _choice(config, 'model.attention', ('coa', 'se', 'cbam', 'none'))
   _choice(config, 'model.fusion', ('conv', 'add', 'serial'))
-  _choice(config, 'model.attention_impl', ('fused', 'naive'))
+  _choice(config, 'model.attention_impl', ('fused', 'chunked', 'naive'))
   _choice(config, 'model.dtype', ('float32', 'bfloat16'))
   _choice(config, 'data.layout', ('msd', 'kits19', 'paired'))
   _choice(config, 'data.modality', ('CT', 'MR'))

@@ -22,15 +22,15 @@ import argparse
 import json
 import os
 import pathlib
-import secrets
-import zlib
 from collections.abc import Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
 from numpy.typing import ArrayLike
 from scipy import ndimage
+
+from ecam_jax.atomic import write_text_atomic
+from ecam_jax.data import volumes
 
 RATIOS = ('dsc', 'sensitivity', 'precision')
 NIFTI_SUFFIXES = ('.nii.gz', '.nii')
@@ -194,18 +194,6 @@ def summarize(cases: Mapping[str, Mapping[str, float | int | str]]) -> dict:
   return {'cases': dict(cases), 'mean': mean, 'count': count, 'pooled': ratios(**totals)}
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-  """Writes via a temporary file in the same folder, so a reader never sees half a file."""
-  tmp = path.with_name(f'.{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp')
-  try:
-    with open(tmp, 'x', encoding='utf-8') as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    tmp.unlink(missing_ok=True)
-    raise
-
-
 def _json_safe(value):
   """Non-finite floats become null (strict JSON); `surface_status` says why."""
   if isinstance(value, dict):
@@ -242,8 +230,10 @@ def write_summary(summary: dict, out_dir: str | os.PathLike) -> None:
   """Writes `summary.json` (non-finite values as null) and `summary.md` into `out_dir`."""
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  _write_atomic(out / 'summary.json', json.dumps(_json_safe(summary), indent=2, allow_nan=False))
-  _write_atomic(out / 'summary.md', markdown_table(summary))
+  write_text_atomic(
+    out / 'summary.json', json.dumps(_json_safe(summary), indent=2, allow_nan=False)
+  )
+  write_text_atomic(out / 'summary.md', markdown_table(summary))
 
 
 def _case_files(folder: pathlib.Path, role: str) -> dict[str, pathlib.Path]:
@@ -266,13 +256,8 @@ def _case_files(folder: pathlib.Path, role: str) -> dict[str, pathlib.Path]:
 
 def _load_nifti(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
   """(3-D integer label map, affine, voxel size per array axis in mm) of a NIfTI file."""
-  try:
-    image = nib.load(path)
-    data = np.asanyarray(image.dataobj)
-  except (ImageFileError, OSError, EOFError, zlib.error, ValueError) as e:
-    raise ValueError(f'{path}: not a readable NIfTI file ({type(e).__name__}: {e})') from None
-  if data.ndim != 3:
-    raise ValueError(f'{path}: expected a 3-D label map, got shape {data.shape}')
+  image = volumes.load_nifti(path)  # DataError naming the file: not NIfTI, corrupt, not 3-D
+  data = np.asanyarray(image.dataobj)
   if np.issubdtype(data.dtype, np.floating) and np.any(data != np.rint(data)):
     raise ValueError(f'{path}: expected integer labels, found non-integer values')
   # The header's zooms are the voxel sizes along the array axes, in the array's order.

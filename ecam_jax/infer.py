@@ -20,8 +20,9 @@ import tqdm
 from scipy import ndimage
 
 from ecam_jax import checkpoint, configuration, evaluate, overlay, parallel, steps
+from ecam_jax.atomic import write_bytes_atomic
 from ecam_jax.data import layouts, source, splits, volumes
-from ecam_jax.data.errors import DataError, atomic_path
+from ecam_jax.data.errors import DataError
 from ecam_jax.data.layouts import NIFTI_SUFFIXES, case_id_of
 from ecam_jax.models import abstract_variables, build_model, fold_ec
 
@@ -120,8 +121,7 @@ def write_mask(mask: np.ndarray, like: nib.Nifti1Image, path: pathlib.Path) -> N
   data = out.to_bytes()
   if path.name.endswith('.gz'):
     data = gzip.compress(data, compresslevel=6)
-  with atomic_path(path) as tmp:
-    tmp.write_bytes(data)
+  write_bytes_atomic(path, data)
 
 
 def _nifti_inputs(source: pathlib.Path) -> list[pathlib.Path]:

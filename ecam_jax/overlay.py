@@ -2,13 +2,13 @@
 nothing but zlib (no imaging library), for eyeballing segmentations during evaluation."""
 
 import os
-import pathlib
-import secrets
 import struct
 import zlib
 
 import numpy as np
 from scipy import ndimage
+
+from ecam_jax.atomic import write_bytes_atomic
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 GREEN = (0, 255, 0)  # label contour
@@ -34,15 +34,7 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
   header = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)  # depth 8, RGB, no interlace
   png = PNG_SIGNATURE + _chunk(b'IHDR', header)
   png += _chunk(b'IDAT', zlib.compress(rows.tobytes(), 6)) + _chunk(b'IEND', b'')
-  path = pathlib.Path(path)
-  tmp = path.with_name(f'.{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp')
-  try:
-    with open(tmp, 'xb') as f:
-      f.write(png)
-    os.replace(tmp, path)
-  except BaseException:
-    tmp.unlink(missing_ok=True)
-    raise
+  write_bytes_atomic(path, png)
 
 
 def contour(mask: np.ndarray) -> np.ndarray:

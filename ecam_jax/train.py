@@ -17,10 +17,10 @@ import ml_collections
 import numpy as np
 
 from ecam_jax import configuration, parallel, steps, validate
+from ecam_jax.atomic import write_json_atomic
 from ecam_jax.checkpoint import Checkpoints
 from ecam_jax.data import cache as data_cache
 from ecam_jax.data import pipeline, source, splits
-from ecam_jax.data.errors import write_json_atomic
 from ecam_jax.models import build_model
 from ecam_jax.monitor import Monitor
 from ecam_jax.optim import make_optimizer

@@ -65,18 +65,27 @@ def test_channel_correlation_output_is_f_scaled_per_channel_into_0_1():
 @pytest.mark.parametrize('scale', [1.0, 0.125])
 def test_spatial_attention_naive_matches_numpy(scale):
   f, v = _features((2, 4, 6, 8), 1), _features((2, 4, 6, 8), 2)
-  out = spatial_attention(f, v, scale, naive=True)
+  out = spatial_attention(f, v, scale, impl='naive')
   chex.assert_trees_all_close(out, ref.spatial_correlation(f, v, scale), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize('hw', [(2, 2), (4, 8), (8, 8), (16, 16)])
-def test_fused_attention_equals_naive(hw):
+@pytest.mark.parametrize('impl', ['fused', 'chunked'])
+def test_fused_and_chunked_attention_equal_naive(hw, impl):
   f = _features((2, *hw, 32), 3, scale=0.5)
   v = _features((2, *hw, 32), 4)
   for scale in (1.0, 1 / np.sqrt(32)):
-    fused = spatial_attention(f, v, scale, naive=False)
-    naive = spatial_attention(f, v, scale, naive=True)
-    chex.assert_trees_all_close(fused, naive, atol=1e-5, rtol=1e-5)
+    got = spatial_attention(f, v, scale, impl=impl, block=24)  # 24: a ragged last block
+    naive = spatial_attention(f, v, scale, impl='naive')
+    chex.assert_trees_all_close(got, naive, atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_attention_gradient_equals_naive():
+  f, v = _features((2, 8, 8, 16), 5), _features((2, 8, 8, 16), 6)
+  grad = lambda impl: jax.grad(
+    lambda f, v: jnp.sum(spatial_attention(f, v, 0.25, impl, 20) ** 2), argnums=(0, 1)
+  )(f, v)
+  chex.assert_trees_all_close(grad('chunked'), grad('naive'), atol=1e-5, rtol=1e-4)
 
 
 def test_collaborative_attention_matches_numpy():

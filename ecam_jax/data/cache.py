@@ -30,9 +30,10 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from ecam_jax.atomic import TEMP_PREFIXES, atomic_path, remove, write_json_atomic
 from ecam_jax.configuration import ConfigError
 from ecam_jax.data import layouts, volumes
-from ecam_jax.data.errors import TEMP_PREFIXES, DataError, atomic_path, remove, write_json_atomic
+from ecam_jax.data.errors import DataError
 
 CACHE_VERSION = 1
 IMAGE_DTYPE = np.float32

@@ -12,8 +12,9 @@ import pathlib
 import ml_collections
 import numpy as np
 
+from ecam_jax.atomic import write_json_atomic
 from ecam_jax.configuration import ConfigError
-from ecam_jax.data.errors import DataError, write_json_atomic
+from ecam_jax.data.errors import DataError
 
 SPLITS = ('train', 'val', 'test')
 # config.data.dataset -> (train, val, test) case counts used in the paper.

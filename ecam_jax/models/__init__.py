@@ -23,6 +23,7 @@ _FIELDS = (
   'attention',
   'fusion',
   'attention_scale',
+  'attention_impl',
   'cc_hidden',
   'aspp_rates',
   'aspp_1x1_branch',
@@ -52,7 +53,6 @@ def build_model(
   fields['side_outputs'] = tuple(fields['side_outputs'])
   return MODELS[config.name](
     norm=norm,
-    naive_attention=config.attention_impl == 'naive',
     folded=folded,
     dtype=dtype,
     **fields,

@@ -80,37 +80,64 @@ def attention_scale(scale: float | str, channels: int) -> float:
   return 1.0 / math.sqrt(channels) if scale == 'rsqrt' else float(scale)
 
 
+ATTENTION_IMPLS = ('fused', 'chunked', 'naive')
+
+
 def spatial_attention(
-  f: jax.Array, value: jax.Array, scale: float, naive: bool = False
+  f: jax.Array, value: jax.Array, scale: float, impl: str = 'fused', block: int = 256
 ) -> jax.Array:
   """SC (eq. 8-9) applied to `value`: out_i = sum_j softmax_j(scale * E_i . E_j) value_j.
 
-  E = reshape(F) to [B, HW, C]. The fused path is dot-product attention with
-  query = key = E (one head, no projections) and never stores the [HW, HW] map S on
-  backends with a fused kernel; `naive=True` builds S explicitly (tests use it).
+  E = reshape(F) to [B, HW, C]. `impl`:
+  - 'fused': `jax.nn.dot_product_attention` (query = key = E, one head, no projections),
+    which picks a fused kernel that never stores the [HW, HW] map S where the backend
+    has one (cuDNN on GPUs, for supported head sizes) and XLA's otherwise;
+  - 'chunked': queries in blocks of `block` rows, each block rematerialized in the
+    backward pass: memory O(block * HW) instead of O(HW^2) on every backend;
+  - 'naive': S built explicitly (the reference the tests compare against).
   """
   b, h, w, c = f.shape
   e = f.reshape(b, h * w, c)
   v = value.reshape(b, h * w, value.shape[-1])
-  if naive:
-    logits = jnp.einsum('bic,bjc->bij', e, e, preferred_element_type=jnp.float32) * scale
-    s = jax.nn.softmax(logits, axis=-1)  # S: [B, HW, HW]
-    out = jnp.einsum('bij,bjc->bic', s.astype(v.dtype), v)
-  else:
+  if impl == 'naive':
+    out = _attend(e, e, v, scale)
+  elif impl == 'chunked':
+    out = _chunked(e, v, scale, block)
+  elif impl == 'fused':
     out = jax.nn.dot_product_attention(
       e[:, :, None, :], e[:, :, None, :], v[:, :, None, :], scale=scale
     )[:, :, 0, :]
+  else:
+    raise ValueError(f'attention impl {impl!r}; expected one of {ATTENTION_IMPLS}')
   return out.reshape(b, h, w, value.shape[-1])
+
+
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
+  """softmax(scale q k^T) v with the logits and softmax in float32: [B, Q, C]."""
+  logits = jnp.einsum('bic,bjc->bij', q, k, preferred_element_type=jnp.float32) * scale
+  s = jax.nn.softmax(logits, axis=-1)  # S: [B, Q, HW]
+  return jnp.einsum('bij,bjc->bic', s.astype(v.dtype), v)
+
+
+def _chunked(e: jax.Array, v: jax.Array, scale: float, block: int) -> jax.Array:
+  n = e.shape[1]
+  block = min(block, n)
+  pad = -n % block
+  q = jnp.pad(e, ((0, 0), (0, pad), (0, 0))) if pad else e
+  q = q.reshape(e.shape[0], -1, block, e.shape[2]).swapaxes(0, 1)  # [blocks, B, block, C]
+  attend = jax.checkpoint(lambda qb: _attend(qb, e, v, scale))
+  out = jax.lax.map(attend, q)  # [blocks, B, block, Cv]
+  return out.swapaxes(0, 1).reshape(e.shape[0], -1, v.shape[-1])[:, :n]
 
 
 class SpatialCorrelation(nn.Module):
   """SC as a module (it has no parameters): SC(F, value) per eq. 8-9."""
 
   scale: float | str = 1.0
-  naive: bool = False
+  impl: str = 'fused'
 
   def __call__(self, f: jax.Array, value: jax.Array) -> jax.Array:
-    return spatial_attention(f, value, attention_scale(self.scale, f.shape[-1]), self.naive)
+    return spatial_attention(f, value, attention_scale(self.scale, f.shape[-1]), self.impl)
 
 
 class CollaborativeAttention(nn.Module):
@@ -124,7 +151,7 @@ class CollaborativeAttention(nn.Module):
   use_cc: bool = True
   use_sc: bool = True
   scale: float | str = 1.0
-  naive: bool = False
+  impl: str = 'fused'
   hidden: int = 1
   dtype: Any = jnp.float32
 
@@ -132,7 +159,7 @@ class CollaborativeAttention(nn.Module):
   def __call__(self, f: jax.Array, train: bool) -> jax.Array:
     value = ChannelCorrelation(self.norm, self.hidden, self.dtype)(f, train) if self.use_cc else f
     if self.use_sc:
-      value = SpatialCorrelation(self.scale, self.naive)(f, value)
+      value = SpatialCorrelation(self.scale, self.impl)(f, value)
     return value + f
 
 

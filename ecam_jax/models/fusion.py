@@ -26,7 +26,7 @@ class Bottleneck(nn.Module):
   use_mus: bool = True
   fusion: str = 'conv'
   attention_scale: float | str = 1.0
-  naive_attention: bool = False
+  attention_impl: str = 'fused'
   cc_hidden: int = 1
   aspp_rates: tuple[int, ...] = (6, 12, 18)
   aspp_1x1_branch: bool = False
@@ -42,7 +42,7 @@ class Bottleneck(nn.Module):
         self.use_cc,
         self.use_sc,
         self.attention_scale,
-        self.naive_attention,
+        self.attention_impl,
         self.cc_hidden,
         self.dtype,
         name='coa',

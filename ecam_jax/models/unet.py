@@ -81,7 +81,7 @@ class UNet(nn.Module):
   attention: str = 'coa'
   fusion: str = 'conv'
   attention_scale: float | str = 1.0
-  naive_attention: bool = False
+  attention_impl: str = 'fused'  # SC: 'fused' | 'chunked' | 'naive' (attention.py)
   cc_hidden: int = 1
   aspp_rates: tuple[int, ...] = (6, 12, 18)
   aspp_1x1_branch: bool = False
@@ -129,7 +129,7 @@ class UNet(nn.Module):
       use_mus=self.use_mus,
       fusion=self.fusion,
       attention_scale=self.attention_scale,
-      naive_attention=self.naive_attention,
+      attention_impl=self.attention_impl,
       cc_hidden=self.cc_hidden,
       aspp_rates=self.aspp_rates,
       aspp_1x1_branch=self.aspp_1x1_branch,

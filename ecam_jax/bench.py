@@ -1,0 +1,238 @@
+"""Speed, FLOP/s, memory and loader rate of a config, as one JSON object.
+
+  python -m ecam_jax.bench --config=configs/demo.py [--config.model.base_channels=16 ...]
+  python -m ecam_jax.bench --config=configs/default.py --suite
+
+Train step: the real one (augmentation, loss, optimizer; shard_map over this process's
+devices) on synthetic batches, timed as the median of --steps after --warmup. FLOPs come
+from XLA's cost analysis of the compiled step, the peak from a matmul measured in the
+same run (float32, or bfloat16 when the model computes in bfloat16), MFU is their
+ratio. Peak memory is the compiled step's: arguments + outputs + temporaries - aliased
+(donated) buffers. Inference: the predict step on config.eval.batch_size slices, EC
+folded and unfolded. The loader rate needs data (a config with data.root, or the demo's
+phantom, prepared into --workdir); otherwise it is null.
+"""
+
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from ecam_jax import configuration, parallel, steps
+from ecam_jax.models import build_model, fold_ec
+from ecam_jax.optim import make_optimizer
+from ecam_jax.state import create_train_state
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
+flags.DEFINE_integer('steps', 10, 'Timed train steps (and inference batches).')
+flags.DEFINE_integer('warmup', 2, 'Untimed steps first.')
+flags.DEFINE_bool('suite', False, 'A table over image sizes, batch sizes and variants.')
+flags.DEFINE_list('sizes', None, 'Suite image sizes (default: 128,256 on CPU; 512,1024 else).')
+flags.DEFINE_list('batches', ['4', '8'], 'Suite global batch sizes.')
+flags.DEFINE_list('variants', ['unet', 'ec_cam_unet'], 'Suite variants.')
+flags.DEFINE_bool('loader', True, 'Measure the data loader (needs the config data).')
+flags.DEFINE_string('workdir', None, 'Where the loader prepares its cache (default: a temp dir).')
+flags.mark_flag_as_required('config')
+
+
+def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return 1e3 * statistics.median(times)
+
+
+def matmul_peak(dtype: Any, device: Any) -> float:
+  """FLOP/s of a large square matmul on one device, measured now (median of 10)."""
+  n = 2048 if device.platform == 'cpu' else 8192
+  keys = jax.random.split(jax.random.key(0))
+  a, b = (jax.device_put(jax.random.normal(k, (n, n), dtype), device) for k in keys)
+  f = jax.jit(jnp.matmul)
+  ms = _median_ms(lambda: f(a, b), 10, 2)
+  return 2 * n**3 / (ms / 1e3)
+
+
+def _flops(compiled) -> float:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0]
+  return float(analysis.get('flops', 0.0)) if analysis else 0.0
+
+
+def _peak_memory(compiled) -> int | None:
+  m = compiled.memory_analysis()
+  if m is None:
+    return None
+  total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+  return int(total - m.alias_size_in_bytes)
+
+
+def _synthetic_batch(config, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """Random images with a blob-shaped label: never zeros (they can run faster)."""
+  b, s = config.train.batch_size, config.data.image_size
+  image = rng.random((b, s, s, 1), dtype=np.float32)
+  yy, xx = np.mgrid[:s, :s] / s
+  label = ((yy - 0.5) ** 2 + (xx - 0.4) ** 2 < 0.02).astype(np.uint8)
+  return {'image': image, 'label': np.broadcast_to(label[None, ..., None], image.shape).copy()}
+
+
+def bench_train(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
+  model = build_model(config.model, axis_name=parallel.AXIS)
+  tx, schedule = make_optimizer(config.train, 1000)
+  state = jax.jit(
+    lambda: create_train_state(model, tx, config.seed, config.data.image_size),
+    out_shardings=parallel.replicated(mesh),
+  )()
+  step = steps.make_train_step(model, tx, schedule, config, mesh)
+  batch = jax.device_put(
+    _synthetic_batch(config, np.random.default_rng(0)), parallel.batch_sharded(mesh)
+  )
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  holder = [state]
+
+  def one_step():
+    holder[0], metrics = compiled(holder[0], batch)
+    return metrics['loss']
+
+  ms = _median_ms(one_step, FLAGS.steps, FLAGS.warmup)
+  devices = mesh.devices.size
+  flops_per_image = _flops(compiled) * devices / config.train.batch_size
+  return {
+    'train_step_ms': ms,
+    'images_per_s': config.train.batch_size / (ms / 1e3),
+    'flops_per_image': flops_per_image,
+    'achieved_flops': flops_per_image * config.train.batch_size / (ms / 1e3),
+    'peak_memory_bytes': _peak_memory(compiled),
+    'compile_s': compile_s,
+    'variables': jax.device_get(holder[0].variables()),
+  }
+
+
+def bench_infer(config: ml_collections.ConfigDict, mesh, variables: dict, folded: bool) -> float:
+  """ms per slice of the predict step on eval.batch_size slices."""
+  model = build_model(config.model, folded=folded)
+  if folded:
+    variables = fold_ec(variables, config.model.bn_epsilon)
+  variables = jax.device_put(variables, parallel.replicated(mesh))
+  devices = mesh.devices.size
+  batch = max(devices, config.eval.batch_size // devices * devices)
+  s = config.data.image_size
+  images = np.random.default_rng(1).random((batch, s, s, 1), dtype=np.float32)
+  images = jax.device_put(images, parallel.batch_sharded(mesh))
+  predict = steps.make_predict_step(model, mesh, config.eval.tta_flip)
+  return _median_ms(lambda: predict(variables, images), FLAGS.steps, FLAGS.warmup) / batch
+
+
+def bench_loader(config: ml_collections.ConfigDict, workdir: str) -> float | None:
+  """Slices/s from the preprocessing cache through the train iterator (host only)."""
+  from ecam_jax.data import pipeline
+  from ecam_jax.train import prepare_data, prepare_workdir
+
+  try:
+    cache, case_splits = prepare_data(config, prepare_workdir(workdir))
+  except (configuration.ConfigError, ValueError) as e:
+    print(f'loader not measured: {e}', flush=True)
+    return None
+  iterator = pipeline.train_iterator(cache, case_splits['train'], config, seed=0)
+  try:
+    next(iterator)
+    return pipeline.measure_slices_per_second(iterator, 200)
+  finally:
+    getattr(iterator, 'close', lambda: None)()
+
+
+def bench(config: ml_collections.ConfigDict, workdir: str | None, loader: bool) -> dict:
+  """Every number of the module docstring for one config."""
+  configuration.validate(config)
+  mesh = parallel.data_mesh(jax.local_devices())
+  parallel.check_batch_size(config.train.batch_size, mesh)
+  dtype = jnp.dtype(config.model.dtype)
+  peak = matmul_peak(dtype, jax.local_devices()[0]) * mesh.devices.size
+  out = bench_train(config, mesh)
+  variables = out.pop('variables')
+  out['peak_flops'] = peak
+  out['mfu'] = out['achieved_flops'] / peak
+  out['infer_ms_per_slice'] = bench_infer(config, mesh, variables, folded=config.model.use_ec)
+  out['infer_ms_per_slice_unfolded'] = bench_infer(config, mesh, variables, folded=False)
+  out['loader_slices_per_s'] = None
+  if loader:
+    with tempfile.TemporaryDirectory() as tmp:
+      out['loader_slices_per_s'] = bench_loader(config, workdir or tmp)
+  out['device'] = f'{mesh.devices.size} x {jax.local_devices()[0].device_kind}'
+  out['config'] = {
+    'variant': config.model.variant,
+    'base_channels': config.model.base_channels,
+    'image_size': config.data.image_size,
+    'batch_size': config.train.batch_size,
+    'dtype': config.model.dtype,
+    'remat': config.model.remat,
+    'attention_impl': config.model.attention_impl,
+  }
+  return out
+
+
+def _suite_rows(config: ml_collections.ConfigDict) -> list[dict]:
+  from ecam_jax.models.variants import apply_variant
+
+  on_cpu = jax.local_devices()[0].platform == 'cpu'
+  sizes = [int(s) for s in (FLAGS.sizes or (['128', '256'] if on_cpu else ['512', '1024']))]
+  rows = []
+  for variant in FLAGS.variants:
+    for size in sizes:
+      for batch in (int(b) for b in FLAGS.batches):
+        for remat in (False, True):
+          c = ml_collections.ConfigDict(config.to_dict())
+          apply_variant(c, variant)
+          c.data.image_size, c.train.batch_size, c.model.remat = size, batch, remat
+          row = bench(c, None, loader=False)
+          rows.append(row)
+          print(json.dumps(row), flush=True)
+  return rows
+
+
+def _table(rows: list[dict]) -> str:
+  head = (
+    '| variant | size | batch | remat | step ms | img/s | GFLOP/img | MFU | peak MB '
+    '| infer ms/slice (folded / unfolded) |'
+  )
+  lines = [head, '|' + '---|' * 10]
+  for r in rows:
+    c = r['config']
+    memory = r['peak_memory_bytes'] / 2**20 if r['peak_memory_bytes'] else float('nan')
+    lines.append(
+      f'| {c["variant"]} | {c["image_size"]} | {c["batch_size"]} | {c["remat"]} | '
+      f'{r["train_step_ms"]:.0f} | {r["images_per_s"]:.1f} | {r["flops_per_image"] / 1e9:.1f} | '
+      f'{r["mfu"]:.2f} | {memory:.0f} | {r["infer_ms_per_slice"]:.1f} / '
+      f'{r["infer_ms_per_slice_unfolded"]:.1f} |'
+    )
+  return '\n'.join(lines)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = FLAGS.config
+  if FLAGS.suite:
+    print(_table(_suite_rows(config)))
+  else:
+    print(json.dumps(bench(config, FLAGS.workdir, FLAGS.loader)))
+
+
+if __name__ == '__main__':
+  app.run(main)
