@@ -10,9 +10,11 @@ same run (float32, or bfloat16 when the model computes in bfloat16), MFU is thei
 ratio. Peak memory is the compiled step's: arguments + outputs + temporaries - aliased
 (donated) buffers. Inference: the predict step on config.eval.batch_size slices, EC
 folded and unfolded. The loader rate needs data (a config with data.root, or the demo's
-phantom, prepared into --workdir); otherwise it is null.
+phantom, prepared into --workdir); otherwise it is null. --notime only compiles: FLOPs,
+peak memory and compile seconds of configs too large to run here (the other keys null).
 """
 
+import itertools
 import json
 import statistics
 import tempfile
@@ -40,7 +42,12 @@ flags.DEFINE_bool('suite', False, 'A table over image sizes, batch sizes and var
 flags.DEFINE_list('sizes', None, 'Suite image sizes (default: 128,256 on CPU; 512,1024 else).')
 flags.DEFINE_list('batches', ['4', '8'], 'Suite global batch sizes.')
 flags.DEFINE_list('variants', ['unet', 'ec_cam_unet'], 'Suite variants.')
+flags.DEFINE_list('impls', ['fused'], 'Suite SC attention implementations (fused,chunked,naive).')
+flags.DEFINE_list('remats', ['false', 'true'], 'Suite model.remat values.')
 flags.DEFINE_bool('loader', True, 'Measure the data loader (needs the config data).')
+flags.DEFINE_bool(
+  'time', True, 'Run and time the steps; --notime only compiles (FLOPs, memory, compile s).'
+)
 flags.DEFINE_string('workdir', None, 'Where the loader prepares its cache (default: a temp dir).')
 flags.mark_flag_as_required('config')
 
@@ -90,20 +97,36 @@ def _synthetic_batch(config, rng: np.random.Generator) -> dict[str, np.ndarray]:
   return {'image': image, 'label': np.broadcast_to(label[None, ..., None], image.shape).copy()}
 
 
-def bench_train(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
+def _abstract(tree: Any, sharding: Any) -> Any:
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def bench_train(config: ml_collections.ConfigDict, mesh, timed: bool) -> dict[str, Any]:
   model = build_model(config.model, axis_name=parallel.AXIS)
   tx, schedule = make_optimizer(config.train, 1000)
-  state = jax.jit(
-    lambda: create_train_state(model, tx, config.seed, config.data.image_size),
-    out_shardings=parallel.replicated(mesh),
-  )()
+
+  def init():
+    return create_train_state(model, tx, config.seed, config.data.image_size)
+
+  batch = _synthetic_batch(config, np.random.default_rng(0))
+  if timed:
+    state = jax.jit(init, out_shardings=parallel.replicated(mesh))()
+    batch = jax.device_put(batch, parallel.batch_sharded(mesh))
+  else:  # shapes only: nothing is allocated or run
+    state = _abstract(jax.eval_shape(init), parallel.replicated(mesh))
+    batch = _abstract(batch, parallel.batch_sharded(mesh))
   step = steps.make_train_step(model, tx, schedule, config, mesh)
-  batch = jax.device_put(
-    _synthetic_batch(config, np.random.default_rng(0)), parallel.batch_sharded(mesh)
-  )
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
+  devices = mesh.devices.size
+  out = {
+    'flops_per_image': _flops(compiled) * devices / config.train.batch_size,
+    'peak_memory_bytes': _peak_memory(compiled),
+    'compile_s': compile_s,
+  }
+  if not timed:
+    return out
   holder = [state]
 
   def one_step():
@@ -111,15 +134,10 @@ def bench_train(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     return metrics['loss']
 
   ms = _median_ms(one_step, FLAGS.steps, FLAGS.warmup)
-  devices = mesh.devices.size
-  flops_per_image = _flops(compiled) * devices / config.train.batch_size
-  return {
+  return out | {
     'train_step_ms': ms,
     'images_per_s': config.train.batch_size / (ms / 1e3),
-    'flops_per_image': flops_per_image,
-    'achieved_flops': flops_per_image * config.train.batch_size / (ms / 1e3),
-    'peak_memory_bytes': _peak_memory(compiled),
-    'compile_s': compile_s,
+    'achieved_flops': out['flops_per_image'] * config.train.batch_size / (ms / 1e3),
     'variables': jax.device_get(holder[0].variables()),
   }
 
@@ -157,20 +175,25 @@ def bench_loader(config: ml_collections.ConfigDict, workdir: str) -> float | Non
     getattr(iterator, 'close', lambda: None)()
 
 
-def bench(config: ml_collections.ConfigDict, workdir: str | None, loader: bool) -> dict:
+def bench(
+  config: ml_collections.ConfigDict, workdir: str | None, loader: bool, timed: bool = True
+) -> dict:
   """Every number of the module docstring for one config."""
   configuration.validate(config)
   mesh = parallel.data_mesh(jax.local_devices())
   parallel.check_batch_size(config.train.batch_size, mesh)
-  dtype = jnp.dtype(config.model.dtype)
-  peak = matmul_peak(dtype, jax.local_devices()[0]) * mesh.devices.size
-  out = bench_train(config, mesh)
-  variables = out.pop('variables')
-  out['peak_flops'] = peak
-  out['mfu'] = out['achieved_flops'] / peak
-  out['infer_ms_per_slice'] = bench_infer(config, mesh, variables, folded=config.model.use_ec)
-  out['infer_ms_per_slice_unfolded'] = bench_infer(config, mesh, variables, folded=False)
+  out = bench_train(config, mesh, timed)
+  timing_keys = ('train_step_ms', 'images_per_s', 'achieved_flops', 'peak_flops', 'mfu')
+  out |= {k: out.get(k) for k in timing_keys}
+  out |= {'infer_ms_per_slice': None, 'infer_ms_per_slice_unfolded': None}
   out['loader_slices_per_s'] = None
+  if timed:
+    variables = out.pop('variables')
+    dtype = jnp.dtype(config.model.dtype)
+    out['peak_flops'] = matmul_peak(dtype, jax.local_devices()[0]) * mesh.devices.size
+    out['mfu'] = out['achieved_flops'] / out['peak_flops']
+    out['infer_ms_per_slice'] = bench_infer(config, mesh, variables, folded=config.model.use_ec)
+    out['infer_ms_per_slice_unfolded'] = bench_infer(config, mesh, variables, folded=False)
   if loader:
     with tempfile.TemporaryDirectory() as tmp:
       out['loader_slices_per_s'] = bench_loader(config, workdir or tmp)
@@ -195,31 +218,38 @@ def _suite_rows(config: ml_collections.ConfigDict) -> list[dict]:
   rows = []
   for variant in FLAGS.variants:
     for size in sizes:
-      for batch in (int(b) for b in FLAGS.batches):
-        for remat in (False, True):
-          c = ml_collections.ConfigDict(config.to_dict())
-          apply_variant(c, variant)
-          c.data.image_size, c.train.batch_size, c.model.remat = size, batch, remat
-          row = bench(c, None, loader=False)
-          rows.append(row)
-          print(json.dumps(row), flush=True)
+      for batch, remat, impl in itertools.product(
+        (int(b) for b in FLAGS.batches), (r == 'true' for r in FLAGS.remats), FLAGS.impls
+      ):
+        c = ml_collections.ConfigDict(config.to_dict())
+        apply_variant(c, variant)
+        c.data.image_size, c.train.batch_size, c.model.remat = size, batch, remat
+        c.model.attention_impl = impl
+        row = bench(c, None, loader=False, timed=FLAGS.time)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
   return rows
+
+
+def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
+  return '-' if value is None else format(value / scale, spec)
 
 
 def _table(rows: list[dict]) -> str:
   head = (
-    '| variant | size | batch | remat | step ms | img/s | GFLOP/img | MFU | peak MB '
-    '| infer ms/slice (folded / unfolded) |'
+    '| variant | size | batch | remat | SC | step ms | img/s | GFLOP/img | MFU | peak MB '
+    '| infer ms/slice (folded / unfolded) | compile s |'
   )
-  lines = [head, '|' + '---|' * 10]
+  lines = [head, '|' + '---|' * 12]
   for r in rows:
     c = r['config']
-    memory = r['peak_memory_bytes'] / 2**20 if r['peak_memory_bytes'] else float('nan')
     lines.append(
       f'| {c["variant"]} | {c["image_size"]} | {c["batch_size"]} | {c["remat"]} | '
-      f'{r["train_step_ms"]:.0f} | {r["images_per_s"]:.1f} | {r["flops_per_image"] / 1e9:.1f} | '
-      f'{r["mfu"]:.2f} | {memory:.0f} | {r["infer_ms_per_slice"]:.1f} / '
-      f'{r["infer_ms_per_slice_unfolded"]:.1f} |'
+      f'{c["attention_impl"]} | {_fmt(r["train_step_ms"], ".0f")} | '
+      f'{_fmt(r["images_per_s"], ".1f")} | {_fmt(r["flops_per_image"], ".1f", 1e9)} | '
+      f'{_fmt(r["mfu"], ".2f")} | {_fmt(r["peak_memory_bytes"], ".0f", 2**20)} | '
+      f'{_fmt(r["infer_ms_per_slice"], ".1f")} / {_fmt(r["infer_ms_per_slice_unfolded"], ".1f")} '
+      f'| {r["compile_s"]:.0f} |'
     )
   return '\n'.join(lines)
 
@@ -231,7 +261,7 @@ def main(argv: list[str]) -> None:
   if FLAGS.suite:
     print(_table(_suite_rows(config)))
   else:
-    print(json.dumps(bench(config, FLAGS.workdir, FLAGS.loader)))
+    print(json.dumps(bench(config, FLAGS.workdir, FLAGS.loader, FLAGS.time)))
 
 
 if __name__ == '__main__':

@@ -16,6 +16,8 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import jax  # noqa: E402
 
+import ecam_jax  # noqa: E402,F401  (adds its XLA flags before any backend starts)
+
 
 def pytest_report_header(config):
   return f'jax {jax.__version__}: {jax.device_count()} devices ({jax.devices()[0].platform})'

@@ -1,0 +1,88 @@
+"""The bench: one tiny timed run through its CLI (the only benchmark in the suite), and
+compile-only numbers in process."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from ecam_jax import bench
+from ecam_jax.configuration import load_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+KEYS = (
+  'train_step_ms',
+  'images_per_s',
+  'flops_per_image',
+  'achieved_flops',
+  'peak_flops',
+  'mfu',
+  'peak_memory_bytes',
+  'compile_s',
+  'infer_ms_per_slice',
+  'infer_ms_per_slice_unfolded',
+  'loader_slices_per_s',
+)
+
+
+def test_bench_cli_prints_every_key_and_they_agree(tmp_path):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  cmd = [
+    sys.executable,
+    '-m',
+    'ecam_jax.bench',
+    '--config=configs/demo.py:variant=ec_cam_unet',
+    '--config.model.base_channels=4',
+    '--config.data.image_size=32',
+    '--config.data.phantom_cases=3',
+    '--config.data.phantom_size=64',
+    '--config.data.split_sizes=(1,1,1)',
+    '--config.train.batch_size=4',
+    '--config.eval.batch_size=4',
+    '--steps=2',
+    '--warmup=1',
+    f'--workdir={tmp_path / "w"}',
+  ]
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert set(KEYS) <= set(out)
+  assert all(out[k] > 0 for k in KEYS), out
+  assert out['images_per_s'] == pytest.approx(4 / (out['train_step_ms'] / 1e3))
+  assert out['achieved_flops'] == pytest.approx(out['flops_per_image'] * out['images_per_s'])
+  assert out['mfu'] == pytest.approx(out['achieved_flops'] / out['peak_flops'])
+  assert out['config'] == {
+    'variant': 'ec_cam_unet',
+    'base_channels': 4,
+    'image_size': 32,
+    'batch_size': 4,
+    'dtype': 'float32',
+    'remat': False,
+    'attention_impl': 'fused',
+  }
+  assert out['device'].startswith('2 x ')
+
+
+def _compile_only(**model):
+  config = load_config(ROOT / 'configs/demo.py', 'variant=ec_cam_unet')
+  config.model.base_channels = 4
+  config.data.image_size = 64
+  config.train.batch_size = 8
+  config.model.update(model)
+  return bench.bench(config, None, loader=False, timed=False)
+
+
+def test_compile_only_reports_flops_and_memory_and_remat_saves_memory():
+  plain, remat = _compile_only(), _compile_only(remat=True)
+  for out in plain, remat:
+    assert out['flops_per_image'] > 0 and out['peak_memory_bytes'] > 0
+    assert out['train_step_ms'] is None and out['mfu'] is None
+  # Rematerialization recomputes the forward pass in the backward one: more FLOPs,
+  # less memory held between them.
+  assert remat['flops_per_image'] > plain['flops_per_image']
+  assert remat['peak_memory_bytes'] < plain['peak_memory_bytes']
+  table = bench._table([plain, remat])
+  assert table.count('\n') == 3 and '| ec_cam_unet | 64 | 8 | True | fused | - |' in table
