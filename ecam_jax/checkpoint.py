@@ -40,7 +40,7 @@ class Checkpoints:
   """WORKDIR/checkpoints/{latest, best}."""
 
   def __init__(self, workdir: str | pathlib.Path, keep: int = 2):
-    self.root = pathlib.Path(workdir) / 'checkpoints'
+    self.root = pathlib.Path(workdir).absolute() / 'checkpoints'  # orbax needs absolute
     self.latest = _manager(self.root / LATEST, keep)
     self.best = _manager(self.root / BEST, 1)
 
@@ -111,6 +111,7 @@ def restore_variables(workdir: str | pathlib.Path, which: str, target: dict) -> 
     path = folder / str(step)
   else:
     path = pathlib.Path(which)
+  path = path.absolute()  # orbax reads only absolute paths
   if not (path / 'meta').exists():
     raise CheckpointError(f'{path} is not an ecam-jax checkpoint (no meta/ inside)')
   item = 'variables' if (path / 'variables').exists() else 'state'

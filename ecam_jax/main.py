@@ -41,9 +41,10 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.getLogger('absl').setLevel(logging.WARNING)
+  workdir = os.path.abspath(FLAGS.workdir)  # orbax, and the paths in config.json, need it
   # A rerun (resume after preemption, eval after train) reuses compiled programs.
   if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
-    jax.config.update('jax_compilation_cache_dir', os.path.join(FLAGS.workdir, '.xla_cache'))
+    jax.config.update('jax_compilation_cache_dir', os.path.join(workdir, '.xla_cache'))
   parallel.initialize(
     FLAGS.coordinator_address,
     FLAGS.num_processes,
@@ -52,7 +53,7 @@ def main(argv: list[str]) -> None:
     heartbeat_timeout_s=FLAGS.heartbeat_timeout_seconds,
   )
   try:
-    _run(FLAGS.config)
+    _run(FLAGS.config, workdir)
   except jax.errors.JaxRuntimeError as e:
     if jax.process_count() == 1:
       raise
@@ -63,27 +64,27 @@ def main(argv: list[str]) -> None:
     ) from e
 
 
-def _run(config) -> None:
+def _run(config, workdir: str) -> None:
   if FLAGS.mode == 'train':
     from ecam_jax import train
 
-    summary = train.train_and_evaluate(config, FLAGS.workdir)
+    summary = train.train_and_evaluate(config, workdir)
     parallel.print0(f'done: {summary}')
   elif FLAGS.mode == 'prepare':
     from ecam_jax import train
 
-    train.prepare_data(config, train.prepare_workdir(FLAGS.workdir))
+    train.prepare_data(config, train.prepare_workdir(workdir))
   elif FLAGS.mode == 'eval':
     from ecam_jax import infer
 
-    infer.evaluate_test_split(config, FLAGS.workdir, FLAGS.checkpoint or config.eval.checkpoint)
+    infer.evaluate_test_split(config, workdir, FLAGS.checkpoint or config.eval.checkpoint)
   else:
     from ecam_jax import infer
 
     if not FLAGS.input or not FLAGS.output:
       raise app.UsageError('--mode=predict needs --input=FILE_OR_DIR and --output=FILE_OR_DIR')
     infer.predict_paths(
-      config, FLAGS.workdir, FLAGS.input, FLAGS.output, FLAGS.checkpoint or config.eval.checkpoint
+      config, workdir, FLAGS.input, FLAGS.output, FLAGS.checkpoint or config.eval.checkpoint
     )
 
 

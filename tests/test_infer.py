@@ -43,17 +43,20 @@ VARIANT = 'unet_ec'
 
 
 def _main(workdir, *flags):
-  """python -m ecam_jax.main with the demo config and OVERRIDES (2 CPU devices)."""
+  """python -m ecam_jax.main with the demo config and OVERRIDES (2 CPU devices), run from
+  the workdir's parent with a relative --workdir, as the README's commands are."""
   command = [
     sys.executable,
     '-m',
     'ecam_jax.main',
-    f'--config=configs/demo.py:variant={VARIANT}',
-    f'--workdir={workdir}',
+    f'--config={ROOT}/configs/demo.py:variant={VARIANT}',
+    f'--workdir={workdir.name}',
   ]
   command += [f'--config.{k}={v}'.replace(' ', '') for k, v in OVERRIDES.items()]
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
-  return subprocess.run(command + list(flags), cwd=ROOT, env=env, capture_output=True, text=True)
+  return subprocess.run(
+    command + list(flags), cwd=workdir.parent, env=env, capture_output=True, text=True
+  )
 
 
 def _config(workdir):
@@ -184,10 +187,21 @@ def test_eval_through_main_scores_the_test_split(trained):
   assert list((workdir / 'eval' / 'predictions').glob('*.nii.gz'))
 
 
-def test_predict_through_main_needs_input_and_output(trained):
-  _, workdir, _ = trained
+def test_predict_through_main_with_relative_paths(trained, monkeypatch):
+  config, workdir, root = trained
   run = _main(workdir, '--mode=predict')
   assert run.returncode != 0 and '--input' in run.stderr
+  # The README's predict command: every path relative to where the user stands.
+  image = sorted((root / 'imagesTr').iterdir())[0]
+  relative_input = image.relative_to(workdir.parent)
+  run = _main(workdir, '--mode=predict', f'--input={relative_input}', '--output=pred/mask.nii.gz')
+  assert run.returncode == 0, run.stderr[-3000:]
+  written, source = nib.load(workdir.parent / 'pred' / 'mask.nii.gz'), nib.load(image)
+  assert written.shape == source.shape
+  np.testing.assert_array_equal(written.affine, source.affine)
+  # And from Python, with a relative workdir.
+  monkeypatch.chdir(workdir.parent)
+  assert infer.Predictor(config, workdir.name, 'best').meta['step'] > 0
 
 
 def test_bad_inputs_are_clear_errors(trained, tmp_path):
