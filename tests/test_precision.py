@@ -101,4 +101,5 @@ def test_demo_trains_in_bf16_to_a_dsc_close_to_fp32(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     records = [json.loads(x) for x in (workdir / 'metrics.jsonl').read_text().splitlines()]
     best[dtype] = max(r['dsc'] for r in records if r['kind'] == 'val')
+  print(f'best validation DSC: {best}')
   assert best['bfloat16'] > best['float32'] - 0.1, best
