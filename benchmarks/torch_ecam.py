@@ -11,7 +11,9 @@ Not part of the `ecam_jax` package: the project does not depend on torch.
 """
 
 import copy
+import importlib.util
 import math
+import pathlib
 
 import torch
 import torch.nn.functional as F
@@ -21,33 +23,18 @@ WIDTHS = (1, 2, 4, 8, 16)  # encoder level widths, in units of base_channels
 BN_MOMENTUM = 0.1  # PyTorch's convention: Flax's momentum 0.9
 BN_EPS = 1e-5
 
-_OFF = dict(use_cc=False, use_sc=False, use_mus=False, use_ec=False, use_dws=False)
-_FULL = dict(use_cc=True, use_sc=True, use_mus=True, use_ec=True, use_dws=True)
+
+def _load_variants():
+  """ecam_jax/models/variants.py read by path: this file runs where jax is not installed."""
+  path = pathlib.Path(__file__).resolve().parents[1] / 'ecam_jax' / 'models' / 'variants.py'
+  spec = importlib.util.spec_from_file_location('ecam_variants', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
-def _on(*names: str, attention: str = 'none', fusion: str = 'conv') -> dict:
-  switches = dict(_OFF, attention=attention, fusion=fusion)
-  switches.update({f'use_{n}': True for n in names})
-  return switches
-
-
-# The rows of model.md's variant table (ecam_jax/models/variants.py): name -> switches.
-VARIANTS = {
-  'unet': _on(),
-  'unet_cc': _on('cc', attention='coa'),
-  'unet_sc': _on('sc', attention='coa'),
-  'unet_mus': _on('mus'),
-  'unet_ec': _on('ec'),
-  'unet_dws': _on('dws'),
-  'unet_coa': _on('cc', 'sc', attention='coa'),
-  'unet_coag_musfu': _on('cc', 'sc', 'mus', attention='coa'),
-  'unet_coag_musfu_ec': _on('cc', 'sc', 'mus', 'ec', attention='coa'),
-  'ec_cam_unet': dict(_FULL, attention='coa', fusion='conv'),
-  'fusion_serial': dict(_FULL, attention='coa', fusion='serial'),
-  'fusion_add': dict(_FULL, attention='coa', fusion='add'),
-  'unet_se': _on(attention='se'),
-  'unet_cbam': _on(attention='cbam'),
-}
+# The rows of model.md's variant table, shared with the JAX model: name -> switches.
+VARIANTS = {name: switches for name, (switches, _, _) in _load_variants().VARIANTS.items()}
 
 # Loss weights (w_dice, w_bce, w_side) where a variant differs from (1, 1, 1):
 # the paper's U-Net baseline is trained with the Dice loss only (as in the JAX configs).

@@ -1,6 +1,7 @@
-"""Every network the paper trains, as switches of one U-Net (model.md's table)."""
+"""Every network the paper trains, as switches of one U-Net (model.md's table).
 
-import ml_collections
+Plain Python with no imports: benchmarks/torch_ecam.py reads this file without jax.
+"""
 
 _OFF = dict(use_cc=False, use_sc=False, use_mus=False, use_ec=False, use_dws=False)
 _FULL = dict(use_cc=True, use_sc=True, use_mus=True, use_ec=True, use_dws=True)
@@ -50,8 +51,9 @@ VARIANTS: dict[str, tuple[dict, str, str]] = {
 _LOSS = {'unet': dict(w_dice=1.0, w_bce=0.0)}
 
 
-def apply_variant(config: ml_collections.ConfigDict, name: str) -> None:
-  """Sets config.model's switches (and the loss where the paper differs) to `name`."""
+def apply_variant(config, name: str) -> None:
+  """Sets the ml_collections config's model switches (and the loss where the paper
+  differs) to `name`."""
   if name not in VARIANTS:
     raise ValueError(f'variant={name!r} is not known; expected one of {sorted(VARIANTS)}')
   switches, _, _ = VARIANTS[name]
