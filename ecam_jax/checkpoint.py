@@ -116,7 +116,9 @@ def restore_variables(workdir: str | pathlib.Path, which: str, target: dict) -> 
     raise CheckpointError(f'{path} is not an ecam-jax checkpoint (no meta/ inside)')
   item = 'variables' if (path / 'variables').exists() else 'state'
   with ocp.StandardCheckpointer() as ckptr:
-    tree = ckptr.metadata(path / item).item_metadata
+    # The handler's own metadata: the checkpointer's looks for a step-level file that a
+    # CheckpointManager item does not have, and logs a warning on every restore.
+    tree = ocp.StandardCheckpointHandler().metadata(path / item)
     tree = getattr(tree, 'tree', tree)
     _check_shapes(path, {k: tree[k] for k in ('params', 'batch_stats')}, target)
     if item == 'variables':

@@ -40,7 +40,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.getLogger('absl').setLevel(logging.WARNING)
+  for name in ('absl', 'jax'):  # absl.app logs INFO to the console, e.g. jax's TPU probe
+    logging.getLogger(name).setLevel(logging.WARNING)
   workdir = os.path.abspath(FLAGS.workdir)  # orbax, and the paths in config.json, need it
   # A rerun (resume after preemption, eval after train) reuses compiled programs.
   if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
