@@ -39,8 +39,13 @@ class CheckpointError(RuntimeError):
 class Checkpoints:
   """WORKDIR/checkpoints/{latest, best}."""
 
-  def __init__(self, workdir: str | pathlib.Path, keep: int = 2):
+  def __init__(
+    self, workdir: str | pathlib.Path, keep: int = 2, loader: dict[str, int] | None = None
+  ):
+    """`loader`: what the data iterator's saved state is tied to (worker and process
+    counts); a latest checkpoint saved under other values is refused with a message."""
     self.root = pathlib.Path(workdir).absolute() / 'checkpoints'  # orbax needs absolute
+    self.loader = loader or {}
     self.latest = _manager(self.root / LATEST, keep)
     self.best = _manager(self.root / BEST, 1)
 
@@ -59,7 +64,9 @@ class Checkpoints:
     args = ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data_iter=grain.checkpoint.CheckpointSave(data_iter),
-      meta=ocp.args.JsonSave({'step': step, 'best_val_dsc': _json_float(best_dsc)}),
+      meta=ocp.args.JsonSave(
+        {'step': step, 'best_val_dsc': _json_float(best_dsc), 'loader': self.loader}
+      ),
     )
     self._save(self.latest, step, args)
 
@@ -77,6 +84,15 @@ class Checkpoints:
     step = self.latest.latest_step()
     if step is None:
       return None
+    meta = self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    saved = meta.get('loader') or {}
+    if saved and saved != self.loader:
+      differ = ', '.join(f'{k} {saved.get(k)} then, {v} now' for k, v in self.loader.items())
+      raise CheckpointError(
+        f'{self.root / LATEST / str(step)} holds the data iterator of a run with other '
+        f'loader settings ({differ}); resume with the same config.data.num_workers and '
+        'process count, or start a new workdir'
+      )
     restored = self.latest.restore(
       step,
       args=ocp.args.Composite(

@@ -118,7 +118,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
-  ckpts = Checkpoints(workdir, config.train.keep_checkpoints)
+  loader = {'num_workers': config.data.num_workers, 'processes': jax.process_count()}
+  ckpts = Checkpoints(workdir, config.train.keep_checkpoints, loader)
   best_dsc = -math.inf
   restored = ckpts.restore_latest(state, train_iter)
   if restored is not None:

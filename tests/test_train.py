@@ -135,3 +135,11 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
   blocker.write_text('x')
   with pytest.raises(OSError, match='not writable'):
     train.prepare_workdir(blocker / 'run')
+
+
+def test_resume_with_other_loader_workers_is_a_clear_error(tiny_phantom, tmp_path):
+  train.train_and_evaluate(_config(tiny_phantom, max_steps=2), tmp_path)
+  config = _config(tiny_phantom)
+  config.data.num_workers = 1
+  with pytest.raises(checkpoint.CheckpointError, match=r'num_workers 0 then, 1 now'):
+    train.train_and_evaluate(config, tmp_path)
