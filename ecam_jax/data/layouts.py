@@ -25,7 +25,7 @@ from ecam_jax.data.errors import DataError
 
 LAYOUTS = {
   'msd': 'dataset.json with a training list, imagesTr/ and labelsTr/',
-  'kits19': 'case_XXXXX/ folders holding imaging.nii.gz and segmentation.nii.gz',
+  'kits19': 'case_00000/, case_00001/, ... folders holding imaging.nii.gz and segmentation.nii.gz',
   'paired': 'images/ and labels/ holding NIfTI files with matching names',
 }
 NIFTI_SUFFIXES = ('.nii.gz', '.nii')
