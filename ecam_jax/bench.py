@@ -97,10 +97,6 @@ def _synthetic_batch(config, rng: np.random.Generator) -> dict[str, np.ndarray]:
   return {'image': image, 'label': np.broadcast_to(label[None, ..., None], image.shape).copy()}
 
 
-def _abstract(tree: Any, sharding: Any) -> Any:
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
-
-
 def bench_train(config: ml_collections.ConfigDict, mesh, timed: bool) -> dict[str, Any]:
   model = build_model(config.model, axis_name=parallel.AXIS)
   tx, schedule = make_optimizer(config.train, 1000)
@@ -113,8 +109,8 @@ def bench_train(config: ml_collections.ConfigDict, mesh, timed: bool) -> dict[st
     state = jax.jit(init, out_shardings=parallel.replicated(mesh))()
     batch = jax.device_put(batch, parallel.batch_sharded(mesh))
   else:  # shapes only: nothing is allocated or run
-    state = _abstract(jax.eval_shape(init), parallel.replicated(mesh))
-    batch = _abstract(batch, parallel.batch_sharded(mesh))
+    state = parallel.abstract(jax.eval_shape(init), parallel.replicated(mesh))
+    batch = parallel.abstract(batch, parallel.batch_sharded(mesh))
   step = steps.make_train_step(model, tx, schedule, config, mesh)
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()

@@ -15,6 +15,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from ecam_jax import parallel
 from ecam_jax.state import TrainState
 
 BEST, LATEST = 'best', 'latest'
@@ -141,10 +142,7 @@ def restore_variables(workdir: str | pathlib.Path, which: str, target: dict) -> 
       variables = ckptr.restore(path / item, target)
     else:  # a latest checkpoint holds the whole train state: restore it, keep its variables
       sharding = jax.tree.leaves(target)[0].sharding
-      abstract = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree
-      )
-      restored = ckptr.restore(path / item, abstract)
+      restored = ckptr.restore(path / item, parallel.abstract(tree, sharding))
       variables = {k: restored[k] for k in ('params', 'batch_stats')}
   meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(path / 'meta')
   return variables, meta

@@ -30,10 +30,9 @@ from numpy.typing import ArrayLike
 from scipy import ndimage
 
 from ecam_jax.atomic import write_text_atomic
-from ecam_jax.data import volumes
+from ecam_jax.data import layouts, volumes
 
 RATIOS = ('dsc', 'sensitivity', 'precision')
-NIFTI_SUFFIXES = ('.nii.gz', '.nii')
 # Affines of a prediction and its label must agree to this tolerance (float32 headers).
 AFFINE_ATOL = 1e-4
 # summary.md columns: (case key, header, format).
@@ -241,11 +240,8 @@ def _case_files(folder: pathlib.Path, role: str) -> dict[str, pathlib.Path]:
   if not folder.is_dir():
     raise ValueError(f'{role} folder {folder} does not exist or is not a folder')
   files = {}
-  for path in sorted(folder.iterdir()):
-    suffix = next((s for s in NIFTI_SUFFIXES if path.name.endswith(s)), None)
-    if suffix is None or path.name.startswith('.'):
-      continue
-    case_id = path.name[: -len(suffix)]
+  for path in layouts.nifti_files(folder):
+    case_id = layouts.case_id_of(path)
     if case_id in files:
       raise ValueError(f'{role} case {case_id!r} is in two files: {files[case_id]} and {path}')
     files[case_id] = path

@@ -57,11 +57,7 @@ class Predictor:
     self.mesh = parallel.data_mesh(jax.local_devices())
     model = build_model(config.model)
     size = config.data.image_size
-    abstract = abstract_variables(model, size)
-    sharding = parallel.replicated(self.mesh)
-    target = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract
-    )
+    target = parallel.abstract(abstract_variables(model, size), parallel.replicated(self.mesh))
     if variables is None:
       variables, self.meta = checkpoint.restore_variables(workdir, which, target)
     else:
@@ -128,9 +124,7 @@ def _nifti_inputs(source: pathlib.Path) -> list[pathlib.Path]:
   if source.is_file():
     return [source]
   if source.is_dir():
-    files = sorted(
-      p for p in source.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith('.')
-    )
+    files = layouts.nifti_files(source)
     if not files:
       raise DataError(f'--input {source}: no .nii or .nii.gz files in this folder')
     return files

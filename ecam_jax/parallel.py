@@ -80,6 +80,12 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(AXIS))
 
 
+def abstract(tree, sharding: NamedSharding):
+  """The shapes and dtypes of `tree`'s leaves as jax.ShapeDtypeStruct placed with
+  `sharding`: a target to compile for or restore into, with nothing allocated."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
 def check_batch_size(global_batch: int, mesh: Mesh, key: str = 'config.train.batch_size') -> None:
   """The global batch must split evenly over processes and devices."""
   devices, processes = mesh.devices.size, jax.process_count()

@@ -82,10 +82,7 @@ def _latest(workdir):
   config.model.base_channels = 4
   model = build_model(config.model)
   sharding = parallel.replicated(parallel.data_mesh(jax.local_devices()))
-  target = jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-    abstract_variables(model, 32),
-  )
+  target = parallel.abstract(abstract_variables(model, 32), sharding)
   return checkpoint.restore_variables(workdir, 'latest', target)
 
 

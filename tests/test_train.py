@@ -50,11 +50,8 @@ def _latest(workdir, config):
 
   model = build_model(config.model)
   size = config.data.image_size
-  abstract = abstract_variables(model, size)
   mesh = parallel.data_mesh(jax.local_devices())
-  target = jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated(mesh)), abstract
-  )
+  target = parallel.abstract(abstract_variables(model, size), parallel.replicated(mesh))
   return checkpoint.restore_variables(workdir, 'latest', target)
 
 

@@ -52,6 +52,13 @@ def _visible(path: pathlib.Path) -> bool:
   return not path.name.startswith('.')  # also drops macOS '._x.nii.gz' resource forks
 
 
+def nifti_files(folder: pathlib.Path) -> list[pathlib.Path]:
+  """The .nii and .nii.gz files in `folder`, sorted by name; hidden files left out."""
+  return sorted(
+    p for p in folder.iterdir() if p.is_file() and _visible(p) and p.name.endswith(NIFTI_SUFFIXES)
+  )
+
+
 def _root(data_config: ml_collections.ConfigDict) -> pathlib.Path:
   layout = data_config.layout
   if layout not in LAYOUTS:
@@ -182,11 +189,7 @@ def _kits_cases(root: pathlib.Path, data_config) -> list[Case]:
 def _nifti_files(folder: pathlib.Path) -> dict[str, pathlib.Path]:
   if not folder.is_dir():
     raise DataError(f'{folder} is missing; the paired layout expects {LAYOUTS["paired"]}')
-  return {
-    p.name: p
-    for p in folder.iterdir()
-    if p.is_file() and _visible(p) and p.name.endswith(NIFTI_SUFFIXES)
-  }
+  return {p.name: p for p in nifti_files(folder)}
 
 
 def _paired_cases(root: pathlib.Path, data_config) -> list[Case]:
