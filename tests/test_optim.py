@@ -80,10 +80,25 @@ def test_cosine_reaches_zero_and_warmup_ramps():
   assert abs(float(warm(110))) < 1e-12
 
 
-def test_clipping_bounds_the_update_input():
-  tx, _ = make_optimizer(_config(grad_clip_norm=1.0, weight_decay=0.0, lr=1.0), 10)
-  p = jnp.zeros(3)
-  state = tx.init(p)
-  big, _ = tx.update(jnp.array([300.0, 400.0, 0.0]), state, p)
-  small, _ = tx.update(jnp.array([0.6, 0.8, 0.0]), state, p)
-  chex.assert_trees_all_close(big, small, rtol=1e-5)
+def _apply(tx, params, grads):
+  state, p = tx.init(params), params
+  for g in grads:
+    updates, state = tx.update(g, state, p)
+    p = optax.apply_updates(p, updates)
+  return np.asarray(p)
+
+
+def test_clipping_scales_the_gradient_to_the_global_norm():
+  """Gradients of very different sizes: with clipping at norm 1 the run equals NumPy Adam on
+  g * min(1, 1 / |g|); without it, it does not (Adam's first step alone is about sign(g)
+  either way, so several steps are needed to tell)."""
+  grads = [np.array([300.0, 400.0, 0.0]), np.array([0.3, -0.4, 1.2]), np.array([6.0, 0.0, 8.0])]
+  clipped = [g * min(1.0, 1.0 / np.linalg.norm(g)) for g in grads]
+  config = _config(grad_clip_norm=1.0, weight_decay=0.0)
+  params = np.array([0.5, -0.2, 0.1])
+  tx, _ = make_optimizer(config, len(grads))
+  got = _apply(tx, jnp.asarray(params), [jnp.asarray(g) for g in grads])
+  want = _numpy_adam(params, clipped, config, len(grads))
+  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-7)
+  unclipped = _numpy_adam(params, grads, config, len(grads))
+  assert np.abs(unclipped - want).max() > 1e-3  # the test can tell clipping from none
