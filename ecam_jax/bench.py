@@ -8,9 +8,10 @@ devices) on synthetic batches, timed as the median of --steps after --warmup. FL
 from XLA's cost analysis of the compiled step, the peak from a matmul measured in the
 same run (float32, or bfloat16 when the model computes in bfloat16), MFU is their
 ratio. Peak memory is the compiled step's: arguments + outputs + temporaries - aliased
-(donated) buffers. Inference: the predict step on config.eval.batch_size slices, EC
-folded and unfolded. The loader rate needs data (a config with data.root, or the demo's
-phantom, prepared into --workdir); otherwise it is null. --notime only compiles: FLOPs,
+(donated) buffers. Inference: the predict step on config.eval.batch_size slices (rounded
+up to a multiple of the device count, as prediction does), EC folded and unfolded. The
+loader rate needs data (a config with data.root, or the demo's phantom, prepared into
+--workdir); otherwise it is null. --notime only compiles: FLOPs,
 peak memory and compile seconds of configs too large to run here (the other keys null).
 """
 
@@ -138,19 +139,27 @@ def bench_train(config: ml_collections.ConfigDict, mesh, timed: bool) -> dict[st
   }
 
 
-def bench_infer(config: ml_collections.ConfigDict, mesh, variables: dict, folded: bool) -> float:
-  """ms per slice of the predict step on eval.batch_size slices."""
+def bench_infer(
+  config: ml_collections.ConfigDict,
+  mesh,
+  variables: dict,
+  folded: bool,
+  repeats: int,
+  warmup: int,
+) -> float:
+  """ms per slice of the predict step on a batch of config.eval.batch_size slices, rounded
+  up to fit the mesh (`parallel.fit_batch`: the batch prediction uses), median of
+  `repeats` runs after `warmup`."""
   model = build_model(config.model, folded=folded)
   if folded:
     variables = fold_ec(variables, config.model.bn_epsilon)
   variables = jax.device_put(variables, parallel.replicated(mesh))
-  devices = mesh.devices.size
-  batch = max(devices, config.eval.batch_size // devices * devices)
+  batch = parallel.fit_batch(config.eval.batch_size, mesh, 'config.eval.batch_size')
   s = config.data.image_size
   images = np.random.default_rng(1).random((batch, s, s, 1), dtype=np.float32)
   images = jax.device_put(images, parallel.batch_sharded(mesh))
   predict = steps.make_predict_step(model, mesh, config.eval.tta_flip)
-  return _median_ms(lambda: predict(variables, images), FLAGS.steps, FLAGS.warmup) / batch
+  return _median_ms(lambda: predict(variables, images), repeats, warmup) / batch
 
 
 def bench_loader(config: ml_collections.ConfigDict, workdir: str) -> float | None:
@@ -188,8 +197,13 @@ def bench(
     dtype = jnp.dtype(config.model.dtype)
     out['peak_flops'] = matmul_peak(dtype, jax.local_devices()[0]) * mesh.devices.size
     out['mfu'] = out['achieved_flops'] / out['peak_flops']
-    out['infer_ms_per_slice'] = bench_infer(config, mesh, variables, folded=config.model.use_ec)
-    out['infer_ms_per_slice_unfolded'] = bench_infer(config, mesh, variables, folded=False)
+    repeats, warmup = FLAGS.steps, FLAGS.warmup
+    out['infer_ms_per_slice'] = bench_infer(
+      config, mesh, variables, config.model.use_ec, repeats, warmup
+    )
+    out['infer_ms_per_slice_unfolded'] = bench_infer(
+      config, mesh, variables, False, repeats, warmup
+    )
   if loader:
     with tempfile.TemporaryDirectory() as tmp:
       out['loader_slices_per_s'] = bench_loader(config, workdir or tmp)

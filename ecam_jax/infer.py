@@ -1,67 +1,106 @@
-"""Segmenting volumes with a trained model, and scoring the test split.
+"""Segmenting volumes with a trained model (prediction only; scoring is evaluate.py's).
 
 A volume goes: NIfTI -> canonical axial slices, normalized and resized (data/volumes.py)
 -> the model on batches of slices, spread over this process's devices (EC folded into
-single convs; optional flip TTA) -> probabilities resized back and thresholded -> the
-file's orientation -> optional 3-D largest connected component -> a uint8 NIfTI with
-the input's exact shape and affine, written atomically, never over an input.
+single convs; optional flip TTA) -> probabilities resized back and thresholded at
+config.eval.threshold -> the file's orientation -> optionally only the largest 3-D
+connected components (config.eval.keep_components) -> a uint8 NIfTI with the input's
+exact shape and affine, written atomically, never over an input.
 """
 
 import gzip
+import numbers
 import os
 import pathlib
-from typing import Any
 
 import jax
 import ml_collections
 import nibabel as nib
 import numpy as np
 import tqdm
+from jax.sharding import Mesh
 from scipy import ndimage
 
-from ecam_jax import checkpoint, configuration, evaluate, overlay, parallel, steps
+from ecam_jax import checkpoint, configuration, parallel, steps
 from ecam_jax.atomic import write_bytes_atomic
-from ecam_jax.data import layouts, source, splits, volumes
+from ecam_jax.configuration import ConfigError
+from ecam_jax.data import layouts, volumes
 from ecam_jax.data.errors import DataError
 from ecam_jax.data.layouts import NIFTI_SUFFIXES, case_id_of
 from ecam_jax.models import abstract_variables, build_model, fold_ec
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-  """The largest 3-D connected component (26-connectivity) of a binary mask."""
+def check_eval_config(eval_config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming config.eval.threshold or config.eval.keep_components when
+  the value cannot work (see `keep_components` for the latter)."""
+  threshold = eval_config.threshold
+  if not (isinstance(threshold, numbers.Real) and 0 < threshold < 1):
+    raise ConfigError(
+      f'config.eval.threshold={threshold!r}; expected a probability strictly between 0 and 1'
+    )
+  keep = eval_config.keep_components
+  whole = isinstance(keep, numbers.Integral) and not isinstance(keep, bool) and keep >= 0
+  fraction = isinstance(keep, float) and 0 < keep < 1
+  if not (whole or fraction):
+    raise ConfigError(
+      f'config.eval.keep_components={keep!r}; expected 0 (off), an integer k >= 1 (keep the '
+      'k largest 3-D components) or a fraction in (0, 1) (keep every component at least '
+      'that fraction of the largest)'
+    )
+
+
+def keep_components(mask: np.ndarray, keep: int | float) -> np.ndarray:
+  """The 3-D connected components (26-connectivity) of a binary mask that `keep` selects:
+  0 keeps the mask as it is; an integer k >= 1 the k largest components (of equal sizes,
+  the first in scan order); a fraction f in (0, 1) every component with at least f times
+  the largest one's voxels. Two kidneys, say, are two components: k=1 would delete one.
+  `keep` is config.eval.keep_components, checked by `check_eval_config`."""
+  mask = np.asarray(mask, bool)
+  if keep == 0:
+    return mask
   labelled, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-  if count <= 1:
-    return mask.astype(bool)
-  sizes = np.bincount(labelled.ravel())[1:]
-  return labelled == (int(np.argmax(sizes)) + 1)
+  if count == 0:
+    return mask
+  sizes = np.bincount(labelled.ravel(), minlength=count + 1)[1:]
+  if isinstance(keep, numbers.Integral):
+    kept = np.argsort(-sizes, kind='stable')[:keep]
+  else:
+    kept = np.flatnonzero(sizes >= keep * sizes.max())
+  selected = np.zeros(count + 1, bool)
+  selected[kept + 1] = True
+  return selected[labelled]
 
 
 class Predictor:
   """A trained model ready to segment volumes on this process's devices.
 
-  fold: EC branches folded into single 3x3 convs (same outputs, faster). tta_flip and
-  largest_component default to config.eval's values.
+  fold: EC branches folded into single 3x3 convs (same outputs, faster). variables: use
+  these instead of restoring checkpoint `which` from `workdir`. mesh: the devices to spread
+  each batch over (default: all of this process's; any count works). Flip TTA, the
+  threshold and the kept components are config.eval's.
   """
 
   def __init__(
     self,
     config: ml_collections.ConfigDict,
-    workdir: str | os.PathLike,
+    workdir: str | os.PathLike | None,
     which: str = 'best',
     *,
     fold: bool = True,
     variables: dict | None = None,
+    mesh: Mesh | None = None,
   ):
     configuration.validate(config)
+    check_eval_config(config.eval)
     self.config = config
-    self.mesh = parallel.data_mesh(jax.local_devices())
+    self.mesh = parallel.data_mesh(jax.local_devices()) if mesh is None else mesh
     model = build_model(config.model)
     size = config.data.image_size
     target = parallel.abstract(abstract_variables(model, size), parallel.replicated(self.mesh))
     if variables is None:
       variables, self.meta = checkpoint.restore_variables(workdir, which, target)
     else:
-      self.meta = {}
+      variables, self.meta = jax.device_put(variables, parallel.replicated(self.mesh)), {}
     self.folded = bool(fold and config.model.use_ec)
     if self.folded:
       variables = jax.jit(lambda v: fold_ec(v, config.model.bn_epsilon))(variables)
@@ -70,14 +109,17 @@ class Predictor:
     self._step = steps.make_predict_step(model, self.mesh, config.eval.tta_flip)
 
   def probabilities(self, slices: np.ndarray, progress: bool = False) -> np.ndarray:
-    """float32 [Z, S, S] preprocessed slices -> foreground probabilities [Z, S, S]."""
-    devices = self.mesh.devices.size
-    batch = max(devices, self.config.eval.batch_size // devices * devices)
+    """float32 [Z, S, S] preprocessed slices -> foreground probabilities [Z, S, S].
+
+    Batches of config.eval.batch_size slices rounded up to a multiple of the device count
+    (`parallel.fit_batch`); the last batch is padded with zero slices to the same size (one
+    compiled shape) whose outputs are dropped."""
+    batch = parallel.fit_batch(self.config.eval.batch_size, self.mesh, 'config.eval.batch_size')
     out = []
     starts = range(0, slices.shape[0], batch)
     for start in tqdm.tqdm(starts, desc='slices', unit='batch', disable=not progress, leave=False):
       chunk = slices[start : start + batch, ..., None]
-      padded = parallel.pad_rows(chunk, devices)
+      padded = parallel.pad_rows(chunk, batch)
       images = jax.device_put(padded, parallel.batch_sharded(self.mesh))
       out.append(np.asarray(self._step(self.variables, images))[: chunk.shape[0]])
     return np.concatenate(out) if out else np.zeros_like(slices)
@@ -86,10 +128,8 @@ class Predictor:
     """A NIfTI image -> uint8 mask in the image's own voxel grid (same shape)."""
     slices, record = volumes.preprocess_image(image, self.config.data)
     prob = self.probabilities(slices, progress)
-    mask = volumes.restore(prob, record, order=1) > 0.5
-    if self.config.eval.largest_component:
-      mask = largest_component(mask)
-    return mask.astype(np.uint8)
+    mask = volumes.restore(prob, record, order=1) > self.config.eval.threshold
+    return keep_components(mask, self.config.eval.keep_components).astype(np.uint8)
 
   def segment_array(self, volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """From Python: a 3-D array (in the voxel order `affine` describes) -> uint8 mask."""
@@ -157,49 +197,3 @@ def predict_paths(
   for src, dst in tqdm.tqdm(pairs, desc='volumes', unit='vol', disable=len(pairs) == 1):
     predictor.segment_file(src, dst, progress=len(pairs) == 1)
   return [dst for _, dst in pairs]
-
-
-def evaluate_test_split(
-  config: ml_collections.ConfigDict, workdir: str, which: str, split: str = 'test'
-) -> dict[str, Any]:
-  """--mode=eval: segments the `split` cases from their original files and scores them
-  in their own geometry (mm spacing) into WORKDIR/eval/summary.{json,md}; the
-  predictions go to WORKDIR/eval/predictions and overlays to WORKDIR/eval/overlays."""
-  workdir = pathlib.Path(workdir)
-  source.resolve_root(config, workdir)
-  cases = {c.case_id: c for c in layouts.discover_cases(config.data)}
-  case_splits = splits.read_splits_file(workdir / 'splits.json', sorted(cases))
-  if not case_splits.get(split):
-    raise DataError(f'{workdir / "splits.json"}: the {split!r} split has no cases to score')
-  predictor = Predictor(config, workdir, which)
-  out = workdir / 'eval'
-  scores = {}
-  for case_id in tqdm.tqdm(case_splits[split], desc=f'eval {split}', unit='case'):
-    case = cases[case_id]
-    image = volumes.load_nifti(case.image)
-    mask = predictor.segment_file(case.image, out / 'predictions' / f'{case_id}.nii.gz')
-    label_img = volumes.load_nifti(case.label)
-    label = np.isin(np.asanyarray(label_img.dataobj), config.data.foreground_labels)
-    axis = evaluate.axial_axis(label_img.affine)
-    scores[case_id] = evaluate.score_case(
-      mask > 0, label, label_img.header.get_zooms()[:3], slice_axis=axis
-    )
-    _case_overlay(image, label, mask > 0, axis, config, out / 'overlays' / f'{case_id}.png')
-  summary = evaluate.summarize(scores)
-  summary['checkpoint'] = {'which': which, **predictor.meta}
-  evaluate.write_summary(summary, out)
-  print(evaluate.markdown_table(summary).splitlines()[-1])
-  return summary
-
-
-def _case_overlay(image, label, pred, axis, config, path: pathlib.Path) -> None:
-  """A few slices with the most label (or prediction) voxels, contours over the image."""
-  areas = (label | pred).sum(axis=tuple(a for a in range(3) if a != axis))
-  picks = np.argsort(-areas, kind='stable')[: config.eval.overlay_slices]
-  data = volumes.normalize(np.asanyarray(image.dataobj), config.data)
-  tiles = [
-    overlay.overlay(np.take(data, z, axis), np.take(label, z, axis), np.take(pred, z, axis))
-    for z in sorted(picks)
-  ]
-  path.parent.mkdir(parents=True, exist_ok=True)
-  overlay.write_png(path, overlay.tile(tiles, columns=len(tiles)))

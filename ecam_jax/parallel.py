@@ -5,6 +5,7 @@ that process p's local batch becomes rows [p * local, (p + 1) * local) of the gl
 batch and device d's shard is rows [d * per_device, (d + 1) * per_device).
 """
 
+import math
 import os
 
 import jax
@@ -12,6 +13,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from ecam_jax.configuration import ConfigError
 
 AXIS = 'data'
 
@@ -94,6 +97,17 @@ def check_batch_size(global_batch: int, mesh: Mesh, key: str = 'config.train.bat
       f'{key}={global_batch} does not divide over {devices} devices in {processes} '
       f'process(es); use a multiple of {devices}'
     )
+
+
+def fit_batch(requested: int, mesh: Mesh, key: str = 'config.eval.batch_size') -> int:
+  """The smallest batch >= `requested` that splits evenly over the mesh's devices and over
+  the processes: a batch for inference or validation, where any device count must work.
+  Rows past the data are padding: the caller fills them (`pad_rows`), marks them, and
+  never counts them in a score. `key` names the setting in the error for `requested` < 1."""
+  if requested < 1:
+    raise ConfigError(f'{key}={requested}; expected a batch size >= 1')
+  multiple = math.lcm(mesh.devices.size, jax.process_count())
+  return -(-requested // multiple) * multiple
 
 
 def global_batch(mesh: Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:

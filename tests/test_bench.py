@@ -1,5 +1,6 @@
-"""The bench: one tiny timed run through its CLI (the only benchmark in the suite), and
-compile-only numbers in process."""
+"""The bench: one tiny timed run through its CLI (the only benchmark in the suite),
+compile-only numbers in process, and inference timing on device counts that do not divide
+config.eval.batch_size."""
 
 import json
 import os
@@ -7,10 +8,12 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import pytest
 
-from ecam_jax import bench
+from ecam_jax import bench, parallel
 from ecam_jax.configuration import load_config
+from ecam_jax.models import build_model, init_variables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 KEYS = (
@@ -86,3 +89,15 @@ def test_compile_only_reports_flops_and_memory_and_remat_saves_memory():
   assert remat['peak_memory_bytes'] < plain['peak_memory_bytes']
   table = bench._table([plain, remat])
   assert table.count('\n') == 3 and '| ec_cam_unet | 64 | 8 | True | fused | - |' in table
+
+
+@pytest.mark.parametrize('devices', [3, 5])
+def test_inference_timing_runs_on_a_device_count_that_does_not_divide_the_batch(devices):
+  config = load_config(ROOT / 'configs/demo.py', 'variant=unet')
+  config.model.base_channels = 4
+  config.data.image_size = 32
+  config.eval.batch_size = 4  # rounded up to 6 or 5 slices
+  variables = jax.device_get(init_variables(build_model(config.model), 0, 32))
+  mesh = parallel.data_mesh(jax.devices()[:devices])
+  ms = bench.bench_infer(config, mesh, variables, folded=False, repeats=1, warmup=0)
+  assert ms > 0

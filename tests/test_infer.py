@@ -1,5 +1,6 @@
 """Inference on volumes with a briefly trained model: geometry kept through an oblique,
-non-RAS affine; folded equals unfolded; flip TTA; eval summary; bad inputs."""
+non-RAS affine; folded equals unfolded; flip TTA; eval summary; bad inputs. With an
+untrained tiny model: any device count, the threshold, kept components, bad settings."""
 
 import json
 import os
@@ -14,12 +15,13 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from ecam_jax import infer
+from ecam_jax import infer, parallel
 from ecam_jax.checkpoint import CheckpointError
-from ecam_jax.configuration import load_config
+from ecam_jax.configuration import ConfigError, load_config
 from ecam_jax.data import volumes
 from ecam_jax.data.errors import DataError
-from ecam_jax.evaluate import ratios
+from ecam_jax.models import build_model, init_variables
+from ecam_jax.scoring import ratios
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -147,20 +149,30 @@ def test_folded_equals_unfolded_on_trained_weights(trained):
   )
 
 
+def _sigmoid(x):
+  return 1 / (1 + np.exp(-np.asarray(x, np.float64)))
+
+
 def test_flip_tta_is_the_mean_of_both_views(trained):
   config, workdir, root = trained
   slices, _ = volumes.preprocess_image(next((root / 'imagesTr').iterdir()), config.data)
-  slices = slices[:8]
-  plain = infer.Predictor(config, workdir, 'best')
+  images = slices[:8, ..., None]
+  plain = infer.Predictor(config, workdir, 'best', fold=False)
   config.eval.tta_flip = True
   try:
-    tta = infer.Predictor(config, workdir, 'best')
+    tta = infer.Predictor(config, workdir, 'best', fold=False)
   finally:
     config.eval.tta_flip = False
-  expected = 0.5 * (
-    plain.probabilities(slices) + plain.probabilities(slices[:, :, ::-1])[:, :, ::-1]
-  )
-  chex.assert_trees_all_close(tta.probabilities(slices), expected, atol=1e-5)
+  # Independently: the unfolded model on the image and on its mirror (the W axis), the
+  # mirror's probabilities flipped back, averaged in NumPy.
+  model = build_model(config.model)
+  variables = jax.device_get(plain.variables)
+  logits = jax.jit(lambda v, x: model.apply(v, x, train=False)['logits'][..., 0])
+  straight = _sigmoid(logits(variables, images))
+  mirrored = _sigmoid(logits(variables, np.ascontiguousarray(images[:, :, ::-1])))[:, :, ::-1]
+  expected = (straight + mirrored) / 2
+  np.testing.assert_allclose(tta.probabilities(slices[:8]), expected, atol=1e-5)
+  assert np.abs(straight - expected).max() > 1e-3  # the views differ: TTA changes something
 
 
 def test_eval_through_main_scores_the_test_split(trained):
@@ -227,10 +239,109 @@ def test_bad_inputs_are_clear_errors(trained, tmp_path):
     infer.Predictor(config, tmp_path / 'empty', 'latest')
 
 
-def test_largest_component_keeps_the_biggest_blob():
-  mask = np.zeros((6, 10, 10), bool)
-  mask[1:4, 1:4, 1:4] = True  # 27 voxels
-  mask[5, 8, 8] = True
-  mask[0:2, 7:9, 0:2] = True  # 8 voxels
-  kept = infer.largest_component(mask)
-  assert kept.sum() == 27 and kept[2, 2, 2] and not kept[5, 8, 8]
+# An untrained tiny model: enough to compare device counts and to check post-processing.
+def _tiny_config():
+  config = load_config(ROOT / 'configs/demo.py', 'variant=unet')
+  config.model.base_channels = 4
+  config.data.image_size = 32
+  config.eval.batch_size = 4
+  return config
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  config = _tiny_config()
+  variables = jax.device_get(init_variables(build_model(config.model), 0, 32))
+  slices = np.random.default_rng(0).random((7, 32, 32), dtype=np.float32)
+  one_device = parallel.data_mesh(jax.devices()[:1])
+  reference = infer.Predictor(config, None, variables=variables, mesh=one_device)
+  return config, variables, slices, reference.probabilities(slices)
+
+
+def test_fit_batch_rounds_up_to_a_multiple_of_the_devices():
+  for devices, requested, expected in [(1, 4, 4), (3, 4, 6), (5, 4, 5), (6, 4, 6), (8, 16, 16)]:
+    mesh = parallel.data_mesh(jax.devices()[:devices])
+    assert parallel.fit_batch(requested, mesh) == expected
+  with pytest.raises(ConfigError, match='config.eval.batch_size=0'):
+    parallel.fit_batch(0, parallel.data_mesh(jax.devices()[:3]))
+
+
+@pytest.mark.parametrize('devices', [3, 5, 6])
+def test_prediction_on_any_device_count_equals_one_device(tiny, devices):
+  # 7 slices in batches of 4 rounded up to 6, 5, 6: neither the batch nor the slice count
+  # divides, and the last batch is mostly padding that must not come back.
+  config, variables, slices, one_device = tiny
+  mesh = parallel.data_mesh(jax.devices()[:devices])
+  predictor = infer.Predictor(config, None, variables=variables, mesh=mesh)
+  prob = predictor.probabilities(slices)
+  assert prob.shape == slices.shape
+  np.testing.assert_allclose(prob, one_device, atol=1e-6)
+
+
+def test_masks_are_thresholded_at_the_configured_probability(tiny):
+  config, variables, _, _ = tiny
+  volume = np.random.default_rng(1).uniform(-200, 300, (40, 36, 5)).astype(np.float32)
+  affine = np.diag([0.8, 0.8, 2.5, 1.0])
+  slices, record = volumes.preprocess_image(nib.Nifti1Image(volume, affine), config.data)
+  predictor = infer.Predictor(config, None, variables=variables)
+  restored = volumes.restore(predictor.probabilities(slices), record, order=1)
+  config = config.copy_and_resolve_references()
+  config.eval.threshold = float(np.quantile(restored, 0.7))  # 30% of voxels above it
+  mask = infer.Predictor(config, None, variables=variables).segment_array(volume, affine)
+  np.testing.assert_array_equal(mask, restored > config.eval.threshold)
+  assert 0.25 < mask.mean() < 0.35
+
+
+@pytest.mark.parametrize(
+  ('key', 'value'),
+  [
+    ('threshold', 1.0),
+    ('threshold', 0),
+    ('keep_components', -1),
+    ('keep_components', 1.5),
+    ('keep_components', True),
+    ('keep_components', '2'),
+  ],
+)
+def test_bad_eval_settings_are_refused_before_any_checkpoint_is_read(tmp_path, key, value):
+  config = _tiny_config()
+  config.eval[key] = value
+  with pytest.raises(ConfigError, match=f'config.eval.{key}='):
+    infer.Predictor(config, tmp_path / 'no_run')
+
+
+def _components() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """A mask with two equal 18-voxel blobs and a 1-voxel speck; the blobs alone, hand-built."""
+  first, second, speck = (np.zeros((4, 12, 12), bool) for _ in range(3))
+  first[0:2, 0:3, 0:3] = True
+  second[2:4, 8:11, 8:11] = True
+  speck[0, 10, 0] = True
+  return first | second | speck, first, second, speck
+
+
+@pytest.mark.parametrize(
+  ('keep', 'parts'),
+  [
+    (0, 'first second speck'),
+    (1, 'first'),  # of equal sizes, the first in scan order
+    (2, 'first second'),
+    (3, 'first second speck'),
+    (0.5, 'first second'),
+    (0.05, 'first second speck'),  # the speck is 1/18 of a blob
+  ],
+)
+def test_keep_components(keep, parts):
+  mask, first, second, speck = _components()
+  named = {'first': first, 'second': second, 'speck': speck}
+  expected = np.zeros_like(mask)
+  for name in parts.split():
+    expected |= named[name]
+  np.testing.assert_array_equal(infer.keep_components(mask, keep), expected)
+
+
+def test_keep_components_connects_through_corners_and_keeps_an_empty_mask():
+  mask = np.zeros((3, 3, 3), bool)
+  mask[0, 0, 0] = mask[1, 1, 1] = True  # touching at a corner only: one component
+  np.testing.assert_array_equal(infer.keep_components(mask, 1), mask)
+  empty = np.zeros((3, 3, 3), bool)
+  np.testing.assert_array_equal(infer.keep_components(empty, 2), empty)
