@@ -30,9 +30,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.phantom_size = 256  # in-plane size of the generated phantom volumes
   data.layout = 'msd'  # 'msd' | 'kits19' | 'paired'
   data.dataset = 'custom'  # names the paper's split sizes: see ecam_jax/data/splits.py
-  data.modality = 'CT'  # 'CT': HU window; 'MR': percentile clip + z-score per volume
-  data.label_values = config_dict.placeholder(tuple)
-  data.foreground_labels = (1, 2)  # label values that count as foreground
+  # Unset ('' / None): what the msd layout's dataset.json declares, else CT and labels (0, 1).
+  # An explicit value that disagrees with dataset.json is refused. config.json records the
+  # resolved values.
+  data.modality = ''  # 'CT': HU window; 'MR' (any non-CT): percentile clip + z-score per volume
+  data.label_values = config_dict.placeholder(tuple)  # every value a label file may hold
+  data.foreground_labels = config_dict.placeholder(tuple)  # None: every non-zero label value
   data.hu_window = (-100.0, 240.0)  # CT clip window in HU, then scaled to [0, 1]
   data.mr_percentiles = (0.5, 99.5)  # MR clip percentiles before the z-score
   data.image_size = 512  # in-plane size after resizing (square)

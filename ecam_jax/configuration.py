@@ -52,24 +52,185 @@ def sibling_config(this_file: str, name: str, arg: str | None = None):
   return load_config(pathlib.Path(this_file).with_name(name), arg)
 
 
-def _choice(config, key: str, allowed) -> None:
-  section, field = key.split('.')
-  value = config[section][field]
-  if value not in allowed:
-    raise ConfigError(f'config.{key}={value!r}; expected one of {list(allowed)}')
+# Keys whose value is one of a few words, and the words.
+CHOICES = {
+  'data.layout': ('msd', 'kits19', 'paired'),
+  'data.modality': ('', 'CT', 'MR'),  # '': what dataset.json declares (msd), else CT
+  'model.attention': ('coa', 'se', 'cbam', 'none'),
+  'model.fusion': ('conv', 'add', 'serial'),
+  'model.attention_impl': ('fused', 'chunked', 'naive'),
+  'model.dtype': ('float32', 'bfloat16'),
+  'train.schedule': ('cosine', 'constant'),
+  'train.nonfinite': ('stop', 'skip'),
+}
+
+# Integer keys and the smallest value that works.
+INTEGERS = {
+  'seed': 0,
+  'data.phantom_cases': 0,
+  'data.phantom_size': 32,
+  'data.image_size': 16,
+  'data.split_seed': 0,
+  'data.num_workers': 0,
+  'data.prefetch_batches': 0,
+  'data.prepare_workers': 1,
+  'model.base_channels': 1,
+  'model.num_classes': 1,
+  'model.cc_hidden': 1,
+  'model.reduction': 1,
+  'model.cbam_kernel': 1,
+  'model.attention_chunk': 1,
+  'train.batch_size': 1,
+  'train.epochs': 1,
+  'train.max_steps': 0,
+  'train.warmup_steps': 0,
+  'train.log_every_steps': 1,
+  'train.eval_every_epochs': 1,
+  'train.checkpoint_every_steps': 1,
+  'train.keep_checkpoints': 1,
+  'train.overlay_slices': 0,
+  'train.sync_every_steps': 1,
+  'eval.batch_size': 1,
+  'eval.overlay_slices': 0,
+}
+
+# Number keys and the interval their value must lie in ('[' includes the end, '(' not).
+INTERVALS = {
+  'data.foreground_oversample': '[0, 1)',
+  'augment.flip_prob': '[0, 1]',
+  'augment.blur_prob': '[0, 1]',
+  'augment.rotate_degrees': '[0, 180]',
+  'model.bn_momentum': '[0, 1]',
+  'model.bn_epsilon': '(0, inf)',
+  'loss.w_dice': '[0, inf)',
+  'loss.w_bce': '[0, inf)',
+  'loss.w_side': '[0, inf)',
+  'loss.alpha': '[0, 1]',  # None: w_dice and w_bce instead
+  'loss.dice_smooth': '[0, inf)',
+  'train.lr': '(0, inf)',
+  'train.weight_decay': '[0, inf)',
+  'train.grad_clip_norm': '[0, inf)',
+  'train.adam_b1': '[0, 1)',
+  'train.adam_b2': '[0, 1)',
+  'train.adam_eps': '(0, inf)',
+  'train.checkpoint_every_seconds': '(0, inf)',
+  'eval.threshold': '(0, 1)',
+}
+
+# Keys a config may lack (added after configs written against older defaults) or leave None.
+_OPTIONAL = (
+  'model.attention_chunk',
+  'loss.alpha',
+  'train.sync_every_steps',
+  'eval.threshold',
+  'eval.keep_components',
+)
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming the first key whose value cannot work."""
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+  """config's value at 'section.field' (or 'field'); None where an optional key is missing."""
+  node = config
+  for part in key.split('.'):
+    if key in _OPTIONAL and part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def _is_number(value: Any, integer: bool = False) -> bool:
+  kinds = (int,) if integer else (int, float)
+  return isinstance(value, kinds) and not isinstance(value, bool)
+
+
+def _in_interval(value: float, interval: str) -> bool:
+  low, high = (float(v) for v in interval[1:-1].split(','))
+  above = value >= low if interval[0] == '[' else value > low
+  below = value <= high if interval[-1] == ']' else value < high
+  return above and below
+
+
+def _check_pair(config: ml_collections.ConfigDict, key: str, low: float, high: float) -> None:
+  """A (lo, hi) pair of numbers with low <= lo < hi <= high."""
+  value = _get(config, key)
+  pair = tuple(value) if isinstance(value, (tuple, list)) else ()
+  if not (len(pair) == 2 and all(_is_number(v) for v in pair) and low <= pair[0] < pair[1] <= high):
+    bounds = f'{low} <= lo < hi <= {high}' if high < float('inf') else 'lo < hi'
+    raise ConfigError(f'config.{key}={value!r}; expected two numbers (lo, hi) with {bounds}')
+
+
+def _check_labels(config: ml_collections.ConfigDict, key: str) -> tuple[int, ...] | None:
+  """None (unset: the dataset decides) or distinct integer label values >= 0."""
+  value = _get(config, key)
+  if value is None:
+    return None
+  values = tuple(value) if isinstance(value, (tuple, list)) else ()
+  if not values or not all(_is_number(v, integer=True) and v >= 0 for v in values):
+    raise ConfigError(f'config.{key}={value!r}; expected a tuple of integer label values >= 0')
+  if len(set(values)) != len(values):
+    raise ConfigError(f'config.{key}={value!r} repeats a value')
+  return values
+
+
+def _check_data(config: ml_collections.ConfigDict) -> None:
+  data = config.data
+  if data.image_size % 16:
+    raise ConfigError(
+      f'config.data.image_size={data.image_size}; a depth-5 U-Net needs a multiple of 16'
+    )
+  _check_pair(config, 'data.hu_window', float('-inf'), float('inf'))
+  _check_pair(config, 'data.mr_percentiles', 0.0, 100.0)
+  label_values = _check_labels(config, 'data.label_values')
+  foreground = _check_labels(config, 'data.foreground_labels')
+  if label_values is not None and 0 not in label_values:
+    raise ConfigError(
+      f'config.data.label_values={label_values}; expected every value a label file holds, '
+      'background 0 among them'
+    )
+  if foreground is not None and 0 in foreground:
+    raise ConfigError(
+      f'config.data.foreground_labels={foreground}; 0 is background, expected values > 0'
+    )
+  if foreground is not None and label_values is not None:
+    undeclared = sorted(set(foreground) - set(label_values))
+    if undeclared:
+      raise ConfigError(
+        f'config.data.foreground_labels has {undeclared}, not among '
+        f'config.data.label_values={label_values}'
+      )
+  sizes = data.split_sizes
+  if sizes is not None:
+    sizes = tuple(sizes)
+    if not (len(sizes) == 3 and all(_is_number(s, integer=True) and s >= 0 for s in sizes)):
+      raise ConfigError(
+        f'config.data.split_sizes={sizes}; expected three case counts (train, val, test) >= 0'
+      )
+    if min(sizes[:2]) < 1:
+      raise ConfigError(f'config.data.split_sizes={sizes}; train and val need at least one case')
+  ratios = tuple(data.split_ratios)
+  if not (
+    len(ratios) == 3
+    and all(_is_number(r) and r >= 0 for r in ratios)
+    and abs(sum(ratios) - 1) <= 1e-6
+    and min(ratios[:2]) > 0
+  ):
+    raise ConfigError(
+      f'config.data.split_ratios={ratios}; expected three fractions (train, val, test) that '
+      'add up to 1, train and val > 0'
+    )
+
+
+def _check_model(config: ml_collections.ConfigDict) -> None:
+  from ecam_jax.models import MODELS  # here, so that loading a config file needs no jax
+
   m = config.model
-  _choice(config, 'model.attention', ('coa', 'se', 'cbam', 'none'))
-  _choice(config, 'model.fusion', ('conv', 'add', 'serial'))
-  _choice(config, 'model.attention_impl', ('fused', 'chunked', 'naive'))
-  _choice(config, 'model.dtype', ('float32', 'bfloat16'))
-  _choice(config, 'data.layout', ('msd', 'kits19', 'paired'))
-  _choice(config, 'data.modality', ('CT', 'MR'))
-  _choice(config, 'train.schedule', ('cosine', 'constant'))
-  _choice(config, 'train.nonfinite', ('stop', 'skip'))
+  if m.name not in MODELS:
+    raise ConfigError(f'config.model.name={m.name!r}; expected one of {sorted(MODELS)}')
+  if m.num_classes != 1:
+    raise ConfigError(
+      f'config.model.num_classes={m.num_classes}; only 1 (binary foreground) is supported: '
+      'the loss, metrics and prediction read one foreground channel. Merge the classes you '
+      'want with config.data.foreground_labels'
+    )
   if m.attention == 'coa' and not (m.use_cc or m.use_sc):
     raise ConfigError("config.model.attention='coa' needs use_cc or use_sc (or both)")
   if m.attention != 'coa' and (m.use_cc or m.use_sc):
@@ -77,19 +238,77 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f"config.model.use_cc/use_sc are parts of CoA; they need attention='coa', not {m.attention!r}"
     )
   scale = m.attention_scale
-  if not (scale == 'rsqrt' or (isinstance(scale, (int, float)) and scale > 0)):
+  if not (scale == 'rsqrt' or (_is_number(scale) and scale > 0)):
     raise ConfigError(f"config.model.attention_scale={scale!r}; expected a number > 0 or 'rsqrt'")
-  for name in m.side_outputs:
+  names = tuple(m.side_outputs)
+  for name in names:
     if name not in ('bottleneck', 'decoder1', 'decoder2', 'decoder3'):
       raise ConfigError(
         f'config.model.side_outputs has {name!r}; expected bottleneck or decoder1..decoder3'
       )
-  for key in ('base_channels', 'num_classes', 'cc_hidden', 'reduction'):
-    if m[key] < 1:
-      raise ConfigError(f'config.model.{key}={m[key]}; expected an integer >= 1')
-  if config.data.image_size % 16:
+  if len(set(names)) != len(names):
+    raise ConfigError(f'config.model.side_outputs={names} repeats a name')
+  rates = tuple(m.aspp_rates)
+  if not rates or not all(_is_number(r, integer=True) and r >= 1 for r in rates):
+    raise ConfigError(f'config.model.aspp_rates={rates}; expected dilation rates, integers >= 1')
+  if m.cbam_kernel % 2 == 0:
+    raise ConfigError(f'config.model.cbam_kernel={m.cbam_kernel}; expected an odd kernel size')
+
+
+def _check_loss(config: ml_collections.ConfigDict) -> None:
+  loss = config.loss
+  if loss.alpha is None and loss.w_dice + loss.w_bce == 0:
     raise ConfigError(
-      f'config.data.image_size={config.data.image_size}; a depth-5 U-Net needs a multiple of 16'
+      'config.loss.w_dice and config.loss.w_bce are both 0: the main output would not be trained'
     )
-  if config.train.batch_size < 1:
-    raise ConfigError(f'config.train.batch_size={config.train.batch_size}; expected >= 1')
+
+
+def _check_eval(config: ml_collections.ConfigDict) -> None:
+  keep = _get(config, 'eval.keep_components')
+  if keep is not None and not (
+    (_is_number(keep, integer=True) and keep >= 0) or (isinstance(keep, float) and 0 < keep < 1)
+  ):
+    raise ConfigError(
+      f'config.eval.keep_components={keep!r}; expected 0 (off), an integer k >= 1 (the k '
+      'largest components) or a fraction in (0, 1) of the largest component'
+    )
+  which = config.eval.checkpoint
+  if not isinstance(which, str) or not which:
+    raise ConfigError(
+      f"config.eval.checkpoint={which!r}; expected 'best', 'latest' or a checkpoint path"
+    )
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first key whose value cannot work.
+
+  Runs before anything is built: every value it accepts trains, evaluates and predicts.
+  Keys that configs written before them lack (_OPTIONAL) are checked where present.
+  """
+  for key, allowed in CHOICES.items():
+    if _get(config, key) not in allowed:
+      raise ConfigError(f'config.{key}={_get(config, key)!r}; expected one of {list(allowed)}')
+  for key, low in INTEGERS.items():
+    value = _get(config, key)
+    if value is None and key in _OPTIONAL:
+      continue
+    if not (_is_number(value, integer=True) and value >= low):
+      raise ConfigError(f'config.{key}={value!r}; expected an integer >= {low}')
+  for key, interval in INTERVALS.items():
+    value = _get(config, key)
+    if value is None and key in _OPTIONAL:
+      continue
+    if not (_is_number(value) and _in_interval(value, interval)):
+      raise ConfigError(f'config.{key}={value!r}; expected a number in {interval}')
+  sigma = tuple(config.augment.blur_sigma)
+  if not (len(sigma) == 2 and all(_is_number(v) for v in sigma) and 0 < sigma[0] <= sigma[1]):
+    raise ConfigError(
+      f'config.augment.blur_sigma={sigma}; expected (lo, hi) in pixels with 0 < lo <= hi'
+    )
+  _check_data(config)
+  _check_model(config)
+  _check_loss(config)
+  _check_eval(config)
+
+
+validate = check  # TODO(lead): remove once call sites use check

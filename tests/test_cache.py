@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ecam_jax.configuration import ConfigError
-from ecam_jax.data import cache, volumes
+from ecam_jax.configuration import ConfigError, load_config
+from ecam_jax.data import cache, source, splits, volumes
 from ecam_jax.data.errors import DataError
 
 import nifti_fixtures as fx
@@ -190,3 +190,61 @@ def test_header_errors_stop_before_anything_is_written(dataset, tmp_path):
 def test_foreground_label_must_be_declared(dataset, tmp_path):
   with pytest.raises(ConfigError, match=r'config.data.foreground_labels has \[3\]'):
     cache.prepare_cache(fx.config(dataset, foreground_labels=(1, 3)), tmp_path, progress=False)
+
+
+def _write_mr_task(root, num_cases=3, shape=(16, 16, 6)):
+  """A binary MR task in MSD layout: dataset.json says MRI and labels {0, 1}, nothing more."""
+  ids = [f'la_{i:03d}' for i in range(num_cases)]
+  for i, case_id in enumerate(ids):
+    image, label = fx.volume(i, shape)
+    fx.write_nifti(root / 'imagesTr' / f'{case_id}.nii.gz', image.astype(np.float32) * 3.0)
+    fx.write_nifti(root / 'labelsTr' / f'{case_id}.nii.gz', (label > 0).astype(np.uint8))
+  meta = {
+    'modality': {'0': 'MRI'},
+    'labels': {'0': 'background', '1': 'left atrium'},
+    'training': [
+      {'image': f'./imagesTr/{c}.nii.gz', 'label': f'./labelsTr/{c}.nii.gz'} for c in ids
+    ],
+  }
+  (root / 'dataset.json').write_text(json.dumps(meta))
+  return ids
+
+
+def test_msd_mr_task_caches_with_default_py_and_no_data_settings(tmp_path):
+  """Issue 11 item 10: configs/default.py with only data.root set reads modality and labels
+  from dataset.json, once, before the cache; the cache and the recorded config hold them."""
+  ids = _write_mr_task(tmp_path / 'heart')
+  config = load_config(fx.CONFIG)
+  config.data.root = str(tmp_path / 'heart')
+  cases = source.resolve_data(config, tmp_path / 'work')
+  assert [c.case_id for c in cases] == ids
+  assert (config.data.modality, config.data.label_values, config.data.foreground_labels) == (
+    'MR',
+    (0, 1),
+    (1,),
+  )
+  recorded = json.loads(config.to_json_best_effort())['data']  # what config.json gets
+  assert (recorded['modality'], recorded['label_values'], recorded['foreground_labels']) == (
+    'MR',
+    [0, 1],
+    [1],
+  )
+  splits.check(ids, config.data, tmp_path / 'work')
+  sc = cache.prepare_cache(config, tmp_path / 'work', progress=False)
+  settings = json.loads((sc.path / 'manifest.json').read_text())['settings']
+  assert settings['modality'] == 'MR' and settings['foreground_labels'] == [1]
+  assert 'mr_percentiles' in settings and 'hu_window' not in settings
+  image = np.asarray(sc.image(ids[0]))
+  assert image.shape == (6, 512, 512)
+  # z-scored (CT would lie in [0, 1]); resizing smooths, so the std is only near 1
+  assert abs(float(image.mean())) < 0.1 and image.min() < -0.5 and 0.5 < image.std() < 1.1
+  label = volumes.load_nifti(tmp_path / 'heart' / 'labelsTr' / f'{ids[0]}.nii.gz')
+  expected = volumes.to_canonical(np.asarray(label.dataobj), label.affine)[0]
+  np.testing.assert_array_equal(np.asarray(sc.label(ids[0]))[:, ::32, ::32], expected)
+
+
+def test_foreground_cases_are_those_with_a_foreground_slice(dataset, tmp_path):
+  empty = np.zeros((24, 20, 6), np.uint8)
+  fx.write_nifti(dataset / 'labelsTr' / 'case_001.nii.gz', empty)
+  sc = cache.prepare_cache(fx.config(dataset), tmp_path / 'work', progress=False)
+  assert sc.foreground_cases() == {'case_000', 'case_002'}

@@ -1,4 +1,5 @@
-"""Case discovery in the msd, kits19 and paired layouts, and the errors a bad folder raises."""
+"""Case discovery in the msd, kits19 and paired layouts, the dataset settings resolved from
+dataset.json or the config, and the errors a bad folder or setting raises."""
 
 import json
 
@@ -17,7 +18,6 @@ def test_msd_cases_sorted_with_paths(tmp_path):
   assert [c.case_id for c in cases] == ['case_000', 'case_001', 'case_002']
   assert cases[1].image == tmp_path / 'imagesTr' / 'case_001.nii.gz'
   assert cases[1].label == tmp_path / 'labelsTr' / 'case_001.nii.gz'
-  assert layouts.declared_labels(fx.config(tmp_path).data, tmp_path) == (0, 1, 2)
 
 
 def test_msd_missing_file_names_it_and_dataset_json(tmp_path):
@@ -33,10 +33,98 @@ def test_msd_without_dataset_json_says_what_is_expected(tmp_path):
     layouts.discover_cases(fx.config(tmp_path).data)
 
 
-def test_msd_modality_must_match_config(tmp_path):
-  fx.write_msd(tmp_path, num_cases=1)
-  with pytest.raises(ConfigError, match=r"modality 'CT'.*config.data.modality='MR'"):
-    layouts.discover_cases(fx.config(tmp_path, modality='MR').data)
+def _write_mr_task(root, labels=None, modality=None):
+  """dataset.json of a binary MR task (as MSD's Task02_Heart), with no volumes."""
+  meta = {
+    'modality': modality or {'0': 'MRI'},
+    'labels': labels or {'0': 'background', '1': 'left atrium'},
+    'training': [],
+  }
+  root.mkdir(parents=True, exist_ok=True)
+  (root / 'dataset.json').write_text(json.dumps(meta))
+
+
+def test_msd_settings_default_to_what_dataset_json_declares(tmp_path):
+  _write_mr_task(tmp_path)
+  data = fx.config(tmp_path).data
+  assert data.modality == '' and data.foreground_labels is None  # default.py leaves them unset
+  layouts.resolve_settings(data)
+  assert (data.modality, data.label_values, data.foreground_labels) == ('MR', (0, 1), (1,))
+  layouts.resolve_settings(data)  # its own result is consistent: nothing changes
+  assert (data.modality, data.label_values, data.foreground_labels) == ('MR', (0, 1), (1,))
+
+
+@pytest.mark.parametrize(
+  'name,expected', [('CT', 'CT'), ('ct', 'CT'), ('MR', 'MR'), ('MRI', 'MR'), ('T2', 'MR')]
+)
+def test_msd_modality_names(tmp_path, name, expected):
+  _write_mr_task(tmp_path, modality={'0': name})
+  data = fx.config(tmp_path).data
+  layouts.resolve_settings(data)
+  assert data.modality == expected
+
+
+def test_msd_foreground_is_every_non_zero_declared_label(tmp_path):
+  _write_mr_task(tmp_path, labels={'0': 'background', '1': 'edema', '3': 'tumour', '2': 'x'})
+  data = fx.config(tmp_path).data
+  layouts.resolve_settings(data)
+  assert data.label_values == (0, 1, 2, 3) and data.foreground_labels == (1, 2, 3)
+
+
+def test_msd_explicit_settings_that_agree_are_kept(tmp_path):
+  _write_mr_task(tmp_path, labels={'0': 'background', '1': 'organ', '2': 'tumour'})
+  data = fx.config(tmp_path, modality='MR', foreground_labels=(2,), label_values=(0, 2, 1)).data
+  layouts.resolve_settings(data)
+  assert (data.modality, data.label_values, data.foreground_labels) == ('MR', (0, 1, 2), (2,))
+
+
+def test_msd_explicit_settings_that_disagree_name_the_key(tmp_path):
+  _write_mr_task(tmp_path)
+  with pytest.raises(ConfigError, match=r"modality 'MRI' \(MR\) but config.data.modality='CT'"):
+    layouts.resolve_settings(fx.config(tmp_path, modality='CT').data)
+  with pytest.raises(
+    ConfigError, match=r'foreground_labels has \[2\], not among .* \[0, 1\] \(.*dataset.json'
+  ):
+    layouts.resolve_settings(fx.config(tmp_path, foreground_labels=(1, 2)).data)
+  with pytest.raises(ConfigError, match=r'declares the label values \[0, 1\].*label_values'):
+    layouts.resolve_settings(fx.config(tmp_path, label_values=(0, 1, 2)).data)
+
+
+def test_msd_without_modality_is_ct_and_bad_labels_are_named(tmp_path):
+  (tmp_path / 'dataset.json').write_text(json.dumps({'labels': {'0': 'bg', '1': 'x'}}))
+  data = fx.config(tmp_path).data
+  layouts.resolve_settings(data)
+  assert data.modality == 'CT'
+  (tmp_path / 'dataset.json').write_text(json.dumps({'labels': ['background', 'x']}))
+  with pytest.raises(DataError, match=r'dataset.json: "labels" is'):
+    layouts.resolve_settings(fx.config(tmp_path).data)
+  _write_mr_task(tmp_path, labels={'0': 'background'})
+  with pytest.raises(ConfigError, match=r'no foreground: the declared label values are \[0\]'):
+    layouts.resolve_settings(fx.config(tmp_path).data)
+  _write_mr_task(tmp_path, modality={'0': 'T1', '1': 'T2'})
+  with pytest.raises(DataError, match='2 channels; only single-channel'):
+    layouts.resolve_settings(fx.config(tmp_path).data)
+
+
+@pytest.mark.parametrize(
+  'settings,expected',
+  [
+    ({}, ('CT', (0, 1), (1,))),
+    ({'label_values': (0, 1, 2)}, ('CT', (0, 1, 2), (1, 2))),
+    ({'foreground_labels': (2, 1)}, ('CT', (0, 1, 2), (1, 2))),
+    ({'modality': 'MR', 'label_values': (0, 4), 'foreground_labels': (4,)}, ('MR', (0, 4), (4,))),
+  ],
+)
+def test_layouts_without_dataset_json_default_to_ct_and_binary_labels(tmp_path, settings, expected):
+  data = fx.config(tmp_path, layout='paired', **settings).data
+  layouts.resolve_settings(data)
+  assert (data.modality, data.label_values, data.foreground_labels) == expected
+
+
+def test_paired_foreground_outside_label_values_names_the_key(tmp_path):
+  data = fx.config(tmp_path, layout='kits19', label_values=(0, 1), foreground_labels=(2,)).data
+  with pytest.raises(ConfigError, match=r'has \[2\].*\(config.data.label_values\)'):
+    layouts.resolve_settings(data)
 
 
 def test_msd_macos_entries_in_training_list_are_ignored(tmp_path):
@@ -60,7 +148,6 @@ def test_kits19_skips_cases_without_segmentation(tmp_path):
   cases = layouts.discover_cases(data)
   assert [c.case_id for c in cases] == ['case_00000', 'case_00001']
   assert cases[0].label == tmp_path / 'case_00000' / 'segmentation.nii.gz'
-  assert layouts.declared_labels(data, tmp_path) == (0, 1, 2)
 
 
 def test_kits19_case_without_imaging_is_an_error(tmp_path):
@@ -82,9 +169,6 @@ def test_paired_matches_by_file_name(tmp_path):
     ('a', 'a.nii', 'a.nii'),
     ('b', 'b.nii.gz', 'b.nii.gz'),
   ]
-  assert layouts.declared_labels(data, tmp_path) == (0, 1)
-  data.label_values = None
-  assert layouts.declared_labels(data, tmp_path) == (0, 1, 2)  # (0,) + foreground_labels
 
 
 def test_paired_unmatched_image_is_named(tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from ecam_jax.configuration import ConfigError
@@ -98,3 +99,98 @@ def test_changed_splits_in_an_old_workdir_are_refused(tmp_path):
   assert splits.make_splits(IDS, fx.config().data, tmp_path)  # same: fine
   with pytest.raises(DataError, match=r'splits\.json holds other splits'):
     splits.make_splits(IDS, fx.config(split_seed=5).data, tmp_path)
+
+
+# --- stratification by foreground ---------------------------------------------------------
+
+EIGHT = [f'case_{i}' for i in range(8)]
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_val_and_test_get_a_foreground_case(tmp_path, seed):
+  """8 cases, 3 with foreground, sizes (6, 1, 1): the MR run of issue 11 put a case without
+  foreground alone in val; every seed now gives val and test one with foreground."""
+  foreground = {'case_1', 'case_4', 'case_6'}
+  data = fx.config(split_sizes=(6, 1, 1), split_seed=seed).data
+  result = splits.make_splits(EIGHT, data, tmp_path, foreground_cases=foreground)
+  _check_partition(result, EIGHT)
+  assert [len(result[s]) for s in splits.SPLITS] == [6, 1, 1]
+  assert [len(set(result[s]) & foreground) for s in splits.SPLITS] == [1, 1, 1]
+  assert splits.describe(result, foreground) == (
+    'train 6 cases (1 with foreground), val 1 (1), test 1 (1)'
+  )
+
+
+def test_stratified_splits_are_deterministic_and_vary_with_the_seed(tmp_path):
+  foreground = set(IDS[::4])  # 10 of 40
+  data = fx.config().data
+  a = splits.make_splits(IDS, data, tmp_path / 'a', foreground)
+  b = splits.make_splits(list(reversed(IDS)), data, tmp_path / 'b', sorted(foreground))
+  assert a == b
+  _check_partition(a, IDS)
+  # sizes (32, 2, 6): one foreground case to each split first; the shares of the 10 are
+  # (8, 0.5, 1.5), so the other 7 all go to train (its shortfall stays above test's 0.5).
+  assert [len(set(a[s]) & foreground) for s in splits.SPLITS] == [8, 1, 1]
+  seeds = {
+    json.dumps(splits.make_splits(IDS, fx.config(split_seed=k).data, tmp_path / str(k), foreground))
+    for k in range(5)
+  }
+  assert len(seeds) > 1
+
+
+def test_foreground_follows_the_split_sizes(tmp_path):
+  ids = [f'x{i:03d}' for i in range(281)]
+  foreground = set(ids[:200])
+  result = splits.make_splits(ids, fx.config(dataset='msd_pancreas').data, tmp_path, foreground)
+  counts = [len(set(result[s]) & foreground) for s in splits.SPLITS]
+  assert counts == [168, 4, 28]  # 200 * (236, 5, 40) / 281 = (167.97, 3.56, 28.47)
+  assert sum(counts) == 200
+
+
+def test_few_foreground_cases_go_to_train_then_val(tmp_path):
+  data = fx.config(split_sizes=(6, 1, 1)).data
+  one = splits.make_splits(EIGHT, data, tmp_path / '1', {'case_3'})
+  assert 'case_3' in one['train']
+  two = splits.make_splits(EIGHT, data, tmp_path / '2', {'case_3', 'case_5'})
+  assert [len(set(two[s]) & {'case_3', 'case_5'}) for s in splits.SPLITS] == [1, 1, 0]
+  assert splits.describe(two, set()) == 'train 6 cases (0 with foreground), val 1 (0), test 1 (0)'
+
+
+def test_splits_json_from_before_stratification_is_kept(tmp_path):
+  """A workdir split before foreground was known (one shuffle of all cases) resumes with
+  the same splits; a seed change is still refused."""
+  data = fx.config(split_sizes=(6, 1, 1)).data
+  old = splits.make_splits(EIGHT, data, tmp_path)  # no foreground information
+  order = np.random.default_rng(0).permutation(8)  # how splits were made before
+  assert old['val'] == [EIGHT[order[6]]] and old['test'] == [EIGHT[order[7]]]
+  foreground = set(EIGHT) - set(old['val']) - set(old['test'])  # no foreground in val/test
+  again = splits.make_splits(EIGHT, data, tmp_path, foreground_cases=foreground)
+  assert again == old
+  with pytest.raises(DataError, match=r'splits\.json holds other splits'):
+    splits.make_splits(
+      EIGHT,
+      fx.config(split_sizes=(6, 1, 1), split_seed=3).data,
+      tmp_path,
+      foreground_cases=foreground,
+    )
+
+
+def test_check_fails_before_any_cache_with_what_make_splits_would_say(tmp_path):
+  """The demo's sizes (8, 2, 2) against a 4-case folder fail from the case list alone."""
+  data = fx.config(split_sizes=(8, 2, 2)).data
+  with pytest.raises(ConfigError, match=r'\(8, 2, 2\) \(sum 12\) but 4 cases were found'):
+    splits.check(EIGHT[:4], data, tmp_path)
+  splits.check(EIGHT[:4], fx.config(split_sizes=(2, 1, 1)).data, tmp_path)
+  user = tmp_path / 'mine.json'
+  user.write_text(json.dumps({'train': ['zzz'], 'val': ['case_0']}))
+  with pytest.raises(DataError, match=r"train case 'zzz' is not among the 4 cases"):
+    splits.check(EIGHT[:4], fx.config(splits_file=str(user)).data, tmp_path)
+
+
+def test_check_refuses_an_old_splits_json_for_other_cases_or_sizes(tmp_path):
+  splits.make_splits(EIGHT, fx.config(split_sizes=(6, 1, 1)).data, tmp_path)
+  splits.check(EIGHT, fx.config(split_sizes=(6, 1, 1)).data, tmp_path)
+  with pytest.raises(DataError, match=r'splits\.json holds other splits .*sizes differ'):
+    splits.check(EIGHT, fx.config(split_sizes=(5, 2, 1)).data, tmp_path)
+  with pytest.raises(DataError, match=r"splits\.json holds other splits .*'case_8'"):
+    splits.check([*EIGHT, 'case_8'], fx.config(split_sizes=(7, 1, 1)).data, tmp_path)

@@ -72,7 +72,7 @@ def test_record_round_trips_through_json():
 
 
 def test_normalize_ct_window_and_mr_zscore():
-  data = fx.config().data
+  data = fx.config(modality='CT').data
   hu = np.array([-1000, -100, 70, 240, 3000], np.int16)
   np.testing.assert_allclose(volumes.normalize(hu, data), [0, 0, 0.5, 1, 1], atol=1e-6)
   data.modality = 'MR'
@@ -82,9 +82,8 @@ def test_normalize_ct_window_and_mr_zscore():
   assert out.dtype == np.float32
   assert abs(out.mean()) < 1e-5 and abs(out.std() - 1) < 1e-4
   assert out.max() == out[-1] and np.isclose(out[-1], out[out < out[-1] + 1].max())  # clipped
-  data.modality = 'CT'
-  data.hu_window = (100.0, -100.0)
-  with pytest.raises(ConfigError, match='config.data.hu_window'):
+  data.modality = ''
+  with pytest.raises(ConfigError, match="config.data.modality=''"):
     volumes.normalize(hu, data)
 
 
@@ -102,7 +101,7 @@ def test_resize_inplane_orders():
 def test_preprocess_image_from_file(tmp_path):
   image, _ = fx.volume(0, (24, 20, 6))
   path = fx.write_nifti(tmp_path / 'x.nii.gz', image, fx.LPS)
-  x, record = volumes.preprocess_image(path, fx.config().data)
+  x, record = volumes.preprocess_image(path, fx.config(modality='CT').data)
   assert x.shape == (6, 32, 32) and x.dtype == np.float32
   assert x.min() >= 0 and x.max() <= 1
   assert record.shape == (24, 20, 6) and record.canonical_shape == (6, 20, 24)
@@ -112,7 +111,7 @@ def test_preprocess_image_from_file(tmp_path):
 def test_preprocess_label_is_binary_foreground(tmp_path):
   _, label = fx.volume(0, (32, 32, 6))
   img = nib.Nifti1Image(label, fx.LPS)
-  data = fx.config().data
+  data = fx.config(foreground_labels=(1, 2)).data
   y = volumes.preprocess_label(img, data)
   assert y.dtype == np.uint8 and set(np.unique(y)) == {0, 1}
   np.testing.assert_array_equal(y, volumes.to_canonical((label > 0).astype(np.uint8), fx.LPS)[0])
@@ -184,3 +183,15 @@ def test_label_values_outside_declared_set(tmp_path):
   volumes.check_label_values(nib.Nifti1Image(label.astype(np.float32), fx.LPS), (0, 7), 'l')
   with pytest.raises(DataError, match='not integers'):
     volumes.check_label_values(nib.Nifti1Image(label * 0.5, fx.LPS), (0, 1), 'l')
+
+
+def test_integer_labels_accepts_whole_floats_and_refuses_fractions():
+  label = np.zeros((4, 4, 4), np.float32)
+  label[1, 2, 3] = 2.0
+  out = volumes.integer_labels(nib.Nifti1Image(label, fx.LPS), 'l')
+  assert out.dtype.kind == 'i' and out[1, 2, 3] == 2 and out.sum() == 2
+  stored = np.zeros((4, 4, 4), np.uint8)
+  assert volumes.integer_labels(nib.Nifti1Image(stored, fx.LPS), 'l').dtype == np.uint8
+  label[0, 0, 0] = 0.5
+  with pytest.raises(DataError, match=r'seg\.nii: label values are not integers'):
+    volumes.integer_labels(nib.Nifti1Image(label, fx.LPS), 'seg.nii')

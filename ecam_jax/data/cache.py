@@ -31,7 +31,6 @@ import numpy as np
 import tqdm
 
 from ecam_jax.atomic import TEMP_PREFIXES, atomic_path, remove, write_json_atomic
-from ecam_jax.configuration import ConfigError
 from ecam_jax.data import layouts, volumes
 from ecam_jax.data.errors import DataError
 
@@ -95,6 +94,10 @@ class SliceCache:
     """What `volumes.restore` needs to put a prediction of this case into its file's grid."""
     meta = json.loads((self._case_dir(case_id) / 'meta.json').read_text())
     return volumes.VolumeRecord.from_dict(meta['record'])
+
+  def foreground_cases(self) -> set[str]:
+    """The ids of the cases with at least one foreground pixel (after resizing)."""
+    return {self.case_ids[k] for k in np.unique(self.index.case[self.index.foreground])}
 
   def slices_of(self, case_ids: list[str]) -> np.ndarray:
     """[M] positions in `index` of every slice of these cases: case by case, z ascending."""
@@ -207,13 +210,8 @@ def prepare_cache(
   data = config.data
   path = cache_path(config, workdir)
   cases = layouts.discover_cases(data)
-  declared = layouts.declared_labels(data, data.root)
-  undeclared = sorted(set(data.foreground_labels) - set(declared))
-  if undeclared:
-    raise ConfigError(
-      f'config.data.foreground_labels has {undeclared}, not among the declared label values '
-      f'{list(declared)}'
-    )
+  layouts.resolve_settings(data)  # a no-op after source.resolve_data, which training runs first
+  declared = tuple(data.label_values)
   settings = _settings(data, declared)
   sources = {c.case_id: _sources(c) for c in cases}
   manifest = {

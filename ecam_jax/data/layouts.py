@@ -96,22 +96,64 @@ def discover_cases(data_config: ml_collections.ConfigDict) -> list[Case]:
   return sorted(cases, key=lambda c: c.case_id)
 
 
-def declared_labels(
-  data_config: ml_collections.ConfigDict, root: str | pathlib.Path
-) -> tuple[int, ...]:
-  """The label values a label file may hold: MSD from dataset.json, else from the config."""
-  if data_config.layout == 'msd':
-    path = pathlib.Path(root) / 'dataset.json'
-    labels = _read_dataset_json(path).get('labels')
-    try:
-      return tuple(sorted(int(k) for k in labels))
-    except (TypeError, ValueError):
-      raise DataError(
-        f'{path}: "labels" is {labels!r}; expected a mapping like {{"0": "background", "1": ...}}'
-      ) from None
-  if data_config.label_values is not None:
-    return tuple(sorted(int(v) for v in data_config.label_values))
-  return tuple(sorted({0, *(int(v) for v in data_config.foreground_labels)}))
+DEFAULT_MODALITY = 'CT'  # where neither the config nor dataset.json names one
+DEFAULT_LABEL_VALUES = (0, 1)  # layouts without dataset.json, when the config declares none
+
+
+def resolve_settings(data_config: ml_collections.ConfigDict) -> None:
+  """Fills config.data.modality, label_values and foreground_labels where they are unset.
+
+  The msd layout's dataset.json declares the modality ('CT' stays CT, any other channel
+  name (MRI, MR, T2, ...) is normalized as MR, as nnU-Net does) and the label values;
+  other layouts use config.data.label_values, else {0} and the foreground labels, else
+  DEFAULT_LABEL_VALUES. Foreground defaults to every non-zero label value. An explicit
+  setting that disagrees with dataset.json raises ConfigError naming the key, as do
+  foreground labels that are not label values. Setting a value to what this resolved
+  changes nothing, so running it again on its own result is a no-op. Reads dataset.json
+  only: cheap enough to run before any volume is read.
+  """
+  data = data_config
+  path, name, modality, labels = None, None, None, None
+  if data.layout == 'msd':
+    path = _root(data) / 'dataset.json'
+    meta = _read_dataset_json(path)
+    name, labels = _declared_modality(meta, path), _declared_labels(meta, path)
+    modality = name and ('CT' if name.strip().upper() == 'CT' else 'MR')
+  if modality and data.modality and data.modality != modality:
+    raise ConfigError(
+      f'{path} declares modality {name!r} ({modality}) but config.data.modality='
+      f"{data.modality!r}; leave config.data.modality unset ('') to use the dataset's"
+    )
+  data.modality = data.modality or modality or DEFAULT_MODALITY
+  if labels is not None:
+    if data.label_values is not None and sorted(set(data.label_values)) != list(labels):
+      raise ConfigError(
+        f'{path} declares the label values {list(labels)} but config.data.label_values='
+        f"{tuple(data.label_values)}; leave it unset (None) to use the dataset's"
+      )
+  elif data.label_values is not None:
+    labels = tuple(sorted(int(v) for v in data.label_values))
+  elif data.foreground_labels is not None:
+    labels = tuple(sorted({0, *(int(v) for v in data.foreground_labels)}))
+  else:
+    labels = DEFAULT_LABEL_VALUES
+  data.label_values = labels
+  if data.foreground_labels is None:
+    data.foreground_labels = tuple(v for v in labels if v != 0)
+  foreground = tuple(sorted(int(v) for v in data.foreground_labels))
+  undeclared = sorted(set(foreground) - set(labels))
+  if undeclared:
+    where = f'{path} "labels"' if data.layout == 'msd' else 'config.data.label_values'
+    raise ConfigError(
+      f'config.data.foreground_labels has {undeclared}, not among the declared label values '
+      f'{list(labels)} ({where})'
+    )
+  if not foreground:
+    raise ConfigError(
+      f'no foreground: the declared label values are {list(labels)}; set '
+      'config.data.foreground_labels or the label values'
+    )
+  data.foreground_labels = foreground
 
 
 def _read_dataset_json(path: pathlib.Path) -> dict[str, Any]:
@@ -126,28 +168,36 @@ def _read_dataset_json(path: pathlib.Path) -> dict[str, Any]:
   return meta
 
 
-def _check_modality(meta: dict[str, Any], path: pathlib.Path, data_config) -> None:
+def _declared_labels(meta: dict[str, Any], path: pathlib.Path) -> tuple[int, ...]:
+  labels = meta.get('labels')
+  try:
+    values = tuple(sorted(int(k) for k in labels))
+  except (TypeError, ValueError):
+    values = ()
+  if not isinstance(labels, dict) or not values or min(values) < 0:
+    raise DataError(
+      f'{path}: "labels" is {labels!r}; expected a mapping like {{"0": "background", "1": ...}}'
+    )
+  return values
+
+
+def _declared_modality(meta: dict[str, Any], path: pathlib.Path) -> str | None:
+  """The channel name dataset.json's "modality" gives (e.g. 'CT', 'MRI'), None if none."""
   modality = meta.get('modality')
   if not isinstance(modality, dict) or not modality:
-    return  # not every dataset.json written by hand has it; the config then decides
+    return None  # not every dataset.json written by hand has it; the config then decides
   if len(modality) > 1:
     raise DataError(
       f'{path}: modality {modality} has {len(modality)} channels; only single-channel '
       'volumes are supported'
     )
   (name,) = modality.values()
-  kind = 'CT' if str(name).upper() == 'CT' else 'MR'
-  if kind != data_config.modality:
-    raise ConfigError(
-      f'{path} says modality {name!r} but config.data.modality={data_config.modality!r}; '
-      f'set config.data.modality={kind!r}'
-    )
+  return str(name)
 
 
 def _msd_cases(root: pathlib.Path, data_config) -> list[Case]:
   path = root / 'dataset.json'
   meta = _read_dataset_json(path)
-  _check_modality(meta, path, data_config)
   training = meta.get('training')
   if not isinstance(training, list):
     raise DataError(f'{path}: expected a "training" list of {{"image", "label"}} entries')

@@ -1,6 +1,14 @@
-"""Where a run's data comes from: the dataset folder config.data.root names, or the
-synthetic phantom generated into the workdir (the demo's default)."""
+"""Where a run's data comes from, and what it is: the dataset folder config.data.root names
+(or the synthetic phantom generated into the workdir, the demo's default), its cases, and
+the dataset settings (modality, label values, foreground) its dataset.json declares.
 
+Everything here is cheap (folder listings, dataset.json, no volume read) and runs before
+the preprocessing cache is built, so that a wrong path, layout or label setting fails at
+once, and it fills config.data in place, once, so that config.json records the values the
+run used.
+"""
+
+import json
 import pathlib
 
 import jax
@@ -9,6 +17,9 @@ import ml_collections
 from ecam_jax import parallel
 from ecam_jax.configuration import ConfigError
 from ecam_jax.data import layouts, phantom
+
+# The config.data keys resolve_settings fills in when they are unset.
+DATASET_SETTINGS = ('modality', 'label_values', 'foreground_labels')
 
 
 def resolve_root(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
@@ -28,4 +39,41 @@ def resolve_root(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> No
     raise ConfigError(
       f'config.data.root {where}.{hint} Expected layout {data.layout!r}: '
       f'{layouts.LAYOUTS.get(data.layout, "?")}.'
+    )
+
+
+def resolve_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[layouts.Case]:
+  """The dataset's labelled cases, sorted by id, with config.data's dataset settings filled
+  in (layouts.resolve_settings): what training and evaluation call first."""
+  resolve_root(config, workdir)
+  cases = layouts.discover_cases(config.data)
+  layouts.resolve_settings(config.data)
+  return cases
+
+
+def resolve_settings(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  """Fills config.data's unset dataset settings where there may be no dataset (predict).
+
+  With config.data.root set, as training does; without it, from WORKDIR/config.json: the
+  values the run that trained this workdir's model resolved. Raises ConfigError naming
+  the key when neither says what the preprocessing needs.
+  """
+  data = config.data
+  if data.root:
+    resolve_root(config, workdir)
+    layouts.resolve_settings(data)
+    return
+  recorded = pathlib.Path(workdir) / 'config.json'
+  try:
+    trained = json.loads(recorded.read_text()).get('data', {})
+  except (OSError, json.JSONDecodeError, AttributeError):
+    trained = {}
+  for key in DATASET_SETTINGS:
+    if data[key] in ('', None) and trained.get(key) not in ('', None):
+      value = trained[key]
+      data[key] = tuple(value) if isinstance(value, list) else value
+  if not data.modality:
+    raise ConfigError(
+      f'config.data.modality is unset and neither config.data.root nor {recorded} says '
+      "which it is; set config.data.modality ('CT' or 'MR') or config.data.root"
     )

@@ -2,12 +2,16 @@
 
 Splitting by case (never by slice) keeps every slice of a volume in one split. The paper's
 sizes are the defaults for its datasets; any other dataset is split by ratios. A user's
-splits file (`data.splits_file`) overrides both.
+splits file (`data.splits_file`) overrides both. Cases with foreground and cases without
+are split separately (stratified), so that val and test hold foreground whenever the data
+has enough of it: validation that sees no foreground cannot select a model. `check` runs
+the checks that need only the case list, before the preprocessing cache is built.
 """
 
 import json
 import os
 import pathlib
+from collections.abc import Collection
 
 import ml_collections
 import numpy as np
@@ -63,40 +67,149 @@ def _check_nonempty(sizes: tuple[int, ...], source: str) -> None:
       raise ConfigError(f'{source} give(s) an empty {name} split; train and val need cases')
 
 
-def make_splits(
+def _foreground_quota(sizes: tuple[int, int, int], num_foreground: int) -> tuple[int, ...]:
+  """How many foreground cases each split gets.
+
+  First one each to train, val and test (in that order, while there are any and the
+  split has room): model selection needs foreground in val, and a test score needs it in
+  test. The rest, one at a time, to the split whose share of the cases is furthest ahead
+  of its share of the foreground, so that the proportions follow the split sizes.
+  """
+  quota = [0, 0, 0]
+  left = num_foreground
+  for k, size in enumerate(sizes):
+    if left and size > 0:
+      quota[k] += 1
+      left -= 1
+  total = sum(sizes)
+  while left:
+    room = [k for k in range(3) if quota[k] < sizes[k]]
+    k = max(room, key=lambda k: (sizes[k] * num_foreground / total - quota[k], -k))
+    quota[k] += 1
+    left -= 1
+  return tuple(quota)
+
+
+def _stratified(
+  ids: list[str], sizes: tuple[int, int, int], foreground: set[str], seed: int
+) -> dict[str, list[str]]:
+  """Cases with foreground and cases without, each shuffled by `seed` and cut by the quota.
+
+  Without foreground information this is one shuffle of all cases (how splits were made
+  before they were stratified, so such a workdir's splits.json is still recognised).
+  """
+  with_fg = [i for i in ids if i in foreground]
+  without = [i for i in ids if i not in foreground]
+  rng = np.random.default_rng(seed)
+  with_fg = [with_fg[i] for i in rng.permutation(len(with_fg))]
+  without = [without[i] for i in rng.permutation(len(without))]
+  quota = _foreground_quota(sizes, len(with_fg))
+  fg_bounds = np.cumsum((0, *quota))
+  bg_bounds = np.cumsum((0, *(size - q for size, q in zip(sizes, quota, strict=True))))
+  return {
+    name: sorted(
+      with_fg[fg_bounds[k] : fg_bounds[k + 1]] + without[bg_bounds[k] : bg_bounds[k + 1]]
+    )
+    for k, name in enumerate(SPLITS)
+  }
+
+
+def check(
   case_ids: list[str], data_config: ml_collections.ConfigDict, workdir: str | os.PathLike
+) -> None:
+  """Raises what make_splits would, as far as it can be known before the cache is built:
+  data.splits_file checked against the cases, else the split sizes against their number,
+  and a WORKDIR/splits.json from an earlier run against both. Reads no volume."""
+  ids = sorted(case_ids)
+  if data_config.splits_file:
+    read_splits_file(data_config.splits_file, ids)
+    return
+  sizes = split_sizes(len(ids), data_config)
+  path = pathlib.Path(workdir) / 'splits.json'
+  if path.is_file():
+    previous = _read_previous(path, ids)
+    if tuple(len(previous[name]) for name in SPLITS) != sizes:
+      raise DataError(_changed(path, f'its split sizes differ from {sizes}'))
+
+
+def _read_previous(path: pathlib.Path, ids: list[str]) -> dict[str, list[str]]:
+  """WORKDIR/splits.json of an earlier run: a partition of exactly these cases."""
+  try:
+    previous = read_splits_file(path, ids)
+  except DataError as e:
+    raise DataError(_changed(path, str(e))) from None
+  missing = set(ids) - {i for name in SPLITS for i in previous[name]}
+  if missing:
+    raise DataError(_changed(path, f'{len(missing)} cases are new (e.g. {min(missing)!r})'))
+  return previous
+
+
+def _changed(path: pathlib.Path, why: str) -> str:
+  return (
+    f'{path} holds other splits than config gives now ({why}; the cases, '
+    'config.data.split_seed or the split sizes changed); use a new workdir, delete the '
+    f'file, or set config.data.splits_file={str(path)!r} to keep it'
+  )
+
+
+def make_splits(
+  case_ids: list[str],
+  data_config: ml_collections.ConfigDict,
+  workdir: str | os.PathLike,
+  foreground_cases: Collection[str] = (),
 ) -> dict[str, list[str]]:
   """{'train', 'val', 'test'} -> sorted case ids; also written to WORKDIR/splits.json.
 
-  The same case ids, sizes and data.split_seed give the same splits, whatever order the
-  filesystem listed the cases in. A WORKDIR/splits.json from an earlier run that
-  disagrees raises, so a resumed run never trains on another run's test cases.
+  foreground_cases: the ids of cases with any foreground voxel. They are spread over the
+  splits in proportion to the split sizes, with at least one in val and one in test when
+  there are three or more (see _foreground_quota), so that validation can select a model.
+  The same case ids, foreground, sizes and data.split_seed give the same splits, whatever
+  order the filesystem listed the cases in. A WORKDIR/splits.json from an earlier run is
+  kept (a resumed run trains on the same cases, also one split before stratification);
+  one that this config could not have made raises, so a resumed run never trains on
+  another run's test cases.
   """
   ids = sorted(case_ids)
+  path = pathlib.Path(workdir) / 'splits.json'
   if data_config.splits_file:
     splits = read_splits_file(data_config.splits_file, ids)
+    user_file = pathlib.Path(data_config.splits_file)
+    if path.is_file() and user_file != path and _read_json(path) != splits:
+      raise DataError(_changed(path, f'config.data.splits_file is {data_config.splits_file}'))
   else:
+    check(ids, data_config, workdir)
     sizes = split_sizes(len(ids), data_config)
-    order = np.random.default_rng(data_config.split_seed).permutation(len(ids))
-    bounds = np.cumsum((0, *sizes))
-    splits = {
-      name: sorted(ids[i] for i in order[bounds[k] : bounds[k + 1]])
-      for k, name in enumerate(SPLITS)
-    }
-  path = pathlib.Path(workdir) / 'splits.json'
-  if path.is_file() and pathlib.Path(data_config.splits_file or '') != path:
-    try:
-      previous = json.loads(path.read_text())
-    except json.JSONDecodeError:
-      previous = None
-    if previous != splits:
-      raise DataError(
-        f'{path} holds other splits than config gives now (cases, config.data.split_seed or '
-        'split sizes changed); use a new workdir, delete the file, or set '
-        f'config.data.splits_file={str(path)!r} to keep it'
-      )
+    seed = int(data_config.split_seed)
+    splits = _stratified(ids, sizes, set(foreground_cases), seed)
+    if path.is_file():
+      previous = _read_json(path)
+      if previous not in (splits, _stratified(ids, sizes, set(), seed)):
+        raise DataError(_changed(path, 'the same sizes, other cases in them'))
+      splits = previous
   write_json_atomic(path, splits)
   return splits
+
+
+def _read_json(path: pathlib.Path):
+  try:
+    return json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    return None
+
+
+def describe(splits: dict[str, list[str]], foreground_cases: Collection[str]) -> str:
+  """One line for the start of a run: 'train 8 cases (3 with foreground), val 2 (1), test 2 (1)'."""
+  foreground = set(foreground_cases)
+  parts = []
+  for name in SPLITS:
+    ids = splits.get(name, [])
+    count = sum(i in foreground for i in ids)
+    parts.append(
+      f'{name} {len(ids)} cases ({count} with foreground)'
+      if name == SPLITS[0]
+      else f'{name} {len(ids)} ({count})'
+    )
+  return ', '.join(parts)
 
 
 def read_splits_file(path: str | os.PathLike, case_ids: list[str]) -> dict[str, list[str]]:

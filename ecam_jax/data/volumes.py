@@ -122,14 +122,27 @@ def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
   return type(img)(data, img.affine, img.header)
 
 
+def integer_labels(img: nib.Nifti1Image, path: str | os.PathLike) -> np.ndarray:
+  """The label map of a label volume as integers (file order and shape).
+
+  Float storage (or a scaled header) is accepted when every value is a whole number; any
+  other value raises DataError naming the file. Training's cache and the evaluator of
+  prediction folders both read label files through this.
+  """
+  data = np.asanyarray(img.dataobj)
+  if data.dtype.kind in 'iub':
+    return data
+  if data.dtype.kind != 'f' or not np.array_equal(data, np.round(data)):
+    raise DataError(f'{path}: label values are not integers; a label map holds whole numbers')
+  return data.astype(np.int64)
+
+
 def check_label_values(
   img: nib.Nifti1Image, declared: tuple[int, ...], path: str | os.PathLike
 ) -> None:
-  """Raises DataError when a label volume holds a value outside the declared set."""
-  data = np.asanyarray(img.dataobj)
-  if data.dtype.kind == 'f' and not np.array_equal(data, np.round(data)):
-    raise DataError(f'{path}: label values are not integers; expected values in {declared}')
-  values = np.unique(data.astype(np.int64) if data.dtype.kind == 'f' else data)
+  """Raises DataError when a label volume holds a non-integer value or one outside the
+  declared set."""
+  values = np.unique(integer_labels(img, path))
   extra = sorted(set(values.tolist()) - set(declared))
   if extra:
     raise DataError(
@@ -167,22 +180,17 @@ def from_canonical(canonical: np.ndarray, record: VolumeRecord) -> np.ndarray:
 
 
 def normalize(array: np.ndarray, data_config: ml_collections.ConfigDict) -> np.ndarray:
-  """float32 intensities: CT window -> [0, 1]; MR percentile clip -> z-score per volume."""
+  """float32 intensities: CT window -> [0, 1]; MR percentile clip -> z-score per volume.
+
+  data.hu_window and data.mr_percentiles are checked by configuration.check, and
+  data.modality filled in by layouts.resolve_settings, before any volume is read.
+  """
   array = np.asarray(array, np.float32)
   if data_config.modality == 'CT':
     lo, hi = (float(v) for v in data_config.hu_window)
-    if not hi > lo:
-      raise ConfigError(
-        f'config.data.hu_window={tuple(data_config.hu_window)}; expected (lo, hi), lo < hi'
-      )
     return (np.clip(array, lo, hi) - lo) / np.float32(hi - lo)
   if data_config.modality == 'MR':
     p_lo, p_hi = data_config.mr_percentiles
-    if not 0 <= p_lo < p_hi <= 100:
-      raise ConfigError(
-        f'config.data.mr_percentiles={tuple(data_config.mr_percentiles)}; '
-        'expected 0 <= lo < hi <= 100'
-      )
     lo, hi = np.percentile(array, (p_lo, p_hi))
     array = np.clip(array, lo, hi)
     return ((array - array.mean()) / max(float(array.std()), 1e-6)).astype(np.float32)
