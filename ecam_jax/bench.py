@@ -184,7 +184,7 @@ def bench(
   config: ml_collections.ConfigDict, workdir: str | None, loader: bool, timed: bool = True
 ) -> dict:
   """Every number of the module docstring for one config."""
-  configuration.validate(config)
+  configuration.check(config)
   mesh = parallel.data_mesh(jax.local_devices())
   parallel.check_batch_size(config.train.batch_size, mesh)
   out = bench_train(config, mesh, timed)

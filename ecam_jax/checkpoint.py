@@ -1,17 +1,27 @@
-"""Checkpoints with orbax: the latest (state + data iterator, every few minutes of work)
-and the best by validation DSC (variables only), kept apart under WORKDIR/checkpoints.
+"""Checkpoints with orbax: the latest (the whole train state, every few minutes of work)
+and the best by the validation score (variables only), kept apart under
+WORKDIR/checkpoints.
 
-Orbax writes each checkpoint into a temporary folder and renames it when complete, so
-an interrupted save never looks like a checkpoint. Saves are synchronous: a failure
-(full disk) surfaces at the save that caused it, with the folder named.
+A run must resume after a hard kill at any instant, so:
+- orbax writes each checkpoint into a temporary folder and renames it when complete; a
+  temporary folder left by a kill is removed when the managers open;
+- saving a step that already exists does nothing: training is deterministic, so the
+  state of a step is the same on a rerun (a kill after a best save, then a rerun that
+  reaches that step again, used to fail here);
+- a latest step that cannot be read (a kill while old checkpoints were being deleted) is
+  skipped for the one before it, with a note;
+- each checkpoint carries its own metadata (step, data position, config, score), so
+  nothing about resuming depends on files that could be out of step with it.
+Saves are synchronous: a failure (full disk) surfaces at the save that caused it, with
+the folder named. The data iterator needs no state of its own: its position is a global
+batch index (pipeline.py), stored in the metadata.
 """
 
 import errno
-import math
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -21,14 +31,16 @@ from ecam_jax.state import TrainState
 BEST, LATEST = 'best', 'latest'
 
 
-def abstract_like(tree: Any) -> Any:
-  """Shapes, dtypes and shardings of `tree`: the target a restore fills in place."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-
-
-def _manager(folder: pathlib.Path, keep: int) -> ocp.CheckpointManager:
+def _manager(folder: pathlib.Path, keep: int, writer: bool = True) -> ocp.CheckpointManager:
+  """A manager of one folder; only a `writer` (the training run) creates the folder and
+  removes temporary folders left by a killed save (a reader, e.g. --mode=eval while
+  training goes on, must not touch a save in progress)."""
   options = ocp.CheckpointManagerOptions(
-    max_to_keep=keep, create=True, enable_async_checkpointing=False
+    max_to_keep=keep,
+    create=writer,
+    enable_async_checkpointing=False,
+    cleanup_tmp_directories=writer,
+    read_only=not writer,
   )
   return ocp.CheckpointManager(folder, options=options)
 
@@ -37,81 +49,97 @@ class CheckpointError(RuntimeError):
   """A checkpoint could not be written or read; the message names the folder."""
 
 
+def _state_target(state: TrainState) -> Any:
+  """Where a restore puts the state: the shapes, dtypes and (replicated) sharding of
+  `state`, nothing allocated."""
+  return parallel.abstract(state, jax.tree.leaves(state)[0].sharding)
+
+
 class Checkpoints:
   """WORKDIR/checkpoints/{latest, best}."""
 
-  def __init__(
-    self, workdir: str | pathlib.Path, keep: int = 2, loader: dict[str, int] | None = None
-  ):
-    """`loader`: what the data iterator's saved state is tied to (worker and process
-    counts); a latest checkpoint saved under other values is refused with a message."""
+  def __init__(self, workdir: str | pathlib.Path, keep: int = 2):
     self.root = pathlib.Path(workdir).absolute() / 'checkpoints'  # orbax needs absolute
-    self.loader = loader or {}
     self.latest = _manager(self.root / LATEST, keep)
     self.best = _manager(self.root / BEST, 1)
 
-  def _save(self, manager: ocp.CheckpointManager, step: int, args: ocp.args.Composite) -> None:
+  def _save(self, manager: ocp.CheckpointManager, step: int, args: ocp.args.Composite) -> bool:
+    if step in manager.all_steps():
+      return False
     try:
       manager.save(step, args=args, force=True)
       manager.wait_until_finished()
     except OSError as e:
       why = 'the disk is full' if e.errno == errno.ENOSPC else str(e)
       raise CheckpointError(f'could not write a checkpoint to {manager.directory}: {why}') from e
+    return True
 
-  def save_latest(self, state: TrainState, data_iter: Any, best_dsc: float) -> None:
-    step = int(state.step)
-    if self.latest.latest_step() == step:
-      return
+  def save_latest(self, state: TrainState, meta: dict[str, Any]) -> bool:
+    """The whole state with `meta` (JSON: data position, config); False if this step
+    was already saved."""
     args = ocp.args.Composite(
       state=ocp.args.StandardSave(state),
-      data_iter=grain.checkpoint.CheckpointSave(data_iter),
-      meta=ocp.args.JsonSave(
-        {'step': step, 'best_val_dsc': _json_float(best_dsc), 'loader': self.loader}
-      ),
+      meta=ocp.args.JsonSave({'step': int(state.step), **meta}),
     )
-    self._save(self.latest, step, args)
+    return self._save(self.latest, int(state.step), args)
 
-  def save_best(self, state: TrainState, val_dsc: float) -> None:
-    """Replaces the best checkpoint; the caller decides that `val_dsc` is better."""
+  def save_best(self, state: TrainState, meta: dict[str, Any]) -> bool:
+    """Replaces the best checkpoint (the caller decides that it is better) with the
+    variables and `meta` (JSON: the score); False if this step was already saved."""
     args = ocp.args.Composite(
       variables=ocp.args.StandardSave(state.variables()),
-      meta=ocp.args.JsonSave({'step': int(state.step), 'val_dsc': float(val_dsc)}),
+      meta=ocp.args.JsonSave({'step': int(state.step), **meta}),
     )
-    self._save(self.best, int(state.step), args)
+    return self._save(self.best, int(state.step), args)
 
-  def restore_latest(self, state: TrainState, data_iter: Any) -> tuple[TrainState, float] | None:
-    """(state, best DSC so far) from the newest latest checkpoint (`data_iter` is
-    restored in place), or None when there is none."""
-    step = self.latest.latest_step()
-    if step is None:
-      return None
-    meta = self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-    saved = meta.get('loader') or {}
-    if saved and saved != self.loader:
-      differ = ', '.join(f'{k} {saved.get(k)} then, {v} now' for k, v in self.loader.items())
-      raise CheckpointError(
-        f'{self.root / LATEST / str(step)} holds the data iterator of a run with other '
-        f'loader settings ({differ}); resume with the same config.data.num_workers and '
-        'process count, or start a new workdir'
-      )
-    restored = self.latest.restore(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_like(state)),
-        data_iter=grain.checkpoint.CheckpointRestore(data_iter),
-        meta=ocp.args.JsonRestore(),
-      ),
-    )
-    best = restored['meta']['best_val_dsc']
-    return restored['state'], -math.inf if best is None else best
+  def _meta(self, manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+  def best_meta(self) -> dict[str, Any] | None:
+    """The best checkpoint's metadata (its score), or None when there is none."""
+    for step in sorted(self.best.all_steps(), reverse=True):
+      try:
+        return self._meta(self.best, step)
+      except Exception:  # noqa: BLE001 (a damaged step: an older one may still be whole)
+        continue
+    return None
+
+  def restore_latest(
+    self, state: TrainState, note: Callable[[str], None] = print
+  ) -> tuple[TrainState, dict[str, Any]] | None:
+    """(state, meta) of the newest latest checkpoint that can be read, or None when there
+    is none. A step that cannot be read is reported through `note` and the one before it
+    is tried."""
+    target = _state_target(state)
+    for step in sorted(self.latest.all_steps(), reverse=True):
+      try:
+        restored = self.latest.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+          ),
+        )
+      except Exception as e:  # noqa: BLE001 (a damaged step: fall back to an older one)
+        note(
+          f'{self.root / LATEST / str(step)} cannot be read ({type(e).__name__}: {e}); '
+          'trying the checkpoint before it'
+        )
+        continue
+      return restored['state'], restored['meta']
+    return None
+
+  def latest_meta(self) -> dict[str, Any] | None:
+    """The metadata of the newest readable latest checkpoint (cheap: no arrays)."""
+    for step in sorted(self.latest.all_steps(), reverse=True):
+      try:
+        return self._meta(self.latest, step)
+      except Exception:  # noqa: BLE001
+        continue
+    return None
 
   def close(self) -> None:
     self.latest.close()
     self.best.close()
-
-
-def _json_float(value: float) -> float | None:
-  return value if math.isfinite(value) else None
 
 
 def restore_variables(workdir: str | pathlib.Path, which: str, target: dict) -> tuple[dict, dict]:
@@ -120,9 +148,8 @@ def restore_variables(workdir: str | pathlib.Path, which: str, target: dict) -> 
   variables (jax.ShapeDtypeStruct with shardings); a shape that differs is an error
   naming the checkpoint and the parameter."""
   if which in (BEST, LATEST):
-    folder = pathlib.Path(workdir) / 'checkpoints' / which
-    manager = _manager(folder, 1)
-    step = manager.latest_step()
+    folder = pathlib.Path(workdir).absolute() / 'checkpoints' / which
+    step = _manager(folder, 1, writer=False).latest_step() if folder.is_dir() else None
     if step is None:
       raise CheckpointError(f'no {which} checkpoint in {folder}; train first (--mode=train)')
     path = folder / str(step)

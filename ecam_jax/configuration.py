@@ -309,6 +309,3 @@ def check(config: ml_collections.ConfigDict) -> None:
   _check_model(config)
   _check_loss(config)
   _check_eval(config)
-
-
-validate = check  # TODO(lead): remove once call sites use check

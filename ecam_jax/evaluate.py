@@ -121,8 +121,7 @@ def evaluate_split(
   from ecam_jax.data import source
 
   workdir = pathlib.Path(workdir)
-  source.resolve_root(config, workdir)
-  cases = {c.case_id: c for c in layouts.discover_cases(config.data)}
+  cases = {c.case_id: c for c in source.resolve_data(config, workdir)}
   case_splits = splits.read_splits_file(workdir / 'splits.json', sorted(cases))
   if not case_splits.get(split):
     raise DataError(f'{workdir / "splits.json"}: the {split!r} split has no cases to score')

@@ -25,6 +25,7 @@ from ecam_jax import checkpoint, configuration, parallel, steps
 from ecam_jax.atomic import write_bytes_atomic
 from ecam_jax.configuration import ConfigError
 from ecam_jax.data import layouts, volumes
+from ecam_jax.data import source as data_source
 from ecam_jax.data.errors import DataError
 from ecam_jax.data.layouts import NIFTI_SUFFIXES, case_id_of
 from ecam_jax.models import abstract_variables, build_model, fold_ec
@@ -90,7 +91,7 @@ class Predictor:
     variables: dict | None = None,
     mesh: Mesh | None = None,
   ):
-    configuration.validate(config)
+    configuration.check(config)
     check_eval_config(config.eval)
     self.config = config
     self.mesh = parallel.data_mesh(jax.local_devices()) if mesh is None else mesh
@@ -193,6 +194,7 @@ def predict_paths(
   pairs = plan_outputs(source, target)
   for src, _ in pairs:  # fail on a bad input before the first (slow) prediction
     volumes.header_info(src)
+  data_source.resolve_settings(config, pathlib.Path(workdir))  # e.g. modality, from config.json
   predictor = Predictor(config, workdir, which)
   for src, dst in tqdm.tqdm(pairs, desc='volumes', unit='vol', disable=len(pairs) == 1):
     predictor.segment_file(src, dst, progress=len(pairs) == 1)

@@ -8,12 +8,17 @@ predict (segment NIfTI files). Config values are overridden as
 
 import logging
 import os
+import sys
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from ecam_jax import parallel
+from ecam_jax.checkpoint import CheckpointError
+from ecam_jax.configuration import ConfigError
+from ecam_jax.data.errors import DataError
+from ecam_jax.train import NonFiniteLossError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
@@ -34,7 +39,17 @@ flags.DEFINE_enum(
 flags.DEFINE_integer(
   'heartbeat_timeout_seconds', 60, 'Multi-process: declare a silent process dead after this.'
 )
+flags.DEFINE_bool(
+  'resume_with_changes',
+  False,
+  "train: resume although the config differs from the checkpoint's (not the network); the "
+  'run continues under the new values from where it stopped (see README, Resume).',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
+
+# What a user can get wrong (a config value, a data file, a checkpoint that does not fit):
+# the message names the key or file and says what was expected, so it is printed alone.
+USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError)
 
 
 def main(argv: list[str]) -> None:
@@ -55,6 +70,9 @@ def main(argv: list[str]) -> None:
   )
   try:
     _run(FLAGS.config, workdir)
+  except USER_ERRORS as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(1)
   except jax.errors.JaxRuntimeError as e:
     if jax.process_count() == 1:
       raise
@@ -69,16 +87,16 @@ def _run(config, workdir: str) -> None:
   if FLAGS.mode == 'train':
     from ecam_jax import train
 
-    summary = train.train_and_evaluate(config, workdir)
+    summary = train.train_and_evaluate(config, workdir, allow_changes=FLAGS.resume_with_changes)
     parallel.print0(f'done: {summary}')
   elif FLAGS.mode == 'prepare':
     from ecam_jax import train
 
     train.prepare_data(config, train.prepare_workdir(workdir))
   elif FLAGS.mode == 'eval':
-    from ecam_jax import infer
+    from ecam_jax import evaluate
 
-    infer.evaluate_test_split(config, workdir, FLAGS.checkpoint or config.eval.checkpoint)
+    evaluate.evaluate_split(config, workdir, FLAGS.checkpoint or config.eval.checkpoint)
   else:
     from ecam_jax import infer
 

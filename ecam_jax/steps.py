@@ -3,8 +3,9 @@
 Train: augment on the device, forward with BatchNorm statistics synchronized over
 AXIS, the loss as a global quantity (psum/pmean inside `losses`), its gradient taken
 directly: inside shard_map the gradient of a replicated parameter already comes out
-reduced over devices, so it is NOT reduced again (jax-notes.md's pitfall). A step
-whose loss or gradient is not finite leaves the state unchanged and is recorded.
+reduced over devices, so it is NOT reduced again (docs/architecture.md, "Data flow and
+parallelism"). A step whose loss or gradient is not finite leaves the state unchanged and
+is recorded.
 """
 
 from collections.abc import Callable
@@ -48,7 +49,7 @@ def make_train_step(
   mesh: Mesh,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """(state, batch{'image' [B,S,S,1] f32, 'label' [B,S,S,1] u8}) -> (state, metrics)."""
-  augment = config.augment
+  augment, threshold = config.augment, config.eval.threshold
 
   def per_device(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
     images, labels = batch['image'], batch['label']
@@ -64,7 +65,7 @@ def make_train_step(
         mutable=['batch_stats'],
       )
       loss, parts = losses.total_loss(outputs, labels, config.loss, AXIS)
-      return loss, (updates['batch_stats'], parts, outputs['logits'])
+      return loss, (updates.get('batch_stats', {}), parts, outputs['logits'])
 
     (loss, (batch_stats, parts, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params
@@ -83,11 +84,13 @@ def make_train_step(
         (state.first_nonfinite < 0) & ~finite, state.step, state.first_nonfinite
       ),
     )
-    counts = lax.psum(jnp.sum(metrics.slice_counts(logits, labels), axis=0), AXIS)
+    # TP, FP, FN summed over the global batch: the host sums them over its log window and
+    # makes the DSC once (never an average of per-batch ratios).
+    counts = lax.psum(jnp.sum(metrics.slice_counts(logits, labels, threshold), axis=0), AXIS)
     out = {
       'loss': loss,
       **parts,
-      'dsc': metrics.dice_from_counts(counts),
+      'counts': counts,
       'grad_norm': optax.tree.norm(grads),
       'lr': schedule(state.step),
       'finite': finite,
@@ -98,12 +101,24 @@ def make_train_step(
   return jax.jit(sharded, donate_argnums=(0,))
 
 
-def make_eval_step(model: Any, mesh: Mesh) -> Callable[[dict, Batch], jax.Array]:
-  """(variables, batch) -> int32 [B, 3]: TP, FP, FN of each slice (batch-sharded)."""
+def make_eval_step(
+  model: Any, mesh: Mesh, threshold: float = 0.5
+) -> Callable[[dict, Batch], dict[str, jax.Array]]:
+  """(variables, batch) -> per slice (batch-sharded): 'counts' int32 [B, 3] (TP, FP, FN
+  at the probability `threshold`) and 'loss_sums' float32 [B, 4] (sum of p * y, of p, of
+  y, and of the pixels' BCE; p = sigmoid(logits)), from which the host makes the scores
+  and the validation loss of the whole split."""
 
-  def per_device(variables: dict, batch: Batch) -> jax.Array:
+  def per_device(variables: dict, batch: Batch) -> dict[str, jax.Array]:
     logits = model.apply(variables, batch['image'], train=False)['logits']
-    return metrics.slice_counts(logits, batch['label'])
+    labels = batch['label'].astype(jnp.float32)
+    p = jax.nn.sigmoid(logits)
+    bce = optax.sigmoid_binary_cross_entropy(logits, labels)
+    sums = [jnp.sum(x, axis=(1, 2, 3)) for x in (p * labels, p, labels, bce)]
+    return {
+      'counts': metrics.slice_counts(logits, batch['label'], threshold),
+      'loss_sums': jnp.stack(sums, axis=-1),
+    }
 
   sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS))
   return jax.jit(sharded)

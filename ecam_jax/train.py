@@ -6,7 +6,6 @@ Running the same command again resumes where the last checkpoint left off.
 """
 
 import json
-import math
 import pathlib
 import signal
 import time
@@ -16,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ecam_jax import configuration, parallel, steps, validate
+from ecam_jax import configuration, parallel, resume, scoring, steps, validate
 from ecam_jax.atomic import write_json_atomic
 from ecam_jax.checkpoint import Checkpoints
 from ecam_jax.data import cache as data_cache
@@ -66,50 +65,128 @@ def prepare_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
   return workdir
 
 
-def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path):
-  """The preprocessing cache (built by process 0, or reused) and the case splits."""
-  source.resolve_root(config, workdir)
+def resolve_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[str]:
+  """The cheap checks, before any volume is read: the data folder (or the generated
+  phantom), the layout and its cases, the settings dataset.json decides (filled into
+  `config`), and the split sizes against the cases found. Returns the case ids."""
+  case_ids = [c.case_id for c in source.resolve_data(config, workdir)]
+  splits.check(case_ids, config.data, workdir)
+  return case_ids
+
+
+def build_data(config: ml_collections.ConfigDict, workdir: pathlib.Path):
+  """The preprocessing cache (built by process 0, or reused) and the splits, stratified so
+  that val and test get cases with foreground; says how many each split has."""
   if jax.process_index() == 0:
     cache = data_cache.prepare_cache(config, workdir)
   parallel.barrier('prepare_cache')
   if jax.process_index() != 0:
     cache = data_cache.prepare_cache(config, workdir, progress=False)
-  case_splits = splits.make_splits(cache.case_ids, config.data, workdir)
+  foreground = cache.foreground_cases()
+  case_splits = splits.make_splits(
+    cache.case_ids, config.data, workdir, foreground_cases=foreground
+  )
+  parallel.print0('splits: ' + splits.describe(case_splits, foreground))
   return cache, case_splits
 
 
-def _mean_metrics(pending: list[dict]) -> dict[str, float]:
-  values = jax.device_get(pending)
-  keys = [k for k in values[0] if k != 'finite']
-  return {k: float(np.mean([v[k] for v in values])) for k in keys}
+def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path):
+  """--mode=prepare: resolve_data, then build_data."""
+  resolve_data(config, workdir)
+  return build_data(config, workdir)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains config's model on config's data in `workdir`; returns the final summary."""
-  configuration.validate(config)
+class Window:
+  """The train metrics of the steps since the last log: means of the losses, sums of the
+  TP/FP/FN counts (the DSC is made from those once, never averaged over batches)."""
+
+  def __init__(self):
+    self.pending: list[dict] = []
+
+  def add(self, metrics: dict) -> None:
+    self.pending.append(metrics)
+
+  def flush(self) -> dict[str, float]:
+    values = jax.device_get(self.pending)
+    self.pending = []
+    keys = [k for k in values[0] if k not in ('finite', 'counts')]
+    out = {k: float(np.mean([v[k] for v in values])) for k in keys}
+    tp, fp, fn = np.sum([v['counts'] for v in values], axis=0, dtype=np.int64)
+    out['dsc'] = float(scoring.ratios(tp, fp, fn)['dsc'])  # NaN: no foreground, none predicted
+    return out
+
+
+def _nonfinite_error(state, ckpts: Checkpoints) -> NonFiniteLossError:
+  return NonFiniteLossError(
+    f'the loss or gradient was not finite at step {int(state.first_nonfinite) + 1}; the run '
+    'stops (config.train.nonfinite=stop). No checkpoint holds a state past that step: the '
+    f'latest in {ckpts.root} is from before it. Rerunning repeats the same step; to go on, '
+    'rerun with --config.train.nonfinite=skip, or with a lower --config.train.lr or a '
+    '--config.train.grad_clip_norm and --resume_with_changes.'
+  )
+
+
+def _selection(val: dict[str, float]) -> tuple[str, float]:
+  """(metric, value) that picks the best checkpoint, higher is better: the validation DSC
+  per volume, or, when it is undefined (the validation cases hold no foreground and
+  nothing was predicted), minus the validation loss."""
+  if np.isfinite(val['dsc']) and val['label_voxels'] > 0:
+    return 'val_dsc', float(val['dsc'])
+  return 'neg_val_loss', -float(val['loss'])
+
+
+def _best_so_far(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+  """{'metric', 'value'} of the best checkpoint, read from the checkpoint itself."""
+  if meta is None:
+    return None
+  if 'selection' in meta:
+    return meta['selection']
+  return {'metric': 'val_dsc', 'value': meta['val_dsc']}  # saved by an earlier version
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, allow_changes: bool = False
+) -> dict[str, Any]:
+  """Trains config's model on config's data in `workdir`; returns the final summary.
+
+  Rerunning resumes from the latest checkpoint; a config that differs from the one that
+  checkpoint was trained with is refused unless `allow_changes` (resume.py says what
+  each kind of change then does).
+  """
+  configuration.check(config)
   workdir = prepare_workdir(workdir)
 
-  # --- data -------------------------------------------------------------------
-  cache, case_splits = prepare_data(config, workdir)
-  if jax.process_index() == 0:
-    write_json_atomic(workdir / 'config.json', json.loads(config.to_json_best_effort()))
-  train_cases, val_cases = case_splits['train'], case_splits['val']
-
-  # --- mesh, model, optimizer ---------------------------------------------------
+  # --- data, and what the checkpoint says, checked before any volume is read ------------
+  resolve_data(config, workdir)
   mesh = parallel.data_mesh()
   parallel.check_batch_size(config.train.batch_size, mesh)
+  ckpts = Checkpoints(workdir, config.train.keep_checkpoints)
+  saved = ckpts.latest_meta()
+  where = f'the latest checkpoint in {ckpts.root}'
+  changed = resume.check(saved and saved.get('config'), config, where, allow_changes)
+  cache, case_splits = build_data(config, workdir)
+  train_cases, val_cases = case_splits['train'], case_splits['val']
   steps_per_epoch = pipeline.steps_per_epoch(cache, train_cases, config)
-  total_steps = steps_per_epoch * config.train.epochs  # the schedule spans these
-  last_step = min(total_steps, config.train.max_steps or total_steps)  # where this run ends
+
+  # --- model, state; resume from the latest checkpoint ------------------------------
   model = build_model(config.model, axis_name=parallel.AXIS)
   eval_model = build_model(config.model)
-  tx, schedule = make_optimizer(config.train, total_steps)
-
-  # --- state, data iterator, resume ---------------------------------------------
+  init_tx, _ = make_optimizer(config.train, 1)  # the state's structure; not the schedule
   state = jax.jit(
-    lambda: create_train_state(model, tx, config.seed, config.data.image_size),
+    lambda: create_train_state(model, init_tx, config.seed, config.data.image_size),
     out_shardings=parallel.replicated(mesh),
   )()
+  restored = ckpts.restore_latest(state, parallel.print0)
+  if restored is not None:
+    state, saved = restored
+  start_step = int(state.step)
+  if jax.process_index() == 0:
+    write_json_atomic(workdir / 'config.json', json.loads(config.to_json_best_effort()))
+  offset = resume.data_batch(saved, steps_per_epoch) - start_step  # data position - step
+  total_steps = steps_per_epoch * config.train.epochs - offset  # the schedule spans these
+  last_step = min(total_steps, config.train.max_steps or total_steps)  # where this run ends
+  tx, schedule = make_optimizer(config.train, total_steps)
+  best = _best_so_far(ckpts.best_meta())
   train_iter = pipeline.train_iterator(
     cache,
     train_cases,
@@ -117,31 +194,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     seed=config.seed,
     process_index=jax.process_index(),
     process_count=jax.process_count(),
+    start_batch=start_step + offset,
   )
-  loader = {'num_workers': config.data.num_workers, 'processes': jax.process_count()}
-  ckpts = Checkpoints(workdir, config.train.keep_checkpoints, loader)
-  best_dsc = -math.inf
-  restored = ckpts.restore_latest(state, train_iter)
-  if restored is not None:
-    state, best_dsc = restored
-  start_step = int(state.step)
 
   # --- steps -------------------------------------------------------------------
   train_step = steps.make_train_step(model, tx, schedule, config, mesh)
-  eval_step = steps.make_eval_step(eval_model, mesh)
+  eval_step = steps.make_eval_step(eval_model, mesh, config.eval.threshold)
   predict_step = steps.make_predict_step(eval_model, mesh)
   overlay_picks = validate.overlay_slices(cache, val_cases, config.train.overlay_slices)
+  val_pixels = len(cache.slices_of(val_cases)) * cache.image_size**2
 
   monitor = Monitor(workdir, last_step, start_step)
   if restored is not None:
     monitor.note(f'resumed from step {start_step} of {total_steps} in {workdir}')
-  last_save, pending, step = time.monotonic(), [], start_step
+    if changed:
+      monitor.note('with config changes: ' + ', '.join(f'{k}={b!r}' for k, _, b in changed))
+      monitor.write(start_step, 'resume', {'changed': [k for k, _, _ in changed]})
+  window, step, last_save = Window(), start_step, time.monotonic()
   summary: dict[str, Any] = {'total_steps': total_steps, 'steps_per_epoch': steps_per_epoch}
-  sync_every = 1 if jax.process_count() == 1 else max(1, min(config.train.log_every_steps, 10))
+  sync_every = 1 if jax.process_count() == 1 else config.train.sync_every_steps
+  stop_on_nonfinite = config.train.nonfinite == 'stop'
+
+  def checked(state):
+    """`state`, unless it is past a non-finite step and the run must stop: no checkpoint
+    may hold such a state."""
+    if stop_on_nonfinite and int(state.first_nonfinite) >= 0:
+      raise _nonfinite_error(state, ckpts)
+    return state
 
   def save_latest():
     nonlocal last_save
-    ckpts.save_latest(state, train_iter, best_dsc)
+    meta = {
+      'data_batch': step + offset,
+      'steps_per_epoch': steps_per_epoch,
+      'config': json.loads(config.to_json_best_effort()),
+    }
+    ckpts.save_latest(checked(state), meta)
     last_save = time.monotonic()
 
   with StopRequest() as stop:
@@ -150,42 +238,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         batch = parallel.global_batch(mesh, next(train_iter))
         state, metrics = train_step(state, batch)
         step += 1
-        pending.append(metrics)
-        end_of_epoch = step % steps_per_epoch == 0
+        window.add(metrics)
+        position = step + offset  # global batches of the data stream consumed
+        end_of_epoch = position % steps_per_epoch == 0
 
         # --- log ---
         if step % config.train.log_every_steps == 0 or end_of_epoch or step == last_step:
-          values = _mean_metrics(pending)
-          pending = []
-          first_bad, skipped = (int(x) for x in (state.first_nonfinite, state.skipped))
-          if first_bad >= 0 and config.train.nonfinite == 'stop':
-            raise NonFiniteLossError(
-              f'the loss or gradient was not finite at step {first_bad + 1}; the run stops '
-              f'(config.train.nonfinite=stop). The state before that step is intact; the '
-              f'latest checkpoint in {ckpts.root} resumes from before it. Try a lower '
-              'config.train.lr or config.train.grad_clip_norm, or nonfinite=skip.'
-            )
-          values.update(epoch=step / steps_per_epoch, skipped_steps=skipped)
+          values = window.flush()
+          checked(state)
+          values.update(epoch=position / steps_per_epoch, skipped_steps=int(state.skipped))
           monitor.write(step, 'train', values)
           monitor.progress(step, values)
 
         # --- validate ---
-        epoch = step // steps_per_epoch
+        epoch = position // steps_per_epoch
         if end_of_epoch and (epoch % config.train.eval_every_epochs == 0 or step == total_steps):
-          val = validate.scores(
-            validate.slice_table(
-              eval_step, state.variables(), cache, val_cases, config.eval.batch_size, mesh
-            ),
-            val_cases,
+          table, sums = validate.slice_table(
+            eval_step, state.variables(), cache, val_cases, config.eval.batch_size, mesh
           )
-          improved = np.isfinite(val['dsc']) and val['dsc'] > best_dsc
-          if improved:
-            best_dsc = val['dsc']
-            ckpts.save_best(state, best_dsc)
-          monitor.write(step, 'val', {**val, 'best_dsc': best_dsc, 'epoch': epoch})
+          val = validate.scores(table, val_cases)
+          val['loss'] = validate.loss(sums, val_pixels, config.loss)
+          val['label_voxels'] = int(table[:, 2].sum() + table[:, 4].sum())
+          metric, value = _selection(val)
+          if best is None or metric != best['metric'] or value > best['value']:
+            best = {'metric': metric, 'value': value}
+            ckpts.save_best(checked(state), {'selection': best, 'val_dsc': val['dsc']})
+          if metric != 'val_dsc':
+            monitor.note(
+              f'WARNING: the {len(val_cases)} validation case(s) hold no foreground voxel, so '
+              'the validation DSC is undefined; the best checkpoint is chosen by the '
+              'validation loss instead. Put cases with foreground in the val split '
+              '(config.data.splits_file) for a DSC-based choice.'
+            )
+          monitor.write(step, 'val', {**val, 'selected_by': metric, 'epoch': epoch})
           monitor.note(
             f'epoch {epoch} step {step}: val DSC {val["dsc"]:.4f} (per slice '
-            f'{val["slice_dsc"]:.4f}), best {best_dsc:.4f}'
+            f'{val["slice_dsc"]:.4f}), loss {val["loss"]:.4f}; best {metric} {best["value"]:.4f}'
           )
           validate.write_overlay_png(
             predict_step,
@@ -194,6 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             overlay_picks,
             mesh,
             workdir / 'val_overlays' / f'step_{step:07d}.png',
+            config.eval.threshold,
           )
 
         # --- checkpoint, stop ---
@@ -208,8 +297,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             summary['interrupted'] = True
             break
     finally:
+      pipeline.close_iterator(train_iter)
       monitor.close()
       ckpts.close()
 
-  summary.update(step=step, best_val_dsc=best_dsc, workdir=str(workdir))
+  summary.update(step=step, best=best, workdir=str(workdir))
   return summary

@@ -226,7 +226,3 @@ def test_every_number_and_word_of_default_py_is_checked():
     and (value is None or isinstance(value, (int, float, str, tuple)))
   ]
   assert unchecked == []
-
-
-def test_validate_is_the_old_name_of_check():
-  assert configuration.validate is check

@@ -7,8 +7,9 @@ forced to come from slices with foreground (cycled through in a random order) an
 rest from the permutation, all shuffled together. The last incomplete global batch of an
 epoch is dropped. Global batch k is draws [k * B, (k + 1) * B) of that stream, whatever the
 number of processes; process p reads only rows [p * b, (p + 1) * b) of it, b = B / P. So the
-same seed gives the same global batches on 1 host or 64, and the iterator's state (one
-integer per reader) restores the exact next batch. Augmentation is not done here: it runs
+same seed gives the same global batches on 1 host or 64, and the position in the stream
+is one number, the global batch index: a resumed run starts a new iterator there, whatever
+its process count or reader workers (elastic resume). Augmentation is not done here: it runs
 on the accelerator inside the train step (augment.py).
 """
 
@@ -79,13 +80,18 @@ def epoch_order(
   return order
 
 
-class _Draws(grain.MapDataset):
-  """The endless stream of this process's slices: element i is row i % b of its batch i // b."""
+class DrawSource:
+  """The endless stream of this process's training slices, as a grain random-access source:
+  element i is row i % b of the process's share of global batch i // b (b = B / P).
+
+  The stream depends only on the seed, the global batch B and the pool, never on the number
+  of processes or reader workers: global batch k is the same slices on 1 host or 64.
+  """
 
   def __init__(
-    self, parent, *, pool, foreground_pool, oversample, seed, batch, process_index, process_count
+    self, cache, *, pool, foreground_pool, oversample, seed, batch, process_index, process_count
   ):
-    super().__init__(parent)
+    self._slices = SliceSource(cache)
     self._args = (pool, foreground_pool, oversample, seed)
     self._global = batch
     self._local = batch // process_count
@@ -96,19 +102,20 @@ class _Draws(grain.MapDataset):
   def __len__(self) -> int:
     return sys.maxsize
 
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return self.slice(index)
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     step, row = divmod(index, self._local)
     epoch, draw = divmod(step * self._global + self._offset + row, self._epoch_length)
     cached_epoch, order = self._cached
     if cached_epoch != epoch:
       order = epoch_order(*self._args, epoch, self._epoch_length)
       self._cached = (epoch, order)
-    return self._parent[int(order[draw])]
+    return self._slices[int(order[draw])]
 
-  def __str__(self) -> str:
-    return f'_Draws(global_batch={self._global}, local_batch={self._local}, offset={self._offset})'
+  def __repr__(self) -> str:
+    return (
+      f'DrawSource({self._slices!r}, global_batch={self._global}, '
+      f'local_batch={self._local}, offset={self._offset})'
+    )
 
 
 def _global_batch(config: ml_collections.ConfigDict, process_count: int) -> int:
@@ -165,14 +172,18 @@ def train_dataset(
   seed: int,
   process_index: int = 0,
   process_count: int = 1,
+  start_batch: int = 0,
 ) -> grain.MapDataset:
-  """This process's endless training batches {'image', 'label'} [b, S, S, 1], as a MapDataset."""
+  """This process's endless training batches {'image', 'label'} [b, S, S, 1] from global
+  batch `start_batch` on, as a MapDataset."""
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} is not in [0, {process_count})')
+  if start_batch < 0:
+    raise ValueError(f'start_batch={start_batch}; expected >= 0')
   batch = _global_batch(config, process_count)
   pool, foreground = _pools(cache, case_ids, config)
-  draws = _Draws(
-    grain.MapDataset.source(SliceSource(cache)),
+  draws = DrawSource(
+    cache,
     pool=pool,
     foreground_pool=foreground,
     oversample=0.0 if config.data.foreground_only else float(config.data.foreground_oversample),
@@ -181,7 +192,8 @@ def train_dataset(
     process_index=process_index,
     process_count=process_count,
   )
-  return draws.batch(batch // process_count, drop_remainder=True)
+  local = batch // process_count
+  return grain.MapDataset.source(draws)[start_batch * local :].batch(local, drop_remainder=True)
 
 
 def train_iterator(
@@ -192,17 +204,24 @@ def train_iterator(
   seed: int,
   process_index: int = 0,
   process_count: int = 1,
-) -> grain.DatasetIterator:
-  """An iterator over train_dataset with get_state/set_state (grain.checkpoint saves it).
+  start_batch: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
+  """An iterator over train_dataset from global batch `start_batch`.
 
-  data.num_workers > 0 reads in that many worker processes: the same batches as with 0,
-  but a state saved with one number of workers restores only into an iterator with the
-  same number (grain's state differs in form). data.prefetch_batches batches are read
-  ahead. Close it when done.
+  The position in the stream is the only state: a resumed run (on any number of processes,
+  with any data.num_workers) builds a new iterator at the global batch it had reached.
+  data.num_workers > 0 reads in that many worker processes (the same batches as with 0);
+  data.prefetch_batches batches are read ahead. Close it (`close_iterator`) when done.
   """
   data = config.data
   ds = train_dataset(
-    cache, case_ids, config, seed=seed, process_index=process_index, process_count=process_count
+    cache,
+    case_ids,
+    config,
+    seed=seed,
+    process_index=process_index,
+    process_count=process_count,
+    start_batch=start_batch,
   )
   # One reader thread fills the buffer of data.prefetch_batches while the step runs (0: read
   # when asked). On 2 cores more threads were slower: a slice is a memory copy.
@@ -211,15 +230,26 @@ def train_iterator(
     grain.ReadOptions(num_threads=threads, prefetch_buffer_size=data.prefetch_batches)
   )
   if data.num_workers > 0:
-    # grain's workers read absl flags; outside absl.app.run (tests, notebooks, bench) nobody
-    # parsed them and grain fails with UnparsedFlagAccessError: take the defaults then.
     if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()
+      raise ConfigError(
+        f'config.data.num_workers={data.num_workers} starts grain worker processes, which read '
+        'absl flags, but nothing parsed them: run through `python -m ecam_jax.main`, call '
+        '`absl.flags.FLAGS.mark_as_parsed()` first (notebooks, scripts), or set '
+        'config.data.num_workers=0'
+      )
     options = grain.MultiprocessingOptions(
       num_workers=data.num_workers, per_worker_buffer_size=max(1, data.prefetch_batches)
     )
     ds = ds.mp_prefetch(options)
   return iter(ds)
+
+
+def close_iterator(iterator: Iterator) -> None:
+  """Stops an iterator's reader workers, if it has any (grain's multiprocessing iterators
+  print a traceback at exit when left open)."""
+  close = getattr(iterator, 'close', None)
+  if close is not None:
+    close()
 
 
 def eval_batches(
