@@ -194,7 +194,7 @@ class CollaborativeAttention(nn.Module):
 
   def __init__(self, channels: int, use_cc: bool, use_sc: bool, scale: float | str, hidden: int):
     super().__init__()
-    self.cc = ChannelCorrelation(channels, hidden) if use_cc else None
+    self.cc = ChannelCorrelation(channels, hidden=hidden) if use_cc else None
     self.use_sc = use_sc
     self.scale = 1.0 / math.sqrt(channels) if scale == 'rsqrt' else float(scale)
 
@@ -246,8 +246,8 @@ class MultiScale(nn.Module):
 
   def __init__(self, channels: int, rates: tuple[int, ...] = (6, 12, 18)):
     super().__init__()
-    self.branches = nn.ModuleList(ConvUnit(channels, channels, 3, r) for r in rates)
-    self.project = ConvUnit(len(rates) * channels, channels, 1)
+    self.branches = nn.ModuleList(ConvUnit(channels, channels, kernel=3, dilation=r) for r in rates)
+    self.project = ConvUnit(len(rates) * channels, channels, kernel=1)
 
   def forward(self, f: torch.Tensor) -> torch.Tensor:
     return self.project(torch.cat([branch(f) for branch in self.branches], dim=1))
@@ -272,7 +272,9 @@ class Bottleneck(nn.Module):
     super().__init__()
     self.fusion = fusion
     if attention == 'coa':
-      self.attention = CollaborativeAttention(channels, use_cc, use_sc, scale, cc_hidden)
+      self.attention = CollaborativeAttention(
+        channels, use_cc=use_cc, use_sc=use_sc, scale=scale, hidden=cc_hidden
+      )
     elif attention == 'se':
       self.attention = SqueezeExcitation(channels)
     elif attention == 'cbam':
@@ -283,7 +285,7 @@ class Bottleneck(nn.Module):
       raise ValueError(f'attention={attention!r}')
     self.mus = MultiScale(channels) if use_mus else None
     both = self.attention is not None and self.mus is not None
-    self.fuse = ConvUnit(2 * channels, channels, 1) if both and fusion == 'conv' else None
+    self.fuse = ConvUnit(2 * channels, channels, kernel=1) if both and fusion == 'conv' else None
 
   def forward(self, f: torch.Tensor) -> torch.Tensor:
     if self.mus is None:
@@ -325,7 +327,14 @@ class UNet(nn.Module):
       for i, (cin, cout) in enumerate(zip(cins, widths, strict=True))
     )
     self.bottleneck = Bottleneck(
-      widths[-1], attention, use_cc, use_sc, use_mus, fusion, attention_scale, cc_hidden
+      widths[-1],
+      attention=attention,
+      use_cc=use_cc,
+      use_sc=use_sc,
+      use_mus=use_mus,
+      fusion=fusion,
+      scale=attention_scale,
+      cc_hidden=cc_hidden,
     )
     self.side = nn.Conv2d(widths[-1], num_classes, 1) if use_dws else None
     rev = widths[::-1]

@@ -61,27 +61,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = model = ml_collections.ConfigDict()
   model.name = 'ecam_unet'  # key of ecam_jax.models.MODELS
   model.variant = ''  # set by apply_variant; a label for logs
-  model.base_channels = 64
-  model.num_classes = 1
-  model.use_cc = True
-  model.use_sc = True
-  model.use_mus = True
-  model.use_ec = True
-  model.use_dws = True
-  model.attention = 'coa'  # 'coa' | 'se' | 'cbam' | 'none'
-  model.fusion = 'conv'  # 'conv' | 'add' | 'serial'
-  model.attention_scale = config_dict.FieldReference(1.0, field_type=object)  # or 'rsqrt'
+  model.base_channels = 64  # width of the first encoder level; the next ones are 2x, 4x, 8x, 16x
+  model.num_classes = 1  # logits per pixel; 1 = binary foreground (sigmoid), the only one trained
+  model.use_cc = True  # CoA's channel correlation (eq. 5-7); needs attention='coa'
+  model.use_sc = True  # CoA's spatial correlation (eq. 8-9); needs attention='coa'
+  model.use_mus = True  # MuS: the ASPP block of the bottleneck
+  model.use_ec = True  # EC: asymmetric (3x3 + 1x3 + 3x1) encoder convs
+  model.use_dws = True  # DWS: side outputs (deep supervision), at model.side_outputs
+  model.attention = 'coa'  # bottleneck attention: 'coa' | 'se' | 'cbam' | 'none'
+  model.fusion = 'conv'  # attention + MuS: 'conv' (eq. 10) | 'add' | 'serial'
+  # SC's logit scale: the paper's 1.0 (any number > 0), or 'rsqrt' = 1/sqrt(channels)
+  model.attention_scale = config_dict.FieldReference(1.0, field_type=object)
   model.attention_impl = 'fused'  # 'fused' (jax.nn.dot_product_attention) | 'chunked' | 'naive'
-  model.cc_hidden = 1
-  model.aspp_rates = (6, 12, 18)
-  model.aspp_1x1_branch = False
-  model.aspp_image_pool = False
+  model.attention_chunk = 256  # 'chunked': query rows per block (smaller: less memory, slower)
+  model.cc_hidden = 1  # features of CC's 1-D conv autoencoder
+  model.aspp_rates = (6, 12, 18)  # MuS: dilation rates of its 3x3 branches
+  model.aspp_1x1_branch = False  # MuS: DeepLabV3's extra 1x1 branch (not in the paper)
+  model.aspp_image_pool = False  # MuS: DeepLabV3's image-pooling branch (not in the paper)
   model.side_outputs = ('bottleneck',)  # also 'decoder1'..'decoder3' (H/8..H/2)
-  model.reduction = 16  # SE and CBAM
-  model.cbam_kernel = 7
-  model.bn_momentum = 0.9
-  model.bn_epsilon = 1e-5
-  model.dtype = 'float32'  # compute dtype; parameters stay float32
+  model.reduction = 16  # SE and CBAM: hidden width = channels / reduction
+  model.cbam_kernel = 7  # CBAM: spatial attention conv size
+  model.bn_momentum = 0.9  # BatchNorm running statistics: new = m * old + (1 - m) * batch
+  model.bn_epsilon = 1e-5  # BatchNorm: added to the variance
+  model.dtype = 'float32'  # compute dtype, 'float32' | 'bfloat16'; parameters stay float32
   model.remat = False  # jax.checkpoint per U-Net level
 
   # --- loss (eq. 11-13, 17) ---------------------------------------------------

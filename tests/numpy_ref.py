@@ -97,6 +97,17 @@ def ec_block(x, p):
   return relu(total)
 
 
+def ec_branches_eval(x, p, stats):
+  """EC before its ReLU in eval mode: sum of BN(conv3x3), BN(conv1x3), BN(conv3x1), each
+  BN with its running statistics `stats` ({'square_bn': {'mean', 'var'}, ...})."""
+  total = 0.0
+  for name in ('square', 'hor', 'ver'):
+    bn, st = p[f'{name}_bn'], stats[f'{name}_bn']
+    y = conv2d(x, p[name]['kernel'])
+    total = total + batchnorm_eval(y, bn['scale'], bn['bias'], st['mean'], st['var'])
+  return total
+
+
 def channel_correlation(f, p):
   """CC, eq. 5-7 (train-mode BN over batch and channel positions)."""
   f = np.asarray(f, np.float64)

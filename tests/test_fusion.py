@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ecam_jax.configuration import load_config
+from ecam_jax.models import ModelSettings
 from ecam_jax.models.fusion import Bottleneck
 from ecam_jax.models.layers import make_norm
 
@@ -14,8 +16,12 @@ import numpy_ref as ref
 NORM = make_norm(None, 0.9, ref.EPS, jnp.float32)
 
 
-def _run(f, **kwargs):
-  module = Bottleneck(NORM, aspp_rates=(1, 2, 3), **kwargs)
+def _run(f, **settings):
+  """The full model's bottleneck (configs/default.py) with `settings` changed; rates 1-3
+  so that every atrous tap lands inside the 6x6 features."""
+  config = load_config('configs/default.py').model
+  config.update(aspp_rates=(1, 2, 3), **settings)
+  module = Bottleneck(settings=ModelSettings(config), norm=NORM)
   variables = module.init(jax.random.key(0), f, train=False)
   params = ref.randomize(variables.get('params', {}), seed=2, scale=0.3)
   out, _ = module.apply(

@@ -28,7 +28,7 @@ def _x(shape, seed=1):
 @pytest.mark.parametrize('dilation', [1, 2])
 def test_conv_unit_matches_numpy(dilation):
   x = _x((2, 8, 8, 3))
-  module = ConvUnit(5, NORM, dilation=dilation)
+  module = ConvUnit(features=5, norm=NORM, dilation=dilation)
   params = ref.randomize(module.init(jax.random.key(0), x, train=False)['params'])
   out, _ = module.apply(
     {'params': params, 'batch_stats': module.init(jax.random.key(0), x, False)['batch_stats']},
@@ -40,7 +40,7 @@ def test_conv_unit_matches_numpy(dilation):
 
 
 def _ec(x, seed=0):
-  module = AsymConv(6, NORM)
+  module = AsymConv(features=6, norm=NORM)
   variables = module.init(jax.random.key(0), x, train=False)
   return module, {
     'params': ref.randomize(variables['params'], seed),
@@ -66,36 +66,29 @@ def test_folded_ec_equals_unfolded_after_statistics_moved():
   assert float(jnp.abs(stats['square_bn']['mean']).max()) > 0.05
   assert float(jnp.abs(stats['hor_bn']['var'] - 1).max()) > 0.05
   unfolded = module.apply(variables, x, train=False)
-  folded_module = AsymConv(6, NORM, folded=True)
+  folded_module = AsymConv(features=6, norm=NORM, folded=True)
   folded = folded_module.apply(fold_ec(variables, ref.EPS), x, train=False)
   chex.assert_trees_all_close(folded, unfolded, atol=1e-4, rtol=1e-4)
 
 
-def test_fold_branches_matches_numpy_formula():
-  x = _x((1, 6, 6, 3))
-  module, variables = _ec(x, seed=4)
-  stats = jax.tree.map(lambda s: jnp.abs(s) + 0.3, ref.randomize(variables['batch_stats'], 5))
+def test_folded_conv_computes_the_three_branches_in_eval():
+  """The fused kernel and bias, applied as one 3x3 conv, give what the three convs and
+  their BatchNorms give in eval mode, both computed in NumPy from the kernels, BN
+  parameters and (non-trivial) running statistics."""
+  x = _x((2, 6, 7, 3))
+  _, variables = _ec(x, seed=4)
+  stats = ref.randomize(variables['batch_stats'], 5)
+  stats = {
+    name: {'mean': s['mean'] + 0.5, 'var': np.abs(s['var']) + 0.3} for name, s in stats.items()
+  }
   fused = fold_branches(variables['params'], stats, ref.EPS)
-  p = variables['params']
-  expected_kernel = np.zeros((3, 3, 3, 6))
-  expected_bias = np.zeros(6)
-  for name, rows, cols in (
-    ('square', slice(0, 3), slice(0, 3)),
-    ('hor', 1, slice(0, 3)),
-    ('ver', slice(0, 3), 1),
-  ):
-    s = np.asarray(p[f'{name}_bn']['scale']) / np.sqrt(
-      np.asarray(stats[f'{name}_bn']['var']) + ref.EPS
-    )
-    kernel = np.asarray(p[name]['kernel'], np.float64)
-    expected_kernel[rows, cols] += (
-      kernel[0] if name == 'hor' else kernel[:, 0] if name == 'ver' else kernel
-    ) * s
-    expected_bias += (
-      np.asarray(p[f'{name}_bn']['bias']) - np.asarray(stats[f'{name}_bn']['mean']) * s
-    )
-  chex.assert_trees_all_close(fused['kernel'], expected_kernel, atol=1e-5)
-  chex.assert_trees_all_close(fused['bias'], expected_bias, atol=1e-5)
+  assert fused['kernel'].shape == (3, 3, 3, 6) and fused['bias'].shape == (6,)
+  got = ref.conv2d(x, fused['kernel'], bias=np.asarray(fused['bias'], np.float64))
+  expected = ref.ec_branches_eval(x, variables['params'], stats)
+  chex.assert_trees_all_close(got, expected, atol=1e-4, rtol=1e-4)
+  # The statistics matter: the block with BN at (mean 0, var 1) differs.
+  unit = {k: {'mean': np.zeros(6), 'var': np.ones(6)} for k in stats}
+  assert np.abs(ref.ec_branches_eval(x, variables['params'], unit) - expected).max() > 0.1
 
 
 def test_fold_ec_keeps_other_modules_and_their_statistics():
@@ -128,7 +121,7 @@ def test_fold_ec_keeps_other_modules_and_their_statistics():
 
 def test_up_conv_matches_numpy_transposed_conv():
   x = _x((2, 3, 4, 5))
-  module = UpConv2x2(7)
+  module = UpConv2x2(features=7)
   params = ref.randomize(module.init(jax.random.key(0), x)['params'])
   out = module.apply({'params': params}, x)
   expected = ref.up_conv_2x2(x, np.asarray(params['kernel']), np.asarray(params['bias']))

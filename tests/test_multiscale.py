@@ -11,12 +11,13 @@ from ecam_jax.models.multiscale import MultiScale
 import numpy_ref as ref
 
 NORM = make_norm(None, 0.9, ref.EPS, jnp.float32)
+PAPER = dict(norm=NORM, rates=(6, 12, 18), use_1x1_branch=False, use_image_pool=False)
 
 
 def test_multiscale_matches_numpy():
   # 20x20 features: rate 6 and 12 taps land inside, rate 18 mostly in the zero padding.
   f = jax.random.normal(jax.random.key(1), (2, 20, 20, 4))
-  module = MultiScale(NORM, (6, 12, 18))
+  module = MultiScale(**PAPER)
   variables = module.init(jax.random.key(0), f, train=False)
   params = ref.randomize(variables['params'])
   out, _ = module.apply(
@@ -31,10 +32,9 @@ def test_multiscale_matches_numpy():
 
 def test_multiscale_options_add_branches():
   f = jnp.ones((1, 8, 8, 4))
-  plain = MultiScale(NORM).init(jax.random.key(0), f, train=False)['params']
-  both = MultiScale(NORM, use_1x1_branch=True, use_image_pool=True).init(
-    jax.random.key(0), f, train=False
-  )['params']
+  plain = MultiScale(**PAPER).init(jax.random.key(0), f, train=False)['params']
+  both = MultiScale(**{**PAPER, 'use_1x1_branch': True, 'use_image_pool': True})
+  both = both.init(jax.random.key(0), f, train=False)['params']
   assert set(both) - set(plain) == {'conv1x1', 'image_pool'}
   assert both['project']['Conv_0']['kernel'].shape == (1, 1, 5 * 4, 4)
   assert np.prod(both['conv1x1']['Conv_0']['kernel'].shape) == 16

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ecam_jax.configuration import load_config, validate
+from ecam_jax import losses
+from ecam_jax.configuration import check, load_config
 from ecam_jax.models import abstract_variables, build_model, fold_ec
 from ecam_jax.models.unet import WIDTHS
 from ecam_jax.models.variants import VARIANTS
@@ -164,8 +165,8 @@ def test_folded_model_equals_unfolded_in_eval():
 
 
 @pytest.mark.parametrize('variant', sorted(VARIANTS))
-def test_every_variant_config_validates(variant):
-  validate(load_config(CONFIG, f'variant={variant}'))
+def test_every_variant_config_passes_the_check(variant):
+  check(load_config(CONFIG, f'variant={variant}'))
 
 
 def test_unknown_variant_names_the_choices():
@@ -178,3 +179,71 @@ def test_input_not_multiple_of_16_is_a_clear_error():
   with pytest.raises(ValueError, match='multiples of 16'):
     model.init(jax.random.key(0), jnp.zeros((1, 40, 40, 1)))
   np.testing.assert_equal(WIDTHS, (1, 2, 4, 8, 16))
+
+
+def _numpy_dice_and_bce(logits, labels):
+  p = ref.sigmoid(np.asarray(logits, np.float64))
+  y = np.asarray(labels, np.float64)
+  dice = 1.0 - (2.0 * (p * y).sum() + 1.0) / (p.sum() + y.sum() + 1.0)
+  bce = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+  return dice, bce
+
+
+def test_unet_variant_trains_with_the_dice_loss_only_and_the_others_keep_bce():
+  """The paper's U-Net baseline (Table I) has no BCE term (variants.apply_variant)."""
+  rng = np.random.default_rng(0)
+  logits = rng.standard_normal((2, 8, 8, 1)).astype(np.float32)
+  labels = (rng.random((2, 8, 8, 1)) < 0.3).astype(np.float32)
+  dice, bce = _numpy_dice_and_bce(logits, labels)
+  outputs = {'logits': jnp.asarray(logits), 'side_logits': ()}
+  unet = load_config(CONFIG, 'variant=unet').loss
+  assert (unet.w_dice, unet.w_bce) == (1.0, 0.0)
+  np.testing.assert_allclose(float(losses.total_loss(outputs, labels, unet)[0]), dice, rtol=1e-5)
+  for variant in sorted(set(VARIANTS) - {'unet'}):
+    loss = load_config(CONFIG, f'variant={variant}').loss
+    assert (loss.w_dice, loss.w_bce) == (1.0, 1.0), variant
+  full = load_config(CONFIG).loss
+  np.testing.assert_allclose(
+    float(losses.total_loss(outputs, labels, full)[0]), dice + bce, rtol=1e-5
+  )
+
+
+def _scan_lengths(jaxpr) -> list[int]:
+  """Lengths of every scan (lax.map) in a jaxpr and the jaxprs nested in it."""
+  lengths = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'scan':
+      lengths.append(eqn.params['length'])
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(sub, 'jaxpr', sub)
+        if hasattr(inner, 'eqns'):
+          lengths += _scan_lengths(inner)
+  return lengths
+
+
+def test_attention_chunk_sets_the_rows_per_block_of_chunked_sc():
+  """64x64 input: 4x4 = 16 bottleneck positions, so 5 rows per block make 4 blocks (the
+  last one ragged) and the default 256 makes one; the output is the naive SC's."""
+  x = jax.random.normal(jax.random.key(1), (2, 64, 64, 1))
+  config = _config('unet_sc')
+  naive = build_model(config.model)
+  variables = ref.host_variables(abstract_variables(naive, 64))
+  config.model.attention_impl = 'naive'
+  expected = jax.jit(build_model(config.model).apply)(variables, x)['logits']
+  config.model.attention_impl = 'chunked'
+  for chunk, blocks in ((5, 4), (256, 1)):
+    config.model.attention_chunk = chunk
+    model = build_model(config.model)
+    jaxpr = jax.make_jaxpr(model.apply)(variables, x).jaxpr
+    assert _scan_lengths(jaxpr) == [blocks], chunk
+  got = jax.jit(model.apply)(variables, x)['logits']
+  chex.assert_trees_all_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_setting_missing_from_the_config_is_named():
+  config = _config('unet_sc')
+  del config.model['attention_chunk']
+  model = build_model(config.model)
+  with pytest.raises(AttributeError, match=r'config\.model\.attention_chunk is not set'):
+    model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))

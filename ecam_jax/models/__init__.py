@@ -4,35 +4,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ecam_jax.models.layers import fold_ec, make_norm
+from ecam_jax.models.layers import fold_ec
+from ecam_jax.models.settings import ModelSettings
 from ecam_jax.models.unet import UNet
 
-# config.model.name -> the module class. Every variant of model.md's table is the one
-# U-Net with switches (see variants.py).
+# config.model.name -> the module class, built as cls(settings=, axis_name=, folded=).
+# Every variant of the paper's tables is the one U-Net with switches (see variants.py).
 MODELS = {'ecam_unet': UNet}
-
-# config.model keys that are module fields under the same name.
-_FIELDS = (
-  'base_channels',
-  'num_classes',
-  'use_cc',
-  'use_sc',
-  'use_mus',
-  'use_ec',
-  'use_dws',
-  'attention',
-  'fusion',
-  'attention_scale',
-  'attention_impl',
-  'cc_hidden',
-  'aspp_rates',
-  'aspp_1x1_branch',
-  'aspp_image_pool',
-  'side_outputs',
-  'reduction',
-  'cbam_kernel',
-  'remat',
-)
 
 
 def build_model(
@@ -46,17 +24,7 @@ def build_model(
   """
   if config.name not in MODELS:
     raise ValueError(f'config.model.name={config.name!r}; expected one of {sorted(MODELS)}')
-  dtype = jnp.dtype(config.dtype)
-  norm = make_norm(axis_name, config.bn_momentum, config.bn_epsilon, dtype)
-  fields = {k: config[k] for k in _FIELDS}
-  fields['aspp_rates'] = tuple(fields['aspp_rates'])
-  fields['side_outputs'] = tuple(fields['side_outputs'])
-  return MODELS[config.name](
-    norm=norm,
-    folded=folded,
-    dtype=dtype,
-    **fields,
-  )
+  return MODELS[config.name](settings=ModelSettings(config), axis_name=axis_name, folded=folded)
 
 
 def init_variables(model: UNet, seed: int, image_size: int) -> dict:
@@ -76,4 +44,11 @@ def abstract_variables(model: UNet, image_size: int) -> dict:
   return jax.eval_shape(lambda: init_variables(model, 0, image_size))
 
 
-__all__ = ['MODELS', 'abstract_variables', 'build_model', 'fold_ec', 'init_variables']
+__all__ = [
+  'MODELS',
+  'ModelSettings',
+  'abstract_variables',
+  'build_model',
+  'fold_ec',
+  'init_variables',
+]

@@ -55,7 +55,7 @@ class ChannelCorrelation(nn.Module):
   """
 
   norm: ModuleDef
-  hidden: int = 1
+  hidden: int
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -70,7 +70,14 @@ class ChannelCorrelation(nn.Module):
     t = nn.relu(self.norm(use_running_average=not train)(t))  # [B, ceil(C/2), hidden]
     # PyTorch: padding 3, output_padding 1 for even C; whatever gives length C exactly.
     output_padding = c - ((t.shape[1] - 1) * 2 - 2 * 3 + 7)
-    t = ConvTranspose1D(1, 7, 2, 3, output_padding, dtype=self.dtype)(t)  # [B, C, 1]
+    t = ConvTranspose1D(
+      features=1,
+      kernel_size=7,
+      stride=2,
+      padding=3,
+      output_padding=output_padding,
+      dtype=self.dtype,
+    )(t)  # [B, C, 1]
     weights = nn.sigmoid(t[..., 0].astype(jnp.float32)).astype(f.dtype)  # Theta: [B, C]
     return f * weights[:, None, None, :]
 
@@ -84,7 +91,7 @@ ATTENTION_IMPLS = ('fused', 'chunked', 'naive')
 
 
 def spatial_attention(
-  f: jax.Array, value: jax.Array, scale: float, impl: str = 'fused', block: int = 256
+  f: jax.Array, value: jax.Array, scale: float, *, impl: str, chunk: int
 ) -> jax.Array:
   """SC (eq. 8-9) applied to `value`: out_i = sum_j softmax_j(scale * E_i . E_j) value_j.
 
@@ -92,8 +99,9 @@ def spatial_attention(
   - 'fused': `jax.nn.dot_product_attention` (query = key = E, one head, no projections),
     which picks a fused kernel that never stores the [HW, HW] map S where the backend
     has one (cuDNN on GPUs, for supported head sizes) and XLA's otherwise;
-  - 'chunked': queries in blocks of `block` rows, each block rematerialized in the
-    backward pass: memory O(block * HW) instead of O(HW^2) on every backend;
+  - 'chunked': queries in blocks of `chunk` rows (model.attention_chunk), each block
+    rematerialized in the backward pass: memory O(chunk * HW) instead of O(HW^2) on
+    every backend;
   - 'naive': S built explicitly (the reference the tests compare against).
   """
   b, h, w, c = f.shape
@@ -102,7 +110,7 @@ def spatial_attention(
   if impl == 'naive':
     out = _attend(e, e, v, scale)
   elif impl == 'chunked':
-    out = _chunked(e, v, scale, block)
+    out = _chunked(e, v, scale, chunk)
   elif impl == 'fused':
     out = jax.nn.dot_product_attention(
       e[:, :, None, :], e[:, :, None, :], v[:, :, None, :], scale=scale
@@ -119,25 +127,28 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array
   return jnp.einsum('bij,bjc->bic', s.astype(v.dtype), v)
 
 
-def _chunked(e: jax.Array, v: jax.Array, scale: float, block: int) -> jax.Array:
+def _chunked(e: jax.Array, v: jax.Array, scale: float, chunk: int) -> jax.Array:
   n = e.shape[1]
-  block = min(block, n)
-  pad = -n % block
+  chunk = min(chunk, n)
+  pad = -n % chunk
   q = jnp.pad(e, ((0, 0), (0, pad), (0, 0))) if pad else e
-  q = q.reshape(e.shape[0], -1, block, e.shape[2]).swapaxes(0, 1)  # [blocks, B, block, C]
+  q = q.reshape(e.shape[0], -1, chunk, e.shape[2]).swapaxes(0, 1)  # [blocks, B, chunk, C]
   attend = jax.checkpoint(lambda qb: _attend(qb, e, v, scale))
-  out = jax.lax.map(attend, q)  # [blocks, B, block, Cv]
+  out = jax.lax.map(attend, q)  # [blocks, B, chunk, Cv]
   return out.swapaxes(0, 1).reshape(e.shape[0], -1, v.shape[-1])[:, :n]
 
 
 class SpatialCorrelation(nn.Module):
-  """SC as a module (it has no parameters): SC(F, value) per eq. 8-9."""
+  """SC as a module (it has no parameters): SC(F, value) per eq. 8-9; `impl` and
+  `chunk` as in `spatial_attention`."""
 
-  scale: float | str = 1.0
-  impl: str = 'fused'
+  scale: float | str
+  impl: str
+  chunk: int
 
   def __call__(self, f: jax.Array, value: jax.Array) -> jax.Array:
-    return spatial_attention(f, value, attention_scale(self.scale, f.shape[-1]), self.impl)
+    scale = attention_scale(self.scale, f.shape[-1])
+    return spatial_attention(f, value, scale, impl=self.impl, chunk=self.chunk)
 
 
 class CollaborativeAttention(nn.Module):
@@ -148,25 +159,28 @@ class CollaborativeAttention(nn.Module):
   """
 
   norm: ModuleDef
-  use_cc: bool = True
-  use_sc: bool = True
-  scale: float | str = 1.0
-  impl: str = 'fused'
-  hidden: int = 1
+  use_cc: bool
+  use_sc: bool
+  scale: float | str  # SC's, see attention_scale
+  impl: str  # SC's, see spatial_attention
+  chunk: int  # SC's, see spatial_attention
+  hidden: int  # CC's
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, f: jax.Array, train: bool) -> jax.Array:
-    value = ChannelCorrelation(self.norm, self.hidden, self.dtype)(f, train) if self.use_cc else f
+    value = f
+    if self.use_cc:
+      value = ChannelCorrelation(norm=self.norm, hidden=self.hidden, dtype=self.dtype)(f, train)
     if self.use_sc:
-      value = SpatialCorrelation(self.scale, self.impl)(f, value)
+      value = SpatialCorrelation(scale=self.scale, impl=self.impl, chunk=self.chunk)(f, value)
     return value + f
 
 
 class SqueezeExcitation(nn.Module):
   """SE: global average pool, dense C -> C/r, ReLU, dense -> C, sigmoid, rescale."""
 
-  reduction: int = 16
+  reduction: int
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -184,8 +198,8 @@ class CBAM(nn.Module):
   rescale."""
 
   norm: ModuleDef
-  reduction: int = 16
-  kernel: int = 7
+  reduction: int
+  kernel: int
   dtype: Any = jnp.float32
 
   @nn.compact

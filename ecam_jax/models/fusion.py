@@ -16,65 +16,66 @@ import jax.numpy as jnp
 from ecam_jax.models.attention import CBAM, CollaborativeAttention, SqueezeExcitation
 from ecam_jax.models.layers import ConvUnit, ModuleDef
 from ecam_jax.models.multiscale import MultiScale
+from ecam_jax.models.settings import ModelSettings
 
 
 class Bottleneck(nn.Module):
+  """F [B, H/16, W/16, C] -> the bottleneck's output, same shape; the settings it reads:
+  attention, use_cc, use_sc, use_mus, fusion and each part's own (configs/default.py)."""
+
+  settings: ModelSettings
   norm: ModuleDef
-  attention: str = 'coa'  # 'coa' | 'se' | 'cbam' | 'none'
-  use_cc: bool = True
-  use_sc: bool = True
-  use_mus: bool = True
-  fusion: str = 'conv'
-  attention_scale: float | str = 1.0
-  attention_impl: str = 'fused'
-  cc_hidden: int = 1
-  aspp_rates: tuple[int, ...] = (6, 12, 18)
-  aspp_1x1_branch: bool = False
-  aspp_image_pool: bool = False
-  reduction: int = 16
-  cbam_kernel: int = 7
   dtype: Any = jnp.float32
 
   def _attention(self, f: jax.Array, train: bool) -> jax.Array:
-    if self.attention == 'coa':
+    s = self.settings
+    if s.attention == 'coa':
       block = CollaborativeAttention(
-        self.norm,
-        self.use_cc,
-        self.use_sc,
-        self.attention_scale,
-        self.attention_impl,
-        self.cc_hidden,
-        self.dtype,
+        norm=self.norm,
+        use_cc=s.use_cc,
+        use_sc=s.use_sc,
+        scale=s.attention_scale,
+        impl=s.attention_impl,
+        chunk=s.attention_chunk,
+        hidden=s.cc_hidden,
+        dtype=self.dtype,
         name='coa',
       )
-    elif self.attention == 'se':
-      block = SqueezeExcitation(self.reduction, self.dtype, name='se')
+    elif s.attention == 'se':
+      block = SqueezeExcitation(reduction=s.reduction, dtype=self.dtype, name='se')
     else:
-      block = CBAM(self.norm, self.reduction, self.cbam_kernel, self.dtype, name='cbam')
+      block = CBAM(
+        norm=self.norm, reduction=s.reduction, kernel=s.cbam_kernel, dtype=self.dtype, name='cbam'
+      )
     return block(f, train)
 
   def _multiscale(self, f: jax.Array, train: bool) -> jax.Array:
+    s = self.settings
     block = MultiScale(
-      self.norm,
-      self.aspp_rates,
-      self.aspp_1x1_branch,
-      self.aspp_image_pool,
-      self.dtype,
+      norm=self.norm,
+      rates=s.aspp_rates,
+      use_1x1_branch=s.aspp_1x1_branch,
+      use_image_pool=s.aspp_image_pool,
+      dtype=self.dtype,
       name='mus',
     )
     return block(f, train)
 
   @nn.compact
   def __call__(self, f: jax.Array, train: bool) -> jax.Array:
-    has_attention = self.attention != 'none'
-    if not self.use_mus:
+    s = self.settings
+    has_attention = s.attention != 'none'
+    if not s.use_mus:
       return self._attention(f, train) if has_attention else f
     if not has_attention:
       return self._multiscale(f, train)
-    if self.fusion == 'serial':
+    if s.fusion == 'serial':
       return self._multiscale(self._attention(f, train), train)
     f_a, f_s = self._attention(f, train), self._multiscale(f, train)
-    if self.fusion == 'add':
+    if s.fusion == 'add':
       return f_a + f_s
     fused = jnp.concatenate([f_a, f_s], axis=-1)
-    return ConvUnit(f.shape[-1], self.norm, (1, 1), dtype=self.dtype, name='fuse')(fused, train)
+    fuse = ConvUnit(
+      features=f.shape[-1], norm=self.norm, kernel_size=(1, 1), dtype=self.dtype, name='fuse'
+    )
+    return fuse(fused, train)

@@ -15,23 +15,24 @@ class MultiScale(nn.Module):
   branch and its image-pooling branch."""
 
   norm: ModuleDef
-  rates: tuple[int, ...] = (6, 12, 18)
-  use_1x1_branch: bool = False
-  use_image_pool: bool = False
+  rates: tuple[int, ...]
+  use_1x1_branch: bool
+  use_image_pool: bool
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, f: jax.Array, train: bool) -> jax.Array:
     b, h, w, c = f.shape
-    branches = [
-      ConvUnit(c, self.norm, dilation=r, dtype=self.dtype, name=f'rate{r}')(f, train)
-      for r in self.rates
-    ]
+
+    def unit(name: str, **kwargs) -> ConvUnit:
+      return ConvUnit(features=c, norm=self.norm, dtype=self.dtype, name=name, **kwargs)
+
+    branches = [unit(f'rate{r}', dilation=r)(f, train) for r in self.rates]
     if self.use_1x1_branch:
-      branches.append(ConvUnit(c, self.norm, (1, 1), dtype=self.dtype, name='conv1x1')(f, train))
+      branches.append(unit('conv1x1', kernel_size=(1, 1))(f, train))
     if self.use_image_pool:
       pooled = jnp.mean(f, axis=(1, 2), keepdims=True)
-      pooled = ConvUnit(c, self.norm, (1, 1), dtype=self.dtype, name='image_pool')(pooled, train)
+      pooled = unit('image_pool', kernel_size=(1, 1))(pooled, train)
       branches.append(jnp.broadcast_to(pooled, (b, h, w, c)))
     x = jnp.concatenate(branches, axis=-1)
-    return ConvUnit(c, self.norm, (1, 1), dtype=self.dtype, name='project')(x, train)
+    return unit('project', kernel_size=(1, 1))(x, train)

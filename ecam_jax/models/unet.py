@@ -8,7 +8,15 @@ import jax
 import jax.numpy as jnp
 
 from ecam_jax.models.fusion import Bottleneck
-from ecam_jax.models.layers import AsymConv, ConvUnit, ModuleDef, UpConv2x2, max_pool_2x2
+from ecam_jax.models.layers import (
+  AsymConv,
+  ConvUnit,
+  ModuleDef,
+  UpConv2x2,
+  make_norm,
+  max_pool_2x2,
+)
+from ecam_jax.models.settings import ModelSettings
 
 WIDTHS = (1, 2, 4, 8, 16)  # encoder level widths, in units of base_channels
 SIDE_OUTPUTS = ('bottleneck', 'decoder1', 'decoder2', 'decoder3')
@@ -29,10 +37,9 @@ class EncoderLevel(nn.Module):
     if self.pool:
       x = max_pool_2x2(x)
     for i in range(2):
-      if self.use_ec:
-        x = AsymConv(self.features, self.norm, self.folded, self.dtype, name=f'conv{i}')(x, train)
-      else:
-        x = ConvUnit(self.features, self.norm, dtype=self.dtype, name=f'conv{i}')(x, train)
+      unit = dict(features=self.features, norm=self.norm, dtype=self.dtype, name=f'conv{i}')
+      conv = AsymConv(folded=self.folded, **unit) if self.use_ec else ConvUnit(**unit)
+      x = conv(x, train)
     return x
 
 
@@ -45,10 +52,11 @@ class DecoderLevel(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, skip: jax.Array, train: bool) -> jax.Array:
-    x = UpConv2x2(self.features, self.dtype, name='up')(x)
+    x = UpConv2x2(features=self.features, dtype=self.dtype, name='up')(x)
     x = jnp.concatenate([skip, x], axis=-1)
     for i in range(2):
-      x = ConvUnit(self.features, self.norm, dtype=self.dtype, name=f'conv{i}')(x, train)
+      unit = ConvUnit(features=self.features, norm=self.norm, dtype=self.dtype, name=f'conv{i}')
+      x = unit(x, train)
     return x
 
 
@@ -68,83 +76,57 @@ class SideHead(nn.Module):
 
 class UNet(nn.Module):
   """Input [B, H, W, 1] (H, W multiples of 16) -> {'logits': [B, H, W, K],
-  'side_logits': tuple of [B, H, W, K]}; K = num_classes (1: binary, sigmoid)."""
+  'side_logits': tuple of [B, H, W, K]}; K = settings.num_classes (1: binary, sigmoid).
 
-  norm: ModuleDef
-  base_channels: int = 64
-  num_classes: int = 1
-  use_cc: bool = True
-  use_sc: bool = True
-  use_mus: bool = True
-  use_ec: bool = True
-  use_dws: bool = True
-  attention: str = 'coa'
-  fusion: str = 'conv'
-  attention_scale: float | str = 1.0
-  attention_impl: str = 'fused'  # SC: 'fused' | 'chunked' | 'naive' (attention.py)
-  cc_hidden: int = 1
-  aspp_rates: tuple[int, ...] = (6, 12, 18)
-  aspp_1x1_branch: bool = False
-  aspp_image_pool: bool = False
-  side_outputs: tuple[str, ...] = ('bottleneck',)
-  reduction: int = 16
-  cbam_kernel: int = 7
-  folded: bool = False  # EC blocks folded into single convs (inference; see fold_ec)
-  remat: bool = False  # recompute each level's activations in the backward pass
-  dtype: Any = jnp.float32
+  settings: config.model, frozen (configs/default.py says what each setting does).
+  axis_name: the data-parallel axis BatchNorm synchronizes its statistics over in
+  training (None outside shard_map). folded: EC blocks folded into single convs, for
+  inference with variables from `fold_ec`.
+  """
+
+  settings: ModelSettings
+  axis_name: str | None = None
+  folded: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
+    s = self.settings
     b, h, w, _ = x.shape
     if h % 16 or w % 16:
       raise ValueError(f'input of {h}x{w}: a depth-5 U-Net needs multiples of 16')
+    dtype = jnp.dtype(s.dtype)
+    norm = make_norm(self.axis_name, s.bn_momentum, s.bn_epsilon, dtype)
     encoder, decoder, bottleneck = EncoderLevel, DecoderLevel, Bottleneck
-    if self.remat:  # argument 0 is the module, so `train` is 2 (3 for the decoder)
+    if s.remat:  # argument 0 is the module, so `train` is 2 (3 for the decoder)
       encoder = nn.remat(EncoderLevel, static_argnums=(2,))
       decoder = nn.remat(DecoderLevel, static_argnums=(3,))
       bottleneck = nn.remat(Bottleneck, static_argnums=(2,))
-    sides = self.side_outputs if self.use_dws else ()
+    sides = s.side_outputs if s.use_dws else ()
     head = {
-      name: SideHead(self.num_classes, (h, w), self.dtype, name=f'side_{name}') for name in sides
+      name: SideHead(num_classes=s.num_classes, size=(h, w), dtype=dtype, name=f'side_{name}')
+      for name in sides
     }
 
-    x = x.astype(self.dtype)
+    x = x.astype(dtype)
     skips = []
     for level, width in enumerate(WIDTHS):
       x = encoder(
-        self.base_channels * width,
-        self.norm,
+        features=s.base_channels * width,
+        norm=norm,
         pool=level > 0,
-        use_ec=self.use_ec,
+        use_ec=s.use_ec,
         folded=self.folded,
-        dtype=self.dtype,
+        dtype=dtype,
         name=f'encoder{level + 1}',
       )(x, train)
       skips.append(x)
-    x = bottleneck(
-      self.norm,
-      attention=self.attention,
-      use_cc=self.use_cc,
-      use_sc=self.use_sc,
-      use_mus=self.use_mus,
-      fusion=self.fusion,
-      attention_scale=self.attention_scale,
-      attention_impl=self.attention_impl,
-      cc_hidden=self.cc_hidden,
-      aspp_rates=self.aspp_rates,
-      aspp_1x1_branch=self.aspp_1x1_branch,
-      aspp_image_pool=self.aspp_image_pool,
-      reduction=self.reduction,
-      cbam_kernel=self.cbam_kernel,
-      dtype=self.dtype,
-      name='bottleneck',
-    )(skips.pop(), train)
+    x = bottleneck(settings=s, norm=norm, dtype=dtype, name='bottleneck')(skips.pop(), train)
     side_logits = [head['bottleneck'](x)] if 'bottleneck' in head else []
     for level, width in enumerate(reversed(WIDTHS[:-1]), start=1):
-      x = decoder(self.base_channels * width, self.norm, self.dtype, name=f'decoder{level}')(
+      x = decoder(features=s.base_channels * width, norm=norm, dtype=dtype, name=f'decoder{level}')(
         x, skips.pop(), train
       )
       if f'decoder{level}' in head:
         side_logits.append(head[f'decoder{level}'](x))
-    logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name='head')(x)
+    logits = nn.Conv(s.num_classes, (1, 1), dtype=dtype, name='head')(x)
     return {'logits': logits.astype(jnp.float32), 'side_logits': tuple(side_logits)}

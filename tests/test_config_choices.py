@@ -1,0 +1,208 @@
+"""Every value the config check accepts works (issue 11, item 4).
+
+The walk: every choice-valued key (configuration.CHOICES), every true/false switch of
+configs/default.py, each side output and both kinds of attention_scale. A value that
+reaches the train step is trained for ONE sharded step (batch 8 over the 8 test devices,
+base 4, 32x32) by one of the few configs in TRAINED, where it is in effect (e.g. a fusion
+only with MuS and an attention on); the rest (data and evaluation keys) only need the
+check to accept them. Values the check must refuse raise a ConfigError naming the key.
+A value the check accepts that no config here covers fails
+test_every_accepted_value_is_covered, so a new choice cannot go untested.
+"""
+
+import re
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from ecam_jax import configuration, parallel, state, steps
+from ecam_jax.configuration import ConfigError, load_config
+from ecam_jax.models import abstract_variables, build_model
+from ecam_jax.optim import make_optimizer
+
+import numpy_ref as ref
+
+SIZE, BATCH = 32, 8
+SIDES = ('bottleneck', 'decoder1', 'decoder2', 'decoder3')
+
+# Each config switches on only what its values need (a full model compiles several times
+# slower); together they put every accepted model and train value in effect at least once.
+# (CoA's halves alone, Table II's unet_cc and unet_sc, are checked block by block in
+# test_attention.py; here use_cc and use_sc are values like the others.)
+TRAINED = {
+  'plain_ec_constant_skip': (
+    'unet_ec',
+    {
+      'train.schedule': 'constant',
+      'train.nonfinite': 'skip',
+      'train.decoupled_weight_decay': True,
+    },
+  ),
+  'sc_chunked_rsqrt': (
+    'unet_sc',
+    {
+      'model.attention_impl': 'chunked',
+      'model.attention_chunk': 3,  # 2x2 = 4 bottleneck rows: a ragged last block
+      'model.attention_scale': 'rsqrt',
+    },
+  ),
+  'coa_fused_conv_aspp_options': (
+    'unet_coag_musfu',
+    {'model.aspp_1x1_branch': True, 'model.aspp_image_pool': True},
+  ),
+  'coa_naive_bf16': (
+    'unet_coa',
+    {'model.attention_impl': 'naive', 'model.attention_scale': 0.5, 'model.dtype': 'bfloat16'},
+  ),
+  'se_add_sides_remat': (
+    'unet_se',
+    {
+      'model.use_mus': True,
+      'model.fusion': 'add',
+      'model.use_dws': True,
+      'model.side_outputs': SIDES,
+      'model.remat': True,
+    },
+  ),
+  'cbam_serial': ('unet_cbam', {'model.use_mus': True, 'model.fusion': 'serial'}),
+}
+
+# Values the check must refuse: (changes, the key its message names).
+REFUSED = [
+  ({'model.attention': 'eca'}, 'model.attention'),
+  ({'model.fusion': 'concat'}, 'model.fusion'),
+  ({'model.attention_impl': 'flash'}, 'model.attention_impl'),
+  ({'model.dtype': 'float16'}, 'model.dtype'),
+  ({'model.attention_scale': 0.0}, 'model.attention_scale'),
+  ({'model.attention_scale': 'sqrt'}, 'model.attention_scale'),
+  ({'model.side_outputs': ('decoder4',)}, 'model.side_outputs'),
+  ({'model.num_classes': 2}, 'model.num_classes'),
+  ({'model.use_cc': False, 'model.use_sc': False}, 'model.attention'),  # CoA with no part
+  ({'model.attention': 'se'}, 'model.use_cc'),  # CC and SC are parts of CoA only
+  ({'train.schedule': 'linear'}, 'train.schedule'),
+  ({'train.nonfinite': 'ignore'}, 'train.nonfinite'),
+  ({'data.layout': 'nnunet'}, 'data.layout'),
+  ({'data.modality': 'PET'}, 'data.modality'),
+]
+
+# Where a model setting is in effect; everywhere else it is ignored, and a config that
+# sets it proves nothing.
+_SC = lambda m: m.attention == 'coa' and m.use_sc
+IN_EFFECT = {
+  'model.fusion': lambda m: m.use_mus and m.attention != 'none',
+  'model.attention_impl': _SC,
+  'model.attention_scale': _SC,
+  'model.aspp_1x1_branch': lambda m: m.use_mus,
+  'model.aspp_image_pool': lambda m: m.use_mus,
+  'model.side_outputs': lambda m: m.use_dws,
+}
+
+
+def _set(config: ml_collections.ConfigDict, changes: dict) -> ml_collections.ConfigDict:
+  for key, value in changes.items():
+    section, field = key.split('.')
+    config[section][field] = value
+  return config
+
+
+def _config(variant: str = 'ec_cam_unet', changes: dict | None = None):
+  config = load_config('configs/default.py', f'variant={variant}')
+  config.model.base_channels = 4
+  config.data.image_size = SIZE
+  config.train.batch_size = BATCH
+  return _set(config, changes or {})
+
+
+def _switches() -> list[str]:
+  """The true/false keys of configs/default.py."""
+  config = _config()
+  return [
+    f'{section}.{key}'
+    for section, values in config.items()
+    if isinstance(values, ml_collections.ConfigDict)
+    for key, value in values.items()
+    if isinstance(value, bool)
+  ]
+
+
+def _walked() -> dict[str, tuple]:
+  """Every (key, accepted values) the walk covers."""
+  walked = {key: tuple(values) for key, values in configuration.CHOICES.items()}
+  walked.update({key: (False, True) for key in _switches()})
+  walked['model.side_outputs'] = SIDES  # each entry
+  walked['model.attention_scale'] = ('number', 'rsqrt')
+  walked['model.num_classes'] = (1,)
+  return walked
+
+
+def _value(config: ml_collections.ConfigDict, key: str):
+  section, field = key.split('.')
+  return config[section][field]
+
+
+def _trained_values(key: str) -> set:
+  """The values of `key` that some config of TRAINED trains with, where they are in effect."""
+  values = set()
+  for variant, changes in TRAINED.values():
+    config = _config(variant, changes)
+    if not IN_EFFECT.get(key, lambda m: True)(config.model):
+      continue
+    value = _value(config, key)
+    if key == 'model.side_outputs':
+      values.update(value)
+    elif key == 'model.attention_scale':
+      values.add('rsqrt' if value == 'rsqrt' else 'number')
+    else:
+      values.add(value)
+  return values
+
+
+def test_every_accepted_value_is_covered():
+  """Values that reach the train step are trained below; data and evaluation values are
+  accepted by the check (they cannot train a step without a dataset)."""
+  for key, values in _walked().items():
+    if key.split('.')[0] in ('data', 'eval'):
+      for value in values:
+        configuration.check(_set(_config(), {key: value}))
+      continue
+    missing = set(values) - _trained_values(key)
+    assert not missing, (
+      f'config.{key} values {missing} are accepted but no TRAINED config uses them'
+    )
+
+
+@pytest.mark.parametrize('changes,key', REFUSED, ids=[key for _, key in REFUSED])
+def test_the_check_refuses_and_names_the_key(changes, key):
+  with pytest.raises(ConfigError, match=re.escape(key)):
+    configuration.check(_config(changes=changes))
+
+
+@pytest.mark.parametrize('name', sorted(TRAINED))
+def test_one_sharded_train_step(name, monkeypatch):
+  variant, changes = TRAINED[name]
+  config = _config(variant, changes)
+  configuration.check(config)
+  # Parameters drawn on the host instead of by a compiled init (several seconds per model);
+  # the rest of the state is create_train_state's own.
+  monkeypatch.setattr(
+    state,
+    'init_variables',
+    lambda model, seed, size: ref.host_variables(abstract_variables(model, size), seed),
+  )
+  mesh = parallel.data_mesh(jax.devices()[:8])
+  model = build_model(config.model, axis_name=parallel.AXIS)
+  tx, schedule = make_optimizer(config.train, 10)
+  initial = state.create_train_state(model, tx, config.seed, SIZE)
+  before = jax.device_get(initial.params)
+  rng = np.random.default_rng(0)
+  image = rng.random((BATCH, SIZE, SIZE, 1), dtype=np.float32)
+  batch = parallel.global_batch(mesh, {'image': image, 'label': (image > 0.7).astype(np.uint8)})
+  train_step = steps.make_train_step(model, tx, schedule, config, mesh)
+  after, metrics = train_step(jax.device_put(initial, parallel.replicated(mesh)), batch)
+  metrics = jax.device_get(metrics)
+  assert np.isfinite(metrics['loss']) and bool(metrics['finite']), metrics
+  assert int(after.step) == 1
+  moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), after.params, before)
+  assert max(jax.tree.leaves(moved)) > 0
