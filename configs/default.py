@@ -114,13 +114,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   train.checkpoint_every_seconds = 300.0  # also save when this much time has passed
   train.keep_checkpoints = 2
   train.nonfinite = 'stop'  # 'stop' | 'skip' a batch whose loss is not finite
+  # Several processes agree every this many steps whether to stop (SIGTERM) or to save on
+  # time: one small host all-gather each time (a single process checks every step).
+  train.sync_every_steps = 10
   train.overlay_slices = 4  # validation slices drawn into the PNG at each eval
 
   # --- evaluation and prediction ------------------------------------------------
   config.eval = ev = ml_collections.ConfigDict()
-  ev.batch_size = 16  # slices per inference batch (over the local devices)
+  # Slices per inference or validation batch; rounded up to a multiple of the device count
+  # (padding slices are never scored), so any device count works.
+  ev.batch_size = 16
   ev.tta_flip = False
-  ev.largest_component = False
+  # Foreground where the predicted probability is > threshold (validation, eval, predict).
+  ev.threshold = 0.5
+  # 3-D connected components kept in predicted masks: 0 = all (off); an integer k >= 1 =
+  # the k largest; a fraction f in (0, 1) = each at least f times the largest's size.
+  ev.keep_components = config_dict.FieldReference(0, field_type=object)
   ev.checkpoint = 'best'  # 'best' | 'latest' | a path
   ev.overlay_slices = 3  # per case, in WORKDIR/eval/overlays
 

@@ -69,7 +69,15 @@ def _start(processes: int, devices: int, workdir, *flags) -> list[subprocess.Pop
   return procs
 
 
-def _wait(procs, timeout=300) -> list[int]:
+# A run here takes 20-60 s on a quiet 2-core machine and several times that while the
+# suite's other worker compiles. The tests wait on what the processes report (exit codes,
+# checkpoint folders, metrics lines), with these generous limits so that a busy machine
+# does not fail them; only a hung run reaches a limit.
+RUN_TIMEOUT_S = 900
+EVENT_TIMEOUT_S = 900
+
+
+def _wait(procs, timeout=RUN_TIMEOUT_S) -> list[int]:
   return [p.wait(timeout=timeout) for p in procs]
 
 
@@ -86,7 +94,7 @@ def _latest(workdir):
   return checkpoint.restore_variables(workdir, 'latest', target)
 
 
-def _wait_for(predicate, procs, timeout=240):
+def _wait_for(predicate, procs, timeout=EVENT_TIMEOUT_S):
   start = time.monotonic()
   while not predicate():
     if any(p.poll() is not None for p in procs):
@@ -96,16 +104,22 @@ def _wait_for(predicate, procs, timeout=240):
     time.sleep(0.2)
 
 
-def test_two_processes_train_like_one(tmp_path):
+def test_two_processes_train_like_one_and_resume_elastically(tmp_path):
   """2 processes x 2 devices reach the parameters and BatchNorm statistics of
   1 process x 4 devices after 3 steps (pipeline shards, global batch, BN and gradient
-  reductions), and log the same losses and gradient norms."""
+  reductions), and log the same losses and gradient norms; then each resumes on the other
+  process count and they still agree after 6 steps."""
   one, two = tmp_path / 'one', tmp_path / 'two'
+  # Steps of ~1e-3: a wrong update would show. Adam's eps is raised from 1e-8 so that a
+  # weight whose gradient is at rounding level (gloo sums in another order than one
+  # process does) is not blown up to a full step of noisy sign: that is Adam's behaviour,
+  # not the parallel path's, and it made the comparison depend on the initial weights.
   flags = (
     '--config.train.max_steps=3',
     '--config.train.warmup_steps=0',
-    '--config.train.lr=1e-2',
-  )  # steps of ~1e-2: a wrong update would show
+    '--config.train.lr=1e-3',
+    '--config.train.adam_eps=1e-3',
+  )
   assert _wait(_start(1, 4, one, *flags)) == [0], _log(one)
   codes = _wait(_start(2, 2, two, *flags))
   assert codes == [0, 0], _log(two, 0)[-3000:] + _log(two, 1)[-3000:]
@@ -113,20 +127,37 @@ def test_two_processes_train_like_one(tmp_path):
   b, meta_b = _latest(two)
   assert meta_a['step'] == meta_b['step'] == 3
   # Rounding differs across processes (gloo sums in another order): a weight whose
-  # gradient is ~eps can move by a few percent of a step; the rest agree far closer.
-  chex.assert_trees_all_close(b['params'], a['params'], atol=5e-4, rtol=0)
+  # gradient is at rounding level can move by a fraction of a step; the rest agree far
+  # closer (the mean below).
+  chex.assert_trees_all_close(b['params'], a['params'], atol=2e-4, rtol=0)
   diffs = [
     np.abs(x - y).ravel()
     for x, y in zip(jax.tree.leaves(b['params']), jax.tree.leaves(a['params']), strict=True)
   ]
-  assert np.concatenate(diffs).mean() < 1e-6
+  assert np.concatenate(diffs).mean() < 1e-6  # 0.1% of one step on average
   chex.assert_trees_all_close(b['batch_stats'], a['batch_stats'], atol=1e-4, rtol=1e-3)
   records = [json.loads(x) for x in (two / 'metrics.jsonl').read_text().splitlines()]
   ones = [json.loads(x) for x in (one / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in records] == [r['step'] for r in ones]  # process 0 writes once
-  for key in ('loss', 'grad_norm', 'dsc'):  # a gradient reduced twice would be 2x here
+  # A gradient reduced twice would be 2x here; rounding moves the norm by ~1e-3 at most.
+  for key, rtol in (('loss', 1e-4), ('grad_norm', 2e-3), ('dsc', 1e-3)):
     got, want = ([r[key] for r in rs if r['kind'] == 'train'] for rs in (records, ones))
-    chex.assert_trees_all_close(got, want, rtol=1e-4)
+    chex.assert_trees_all_close(got, want, rtol=rtol)
+
+  # Elastic resume: the 2-process run goes on as 1 process of 4 devices, the 1-process run
+  # as 2 processes of 2; each must see the global batches the other saw.
+  flags = ('--config.train.max_steps=6', *flags[1:])
+  assert _wait(_start(1, 4, two, *flags)) == [0], _log(two)
+  assert _wait(_start(2, 2, one, *flags)) == [0, 0], _log(one, 0)[-3000:]
+  a, meta_a = _latest(one)
+  b, meta_b = _latest(two)
+  assert meta_a['step'] == meta_b['step'] == 6
+  chex.assert_trees_all_close(b['params'], a['params'], atol=2e-4, rtol=0)
+  records = [json.loads(x) for x in (two / 'metrics.jsonl').read_text().splitlines()]
+  ones = [json.loads(x) for x in (one / 'metrics.jsonl').read_text().splitlines()]
+  for key, rtol in (('loss', 1e-4), ('grad_norm', 2e-3)):  # the same batches, step by step
+    got, want = ([r[key] for r in rs if r['kind'] == 'train'] for rs in (records, ones))
+    chex.assert_trees_all_close(got, want, rtol=rtol)
 
 
 def test_a_killed_process_ends_the_others(tmp_path):
@@ -136,7 +167,7 @@ def test_a_killed_process_ends_the_others(tmp_path):
     _wait_for(lambda: (workdir / 'metrics.jsonl').exists(), procs)
     procs[1].send_signal(signal.SIGKILL)
     killed = time.monotonic()
-    code = procs[0].wait(timeout=120)
+    code = procs[0].wait(timeout=RUN_TIMEOUT_S)
     elapsed = time.monotonic() - killed
   finally:
     for p in procs:
@@ -172,7 +203,9 @@ def test_killed_job_resumes_from_its_last_checkpoint(tmp_path):
     *SMALL,
   ]
   env = dict(os.environ, PYTHON=sys.executable, PYTHONUNBUFFERED='1')
-  rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  rerun = subprocess.run(
+    command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+  )
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert f'resumed from step {saved} ' in rerun.stdout + rerun.stderr
   _, meta = _latest(workdir)

@@ -46,6 +46,10 @@ def _config(root, **train):
 
 
 def _latest(workdir, config):
+  return _variables(workdir, config, 'latest')
+
+
+def _variables(workdir, config, which):
   from ecam_jax import parallel
   from ecam_jax.models import abstract_variables, build_model
 
@@ -53,7 +57,7 @@ def _latest(workdir, config):
   size = config.data.image_size
   mesh = parallel.data_mesh(jax.local_devices())
   target = parallel.abstract(abstract_variables(model, size), parallel.replicated(mesh))
-  return checkpoint.restore_variables(workdir, 'latest', target)
+  return checkpoint.restore_variables(workdir, which, target)
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(tiny_phantom, tmp_path, monkeypatch):
@@ -152,3 +156,62 @@ def test_resume_with_reader_workers_sees_the_same_data(tiny_phantom, tmp_path):
   b, meta_b = _latest(resumed, config)
   assert meta_a['step'] == meta_b['step']
   chex.assert_trees_all_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_train_dsc_comes_from_counts_summed_over_the_log_window():
+  """Two batches: one with no foreground and nothing predicted (its own ratio would be
+  undefined, or 1.0 by the old convention), one with TP 1, FP 1, FN 0. The window's DSC is
+  2 * 1 / (2 * 1 + 1) from the summed counts, not the mean of per-batch ratios."""
+  window = train.Window()
+  window.add({'loss': np.float32(1.0), 'counts': np.array([0, 0, 0]), 'finite': True})
+  window.add({'loss': np.float32(3.0), 'counts': np.array([1, 1, 0]), 'finite': True})
+  values = window.flush()
+  assert values['loss'] == 2.0 and abs(values['dsc'] - 2 / 3) < 1e-12
+  window.add({'loss': np.float32(1.0), 'counts': np.array([0, 0, 0]), 'finite': True})
+  assert np.isnan(window.flush()['dsc'])  # undefined, never 1.0
+
+
+def test_without_foreground_in_val_the_best_is_chosen_by_the_val_loss(tiny_phantom, tmp_path):
+  config = _config(tiny_phantom)
+  cache, case_splits = train.prepare_data(config, train.prepare_workdir(tmp_path))
+  (case,) = case_splits['val']
+  label = np.load(cache.path / 'cases' / case / 'label.npy', mmap_mode='r+')
+  label[:] = 0  # the validation case now holds no foreground voxel
+  label.flush()
+  train.train_and_evaluate(config, tmp_path)
+  records = [json.loads(x) for x in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  vals = [r for r in records if r['kind'] == 'val']
+  assert len(vals) == 2 and all(r['selected_by'] == 'neg_val_loss' for r in vals)
+  best_step = min(vals, key=lambda r: r['loss'])['step']
+  _, meta = _variables(tmp_path, config, 'best')
+  assert meta['step'] == best_step and meta['selection']['metric'] == 'neg_val_loss'
+
+
+def test_a_users_mistake_prints_its_message_alone(tmp_path):
+  """configs/demo.py (splits 8/2/2) pointed at a 4-case folder: main stops before any
+  volume is cached, prints the message naming the key, no traceback, and exits 1."""
+  import subprocess
+  import sys
+
+  import nifti_fixtures as fx
+
+  fx.write_msd(tmp_path / 'data', num_cases=4)
+  result = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'ecam_jax.main',
+      '--config=configs/demo.py',
+      f'--workdir={tmp_path / "run"}',
+      f'--config.data.root={tmp_path / "data"}',
+    ],
+    cwd=ROOT,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert result.stderr.startswith('error: ') and 'config.data.split_sizes' in result.stderr
+  assert not (tmp_path / 'run' / 'cache').exists()
