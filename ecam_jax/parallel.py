@@ -89,16 +89,6 @@ def abstract(tree, sharding: NamedSharding):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def check_batch_size(global_batch: int, mesh: Mesh, key: str = 'config.train.batch_size') -> None:
-  """The global batch must split evenly over processes and devices."""
-  devices, processes = mesh.devices.size, jax.process_count()
-  if global_batch % devices or global_batch % processes:
-    raise ValueError(
-      f'{key}={global_batch} does not divide over {devices} devices in {processes} '
-      f'process(es); use a multiple of {devices}'
-    )
-
-
 def fit_batch(requested: int, mesh: Mesh, key: str = 'config.eval.batch_size') -> int:
   """The smallest batch >= `requested` that splits evenly over the mesh's devices and over
   the processes: a batch for inference or validation, where any device count must work.

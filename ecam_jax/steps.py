@@ -19,8 +19,9 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from ecam_jax import losses, metrics
+from ecam_jax import losses, metrics, parallel
 from ecam_jax.data.augment import augment_batch
+from ecam_jax.models.norm import real_rows
 from ecam_jax.parallel import AXIS
 from ecam_jax.state import TrainState
 
@@ -48,23 +49,34 @@ def make_train_step(
   config: ml_collections.ConfigDict,
   mesh: Mesh,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-  """(state, batch{'image' [B,S,S,1] f32, 'label' [B,S,S,1] u8}) -> (state, metrics)."""
+  """(state, batch{'image' [B,S,S,1] f32, 'label' [B,S,S,1] u8, 'valid' [B] bool}) ->
+  (state, metrics).
+
+  B is config.train.batch_size rounded up to the device count (parallel.fit_batch); the
+  rows past the global batch are padding ('valid' False) and count nowhere: not in the
+  loss, not in BatchNorm's statistics (models/norm.py), not in the metrics. So a batch of
+  4 on 3 or 8 devices trains as on one. Without padding the step ignores 'valid'.
+  """
   augment, threshold = config.augment, config.eval.threshold
+  padded = parallel.fit_batch(config.train.batch_size, mesh, 'config.train.batch_size')
+  masked = padded != config.train.batch_size
 
   def per_device(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
     images, labels = batch['image'], batch['label']
+    rows = batch['valid'] if masked else None
     keys = example_keys(state.key, state.step, images.shape[0])
     images, labels = augment_batch(keys, images, labels, augment)
     labels = labels.astype(jnp.float32)
 
     def loss_fn(params):
-      outputs, updates = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats},
-        images,
-        train=True,
-        mutable=['batch_stats'],
-      )
-      loss, parts = losses.total_loss(outputs, labels, config.loss, AXIS)
+      with real_rows(rows):
+        outputs, updates = model.apply(
+          {'params': params, 'batch_stats': state.batch_stats},
+          images,
+          train=True,
+          mutable=['batch_stats'],
+        )
+      loss, parts = losses.total_loss(outputs, labels, config.loss, AXIS, rows)
       return loss, (updates.get('batch_stats', {}), parts, outputs['logits'])
 
     (loss, (batch_stats, parts, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -86,7 +98,10 @@ def make_train_step(
     )
     # TP, FP, FN summed over the global batch: the host sums them over its log window and
     # makes the DSC once (never an average of per-batch ratios).
-    counts = lax.psum(jnp.sum(metrics.slice_counts(logits, labels, threshold), axis=0), AXIS)
+    counts = metrics.slice_counts(logits, labels, threshold)
+    if masked:
+      counts = counts * rows[:, None]
+    counts = lax.psum(jnp.sum(counts, axis=0), AXIS)
     out = {
       'loss': loss,
       **parts,

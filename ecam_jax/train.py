@@ -159,7 +159,8 @@ def train_and_evaluate(
   # --- data, and what the checkpoint says, checked before any volume is read ------------
   resolve_data(config, workdir)
   mesh = parallel.data_mesh()
-  parallel.check_batch_size(config.train.batch_size, mesh)
+  # Any device count: the global batch is padded to split evenly; padding counts nowhere.
+  padded_batch = parallel.fit_batch(config.train.batch_size, mesh, 'config.train.batch_size')
   ckpts = Checkpoints(workdir, config.train.keep_checkpoints)
   saved = ckpts.latest_meta()
   where = f'the latest checkpoint in {ckpts.root}'
@@ -195,6 +196,7 @@ def train_and_evaluate(
     process_index=jax.process_index(),
     process_count=jax.process_count(),
     start_batch=start_step + offset,
+    padded_batch=padded_batch,
   )
 
   # --- steps -------------------------------------------------------------------

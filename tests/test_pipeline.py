@@ -162,7 +162,9 @@ def test_bad_batch_and_split_errors(slice_cache):
   sc = slice_cache
   config = fx.config()
   config.train.batch_size = 3
-  with pytest.raises(ConfigError, match=r'config.train.batch_size=3 \(global\).*2 processes'):
+  with pytest.raises(
+    ConfigError, match=r'config.train.batch_size=3 \(global; padded to 3\).*2 processes'
+  ):
     pipeline.train_iterator(sc, sc.case_ids, config, seed=0, process_count=2)
   config.train.batch_size = 64
   with pytest.raises(ConfigError, match='larger than the 30 training slices'):
@@ -209,3 +211,32 @@ def test_measure_slices_per_second(slice_cache):
     pipeline.train_iterator(sc, sc.case_ids, fx.config(), seed=0), 3
   )
   assert rate > 0
+
+
+@pytest.mark.parametrize('processes, padded', [(1, 6), (2, 6), (3, 6), (2, 8)])
+def test_padded_global_batches_hold_the_same_real_rows(slice_cache, processes, padded):
+  """A global batch of 4 padded to 6 or 8 rows (for 3, 6 or 8 devices), read by 1-3
+  processes: the rows marked valid are the unpadded batch's, in order; the rest are zeros."""
+  sc, config = slice_cache, fx.config()
+  plain = _take(pipeline.train_iterator(sc, sc.case_ids, config, seed=SEED), 9)
+  shards = [
+    _take(
+      pipeline.train_iterator(
+        sc,
+        sc.case_ids,
+        config,
+        seed=SEED,
+        process_index=p,
+        process_count=processes,
+        start_batch=2,
+        padded_batch=padded,
+      ),
+      7,
+    )
+    for p in range(processes)
+  ]
+  for i in range(7):
+    merged = {k: np.concatenate([s[i][k] for s in shards]) for k in ('image', 'label', 'valid')}
+    np.testing.assert_array_equal(merged['valid'], np.arange(padded) < 4)
+    _assert_same([{k: merged[k][:4] for k in ('image', 'label')}], [plain[i + 2]])
+    assert not merged['image'][4:].any() and not merged['label'][4:].any()

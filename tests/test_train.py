@@ -215,3 +215,13 @@ def test_a_users_mistake_prints_its_message_alone(tmp_path):
   assert 'Traceback' not in result.stderr
   assert result.stderr.startswith('error: ') and 'config.data.split_sizes' in result.stderr
   assert not (tmp_path / 'run' / 'cache').exists()
+
+
+def test_a_global_batch_smaller_than_the_device_count_trains(tiny_phantom, tmp_path):
+  """The paper's batch of 4 on 8 devices: padded to 8, the padding counted nowhere (the
+  step's equality with one device is tests/test_steps.py's); the loop runs and validates."""
+  config = _config(tiny_phantom, batch_size=4, max_steps=3, eval_every_epochs=1)
+  summary = train.train_and_evaluate(config, tmp_path)
+  assert summary['step'] == 3
+  records = [json.loads(x) for x in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert all(np.isfinite(r['loss']) for r in records if r['kind'] == 'train')

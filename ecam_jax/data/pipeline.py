@@ -81,22 +81,35 @@ def epoch_order(
 
 
 class DrawSource:
-  """The endless stream of this process's training slices, as a grain random-access source:
-  element i is row i % b of the process's share of global batch i // b (b = B / P).
+  """The endless stream of this process's training rows, as a grain random-access source:
+  element i is row i % b of the process's share of global batch i // b (b = P' / P).
 
   The stream depends only on the seed, the global batch B and the pool, never on the number
-  of processes or reader workers: global batch k is the same slices on 1 host or 64.
+  of processes or reader workers: global batch k is the same slices on 1 host or 64. A
+  global batch may be padded to P' >= B rows (so that it splits over the devices): rows
+  B .. P' - 1 are zeros with 'valid' False, and the train step counts them nowhere.
   """
 
   def __init__(
-    self, cache, *, pool, foreground_pool, oversample, seed, batch, process_index, process_count
+    self,
+    cache,
+    *,
+    pool,
+    foreground_pool,
+    oversample,
+    seed,
+    batch,
+    padded_batch,
+    process_index,
+    process_count,
   ):
     self._slices = SliceSource(cache)
     self._args = (pool, foreground_pool, oversample, seed)
     self._global = batch
-    self._local = batch // process_count
+    self._local = padded_batch // process_count
     self._offset = process_index * self._local
     self._epoch_length = len(pool) // batch * batch
+    self._size = cache.image_size
     self._cached: tuple[int, np.ndarray] = (-1, np.zeros(0, np.int64))
 
   def __len__(self) -> int:
@@ -104,12 +117,19 @@ class DrawSource:
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     step, row = divmod(index, self._local)
-    epoch, draw = divmod(step * self._global + self._offset + row, self._epoch_length)
+    slot = self._offset + row  # the row of the (padded) global batch
+    if slot >= self._global:
+      return {
+        'image': np.zeros((self._size, self._size, 1), np.float32),
+        'label': np.zeros((self._size, self._size, 1), np.uint8),
+        'valid': np.False_,
+      }
+    epoch, draw = divmod(step * self._global + slot, self._epoch_length)
     cached_epoch, order = self._cached
     if cached_epoch != epoch:
       order = epoch_order(*self._args, epoch, self._epoch_length)
       self._cached = (epoch, order)
-    return self._slices[int(order[draw])]
+    return {**self._slices[int(order[draw])], 'valid': np.True_}
 
   def __repr__(self) -> str:
     return (
@@ -118,14 +138,19 @@ class DrawSource:
     )
 
 
-def _global_batch(config: ml_collections.ConfigDict, process_count: int) -> int:
+def _local_batch(
+  config: ml_collections.ConfigDict, process_count: int, padded_batch: int | None
+) -> int:
+  """Rows of each global batch this process reads: the global batch, padded to
+  `padded_batch` when given, split evenly over the processes."""
   batch = int(config.train.batch_size)
-  if batch < 1 or batch % process_count:
+  padded = batch if padded_batch is None else int(padded_batch)
+  if batch < 1 or padded < batch or padded % process_count:
     raise ConfigError(
-      f'config.train.batch_size={batch} (global) must be a positive multiple of the '
-      f'{process_count} processes'
+      f'config.train.batch_size={batch} (global; padded to {padded}) must be positive and '
+      f'split evenly over the {process_count} processes once padded'
     )
-  return batch
+  return padded // process_count
 
 
 def _pools(
@@ -148,7 +173,7 @@ def _pools(
       'config.data.foreground_only or foreground_oversample asks for it'
     )
   pool = foreground if data.foreground_only else positions
-  if len(pool) < _global_batch(config, 1):
+  if len(pool) < int(config.train.batch_size):
     raise ConfigError(
       f'config.train.batch_size={config.train.batch_size} is larger than the {len(pool)} '
       'training slices: an epoch would have no batch'
@@ -161,7 +186,7 @@ def steps_per_epoch(
 ) -> int:
   """Global batches per epoch (the last incomplete one is dropped)."""
   pool, _ = _pools(cache, case_ids, config)
-  return len(pool) // _global_batch(config, 1)
+  return len(pool) // int(config.train.batch_size)
 
 
 def train_dataset(
@@ -173,14 +198,16 @@ def train_dataset(
   process_index: int = 0,
   process_count: int = 1,
   start_batch: int = 0,
+  padded_batch: int | None = None,
 ) -> grain.MapDataset:
-  """This process's endless training batches {'image', 'label'} [b, S, S, 1] from global
-  batch `start_batch` on, as a MapDataset."""
+  """This process's endless training batches {'image', 'label'} [b, S, S, 1] and 'valid'
+  [b] from global batch `start_batch` on, as a MapDataset; global batches are padded to
+  `padded_batch` rows when given (DrawSource)."""
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} is not in [0, {process_count})')
   if start_batch < 0:
     raise ValueError(f'start_batch={start_batch}; expected >= 0')
-  batch = _global_batch(config, process_count)
+  local = _local_batch(config, process_count, padded_batch)
   pool, foreground = _pools(cache, case_ids, config)
   draws = DrawSource(
     cache,
@@ -188,11 +215,11 @@ def train_dataset(
     foreground_pool=foreground,
     oversample=0.0 if config.data.foreground_only else float(config.data.foreground_oversample),
     seed=seed,
-    batch=batch,
+    batch=int(config.train.batch_size),
+    padded_batch=local * process_count,
     process_index=process_index,
     process_count=process_count,
   )
-  local = batch // process_count
   return grain.MapDataset.source(draws)[start_batch * local :].batch(local, drop_remainder=True)
 
 
@@ -205,8 +232,10 @@ def train_iterator(
   process_index: int = 0,
   process_count: int = 1,
   start_batch: int = 0,
+  padded_batch: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-  """An iterator over train_dataset from global batch `start_batch`.
+  """An iterator over train_dataset from global batch `start_batch` (padded to
+  `padded_batch` rows when given).
 
   The position in the stream is the only state: a resumed run (on any number of processes,
   with any data.num_workers) builds a new iterator at the global batch it had reached.
@@ -222,6 +251,7 @@ def train_iterator(
     process_index=process_index,
     process_count=process_count,
     start_batch=start_batch,
+    padded_batch=padded_batch,
   )
   # One reader thread fills the buffer of data.prefetch_batches while the step runs (0: read
   # when asked). On 2 cores more threads were slower: a slice is a memory copy.

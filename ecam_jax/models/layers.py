@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ecam_jax.models.norm import BatchNorm
+
 ModuleDef = Callable[..., nn.Module]
 
 # Names of EC's three branches inside its parameter tree, and their kernel shapes.
@@ -17,9 +19,11 @@ EC_FUSED = 'fused'
 
 
 def make_norm(axis_name: str | None, momentum: float, epsilon: float, dtype: Any) -> ModuleDef:
-  """BatchNorm as model.md fixes it; `axis_name` synchronizes batch statistics."""
+  """The one BatchNorm of every network (docs/model.md fixes its settings): statistics
+  synchronized over `axis_name`, and over the real rows only when the train step pads
+  the batch (norm.py)."""
   return functools.partial(
-    nn.BatchNorm, momentum=momentum, epsilon=epsilon, axis_name=axis_name, dtype=dtype
+    BatchNorm, momentum=momentum, epsilon=epsilon, axis_name=axis_name, dtype=dtype
   )
 
 
