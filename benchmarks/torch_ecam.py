@@ -1,6 +1,6 @@
 """EC-CaM-UNet in PyTorch, for the speed comparison with the JAX model (README.md here).
 
-The same network as `ecam_jax.models` (docs: ../../shared/docs/model.md), module for
+The same network as `ecam_jax.models` (docs: docs/model.md), module for
 module and with exactly its parameter count, written the way a PyTorch user would:
 NCHW modules (run with `memory_format=torch.channels_last` for speed), BatchNorm with
 PyTorch's momentum 0.1 (Flax's 0.9) and eps 1e-5, SC through
@@ -33,7 +33,7 @@ def _load_variants():
   return module
 
 
-# The rows of model.md's variant table, shared with the JAX model: name -> switches.
+# The rows of docs/model.md's variant table, shared with the JAX model: name -> switches.
 VARIANTS = {name: switches for name, (switches, _, _) in _load_variants().VARIANTS.items()}
 
 # Loss weights (w_dice, w_bce, w_side) where a variant differs from (1, 1, 1):
@@ -362,7 +362,7 @@ class UNet(nn.Module):
 
 
 def build(variant: str = 'ec_cam_unet', base_channels: int = 64, **kwargs) -> UNet:
-  """The network of a row of model.md's variant table."""
+  """The network of a row of docs/model.md's variant table."""
   if variant not in VARIANTS:
     raise ValueError(f'variant={variant!r}; expected one of {sorted(VARIANTS)}')
   return UNet(base_channels=base_channels, **VARIANTS[variant], **kwargs)

@@ -57,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   aug.blur_prob = 0.5
   aug.blur_sigma = (0.1, 2.0)  # sigma uniform in this range (pixels)
 
-  # --- model (docs: ../shared/docs/model.md) ----------------------------------
+  # --- model (docs/model.md) ----------------------------------------------------
   config.model = model = ml_collections.ConfigDict()
   model.name = 'ecam_unet'  # key of ecam_jax.models.MODELS
   model.variant = ''  # set by apply_variant; a label for logs

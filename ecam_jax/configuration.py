@@ -117,22 +117,19 @@ INTERVALS = {
   'eval.threshold': '(0, 1)',
 }
 
-# Keys a config may lack (added after configs written against older defaults) or leave None.
-_OPTIONAL = (
-  'model.attention_chunk',
-  'loss.alpha',
-  'train.sync_every_steps',
-  'eval.threshold',
-  'eval.keep_components',
-)
+# Keys whose None means "unset" (eq. 17's alpha: the weights w_dice, w_bce apply).
+_OPTIONAL = ('loss.alpha',)
 
 
 def _get(config: ml_collections.ConfigDict, key: str) -> Any:
-  """config's value at 'section.field' (or 'field'); None where an optional key is missing."""
+  """config's value at 'section.field' (or 'field'); a missing key is a ConfigError."""
   node = config
   for part in key.split('.'):
-    if key in _OPTIONAL and part not in node:
-      return None
+    if part not in node:
+      raise ConfigError(
+        f'config.{key} is missing: a config derives from configs/default.py, which sets every '
+        'key with its default (load it with configuration.sibling_config or load_config)'
+      )
     node = node[part]
   return node
 
@@ -283,7 +280,6 @@ def check(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first key whose value cannot work.
 
   Runs before anything is built: every value it accepts trains, evaluates and predicts.
-  Keys that configs written before them lack (_OPTIONAL) are checked where present.
   """
   for key, allowed in CHOICES.items():
     if _get(config, key) not in allowed:

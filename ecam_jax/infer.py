@@ -23,7 +23,6 @@ from scipy import ndimage
 
 from ecam_jax import checkpoint, configuration, parallel, steps
 from ecam_jax.atomic import write_bytes_atomic
-from ecam_jax.configuration import ConfigError
 from ecam_jax.data import layouts, volumes
 from ecam_jax.data import source as data_source
 from ecam_jax.data.errors import DataError
@@ -31,31 +30,12 @@ from ecam_jax.data.layouts import NIFTI_SUFFIXES, case_id_of
 from ecam_jax.models import abstract_variables, build_model, fold_ec
 
 
-def check_eval_config(eval_config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming config.eval.threshold or config.eval.keep_components when
-  the value cannot work (see `keep_components` for the latter)."""
-  threshold = eval_config.threshold
-  if not (isinstance(threshold, numbers.Real) and 0 < threshold < 1):
-    raise ConfigError(
-      f'config.eval.threshold={threshold!r}; expected a probability strictly between 0 and 1'
-    )
-  keep = eval_config.keep_components
-  whole = isinstance(keep, numbers.Integral) and not isinstance(keep, bool) and keep >= 0
-  fraction = isinstance(keep, float) and 0 < keep < 1
-  if not (whole or fraction):
-    raise ConfigError(
-      f'config.eval.keep_components={keep!r}; expected 0 (off), an integer k >= 1 (keep the '
-      'k largest 3-D components) or a fraction in (0, 1) (keep every component at least '
-      'that fraction of the largest)'
-    )
-
-
 def keep_components(mask: np.ndarray, keep: int | float) -> np.ndarray:
   """The 3-D connected components (26-connectivity) of a binary mask that `keep` selects:
   0 keeps the mask as it is; an integer k >= 1 the k largest components (of equal sizes,
   the first in scan order); a fraction f in (0, 1) every component with at least f times
   the largest one's voxels. Two kidneys, say, are two components: k=1 would delete one.
-  `keep` is config.eval.keep_components, checked by `check_eval_config`."""
+  `keep` is config.eval.keep_components, checked by `configuration.check`."""
   mask = np.asarray(mask, bool)
   if keep == 0:
     return mask
@@ -91,8 +71,7 @@ class Predictor:
     variables: dict | None = None,
     mesh: Mesh | None = None,
   ):
-    configuration.check(config)
-    check_eval_config(config.eval)
+    configuration.check(config)  # config.eval.threshold and keep_components among the rest
     self.config = config
     self.mesh = parallel.data_mesh(jax.local_devices()) if mesh is None else mesh
     model = build_model(config.model)

@@ -1,4 +1,4 @@
-"""The loss of model.md (eq. 11-13, 17): soft Dice over the whole batch, BCE from
+"""The loss of docs/model.md (eq. 11-13, 17): soft Dice over the whole batch, BCE from
 logits, BCE on each side output.
 
 Every term is a global quantity over the data-parallel batch: with `axis_name`, Dice's

@@ -1,6 +1,6 @@
 """Independent NumPy (float64) computations of the model's equations, for the tests.
 
-Written from model.md and the paper, not from the Flax code: loops over kernel taps,
+Written from docs/model.md and the paper, not from the Flax code: loops over kernel taps,
 explicit softmax, PyTorch's definition of the transposed convolution.
 """
 

@@ -139,8 +139,9 @@ def test_both_main_loss_weights_zero_is_refused():
   check(_with('loss.alpha', 0.5, config))  # eq. 17's alpha replaces both
 
 
-def test_optional_keys_are_checked_when_present():
-  """Keys other parts of the program add: checked when there, skipped when not."""
+def test_every_key_is_required_and_checked():
+  """A key missing from a config is named (configs derive from default.py); the keys other
+  parts of the program read are checked like the rest."""
   for section, field, good, bad in [
     ('model', 'attention_chunk', 256, 0),
     ('train', 'sync_every_steps', 10, 0),
@@ -149,15 +150,14 @@ def test_optional_keys_are_checked_when_present():
     ('eval', 'keep_components', 0.2, 1.5),
   ]:
     config = load_config(DEFAULT)
-    if field in config[section]:
-      del config[section][field]
-    check(config)  # absent: fine
+    del config[section][field]
+    with pytest.raises(ConfigError, match=rf'config\.{section}\.{field} is missing'):
+      check(config)
     config[section][field] = good
     check(config)
     config[section][field] = bad
     with pytest.raises(ConfigError, match=rf'config\.{section}\.{field}='):
       check(config)
-  check(_with('eval.keep_components', 0))
 
 
 def test_accepted_edges_pass():

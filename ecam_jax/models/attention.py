@@ -16,7 +16,7 @@ class ConvTranspose1D(nn.Module):
 
   y[n] = sum_i sum_k x[i] w[k] over n = i * stride + k - padding, with
   `output_padding` extra positions at the end. Written out because Flax's padding
-  convention for transposed convs differs from PyTorch's, whose numbers model.md uses.
+  convention for transposed convs differs from PyTorch's, whose numbers docs/model.md uses.
   """
 
   features: int
@@ -83,7 +83,7 @@ class ChannelCorrelation(nn.Module):
 
 
 def attention_scale(scale: float | str, channels: int) -> float:
-  """model.md: the paper's 1.0, or 'rsqrt' = 1/sqrt(C)."""
+  """docs/model.md: the paper's 1.0, or 'rsqrt' = 1/sqrt(C)."""
   return 1.0 / math.sqrt(channels) if scale == 'rsqrt' else float(scale)
 
 

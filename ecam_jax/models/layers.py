@@ -128,7 +128,7 @@ class UpConv2x2(nn.Module):
 
   The four output positions of each input pixel do not overlap, so it is one matmul
   [.., C] x [C, 2*2*O] and a depth-to-space reshape: y[2i+p, 2j+q] = x[i, j] K[p, q].
-  On CPU this is much faster than XLA's dilated-convolution lowering (jax-notes.md).
+  On CPU this is much faster than XLA's dilated-convolution lowering (README, Performance).
   """
 
   features: int

@@ -1,5 +1,5 @@
 """EC-CaM-UNet: a depth-5 U-Net with EC encoder convs, the CoAG-MuSFu bottleneck and
-side outputs, each a switch (model.md); all switches off is the plain U-Net."""
+side outputs, each a switch (docs/model.md); all switches off is the plain U-Net."""
 
 from typing import Any
 

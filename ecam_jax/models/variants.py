@@ -1,4 +1,4 @@
-"""Every network the paper trains, as switches of one U-Net (model.md's table).
+"""Every network the paper trains, as switches of one U-Net (docs/model.md's table).
 
 Plain Python with no imports: benchmarks/torch_ecam.py reads this file without jax.
 """
