@@ -33,6 +33,28 @@ def _positions(sc, batch):
   return [flat[row[..., 0].tobytes()] for row in batch['image']]
 
 
+def _merged(sc, config, processes, start, n, padded=None):
+  """n global batches from `start` on, read by `processes` processes and joined in
+  process order, as the global array joins them."""
+  shards = [
+    _take(
+      pipeline.train_iterator(
+        sc,
+        sc.case_ids,
+        config,
+        seed=SEED,
+        process_index=p,
+        process_count=processes,
+        start_batch=start,
+        padded_batch=padded,
+      ),
+      n,
+    )
+    for p in range(processes)
+  ]
+  return [{k: np.concatenate([s[i][k] for s in shards]) for k in shards[0][i]} for i in range(n)]
+
+
 def _assert_same(a, b):
   assert len(a) == len(b)
   for x, y in zip(a, b, strict=True):
@@ -93,25 +115,7 @@ def test_elastic_resume_sees_the_same_global_batches(slice_cache, processes):
   other way round) reads the same slices it would have read without stopping."""
   sc, config = slice_cache, fx.config()
   straight = _take(pipeline.train_iterator(sc, sc.case_ids, config, seed=SEED), 12)
-  shards = [
-    _take(
-      pipeline.train_iterator(
-        sc,
-        sc.case_ids,
-        config,
-        seed=SEED,
-        process_index=p,
-        process_count=processes,
-        start_batch=3,
-      ),
-      9,
-    )
-    for p in range(processes)
-  ]
-  merged = [
-    {k: np.concatenate([shard[i][k] for shard in shards]) for k in ('image', 'label')}
-    for i in range(9)
-  ]
+  merged = _merged(sc, config, processes, start=3, n=9)
   _assert_same(merged, straight[3:])
 
 
@@ -219,24 +223,7 @@ def test_padded_global_batches_hold_the_same_real_rows(slice_cache, processes, p
   processes: the rows marked valid are the unpadded batch's, in order; the rest are zeros."""
   sc, config = slice_cache, fx.config()
   plain = _take(pipeline.train_iterator(sc, sc.case_ids, config, seed=SEED), 9)
-  shards = [
-    _take(
-      pipeline.train_iterator(
-        sc,
-        sc.case_ids,
-        config,
-        seed=SEED,
-        process_index=p,
-        process_count=processes,
-        start_batch=2,
-        padded_batch=padded,
-      ),
-      7,
-    )
-    for p in range(processes)
-  ]
-  for i in range(7):
-    merged = {k: np.concatenate([s[i][k] for s in shards]) for k in ('image', 'label', 'valid')}
+  for i, merged in enumerate(_merged(sc, config, processes, start=2, n=7, padded=padded)):
     np.testing.assert_array_equal(merged['valid'], np.arange(padded) < 4)
     _assert_same([{k: merged[k][:4] for k in ('image', 'label')}], [plain[i + 2]])
     assert not merged['image'][4:].any() and not merged['label'][4:].any()

@@ -16,13 +16,13 @@ import sys
 import time
 
 import chex
-import jax
 import pytest
 
-from ecam_jax import checkpoint, parallel, train
-from ecam_jax.configuration import ConfigError, load_config
+from ecam_jax import train
+from ecam_jax.configuration import ConfigError
 from ecam_jax.data import phantom
-from ecam_jax.models import abstract_variables, build_model
+
+import tiny_runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A subprocess run here takes ~20-60 s on a quiet 2-core machine; the limits below are
@@ -32,23 +32,9 @@ EVENT_TIMEOUT_S = 600
 
 
 def _config(root, **train):
-  # The plain U-Net at 32x32, as in test_train.py: every run here is the same program, which
-  # JAX's compilation cache compiles once.
-  config = load_config(ROOT / 'configs/demo.py', 'variant=unet')
-  config.data.root = str(root)
-  config.data.phantom_cases = 0
-  config.data.image_size = 32
-  config.data.split_sizes = (1, 1, 1)
-  config.data.prepare_workers = 1
-  config.model.base_channels = 4
-  config.train.batch_size = 8
-  config.train.epochs = 3
-  config.train.log_every_steps = 1
-  config.train.warmup_steps = 0
-  config.train.overlay_slices = 1
-  config.train.checkpoint_every_steps = 2
-  config.train.update(train)
-  return config
+  """tiny_runs' config for 3 epochs, logging every step and saving every 2."""
+  overrides = dict(epochs=3, log_every_steps=1, overlay_slices=1, checkpoint_every_steps=2)
+  return tiny_runs.config(root, **{**overrides, **train})
 
 
 @pytest.fixture(scope='module')
@@ -64,15 +50,7 @@ def reference(data, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('reference')
   summary = train.train_and_evaluate(_config(data), workdir)
   assert summary['step'] == summary['total_steps'] and not summary.get('interrupted')
-  return summary, _variables(workdir, 'latest')
-
-
-def _variables(workdir, which):
-  config = _config('.')
-  model = build_model(config.model)
-  sharding = parallel.replicated(parallel.data_mesh(jax.local_devices()))
-  target = parallel.abstract(abstract_variables(model, 32), sharding)
-  return checkpoint.restore_variables(workdir, which, target)
+  return summary, tiny_runs.variables(workdir, 'latest')
 
 
 def _steps(folder: pathlib.Path) -> list[int]:
@@ -83,7 +61,7 @@ def _assert_finishes_like(reference, workdir, config):
   summary = train.train_and_evaluate(config, workdir)
   ref_summary, (ref_vars, ref_meta) = reference
   assert summary['step'] == ref_summary['total_steps']
-  variables, meta = _variables(workdir, 'latest')
+  variables, meta = tiny_runs.variables(workdir, 'latest')
   assert meta['step'] == ref_meta['step']
   chex.assert_trees_all_close(variables, ref_vars, atol=1e-6, rtol=1e-6)
   return summary
@@ -184,7 +162,7 @@ def test_sigkill_anywhere_then_rerun_equals_uninterrupted(data, reference, tmp_p
   assert proc.returncode == 0, output[-3000:]
   assert 'resumed from step' in output
   ref_summary, (ref_vars, ref_meta) = reference
-  variables, meta = _variables(tmp_path, 'latest')
+  variables, meta = tiny_runs.variables(tmp_path, 'latest')
   assert meta['step'] == ref_meta['step'] == ref_summary['total_steps']
   chex.assert_trees_all_close(variables, ref_vars, atol=1e-6, rtol=1e-6)
 

@@ -7,14 +7,16 @@ import pathlib
 import signal
 
 import chex
-import jax
 import numpy as np
 import pytest
 from absl import flags
 
-from ecam_jax import checkpoint, train
+from ecam_jax import train
 from ecam_jax.configuration import ConfigError, load_config
 from ecam_jax.data import phantom
+
+import nifti_fixtures as fx
+import tiny_runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -26,38 +28,7 @@ def tiny_phantom(tmp_path_factory):
   return out
 
 
-def _config(root, **train):
-  # The plain U-Net: what is tested here does not depend on the variant, and every run in
-  # this module then shares one compiled program (JAX's compilation cache).
-  config = load_config(ROOT / 'configs/demo.py', 'variant=unet')
-  config.data.root = str(root)
-  config.data.phantom_cases = 0
-  config.data.image_size = 32
-  config.data.split_sizes = (1, 1, 1)
-  config.data.prepare_workers = 1
-  config.model.base_channels = 4
-  config.train.batch_size = 8
-  config.train.epochs = 2
-  config.train.log_every_steps = 2
-  config.train.warmup_steps = 0
-  config.train.overlay_slices = 2
-  config.train.update(train)
-  return config
-
-
-def _latest(workdir, config):
-  return _variables(workdir, config, 'latest')
-
-
-def _variables(workdir, config, which):
-  from ecam_jax import parallel
-  from ecam_jax.models import abstract_variables, build_model
-
-  model = build_model(config.model)
-  size = config.data.image_size
-  mesh = parallel.data_mesh(jax.local_devices())
-  target = parallel.abstract(abstract_variables(model, size), parallel.replicated(mesh))
-  return checkpoint.restore_variables(workdir, which, target)
+_config = tiny_runs.config
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(tiny_phantom, tmp_path, monkeypatch):
@@ -80,8 +51,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(tiny_phantom, tmp_path, mo
   second = train.train_and_evaluate(_config(tiny_phantom), tmp_path / 'resumed')
   assert second['step'] == total and not second.get('interrupted')
 
-  a, meta_a = _latest(tmp_path / 'straight', config)
-  b, meta_b = _latest(tmp_path / 'resumed', config)
+  a, meta_a = tiny_runs.variables(tmp_path / 'straight')
+  b, meta_b = tiny_runs.variables(tmp_path / 'resumed')
   assert meta_a['step'] == meta_b['step'] == total
   chex.assert_trees_all_close(a, b, atol=1e-6, rtol=1e-6)
   records = [
@@ -152,8 +123,8 @@ def test_resume_with_reader_workers_sees_the_same_data(tiny_phantom, tmp_path):
   if not flags.FLAGS.is_parsed():  # as absl.app.run does; grain's workers read flags
     flags.FLAGS.mark_as_parsed()
   train.train_and_evaluate(config, resumed)
-  a, meta_a = _latest(straight, config)
-  b, meta_b = _latest(resumed, config)
+  a, meta_a = tiny_runs.variables(straight)
+  b, meta_b = tiny_runs.variables(resumed)
   assert meta_a['step'] == meta_b['step']
   chex.assert_trees_all_close(a, b, atol=1e-6, rtol=1e-6)
 
@@ -183,7 +154,7 @@ def test_without_foreground_in_val_the_best_is_chosen_by_the_val_loss(tiny_phant
   vals = [r for r in records if r['kind'] == 'val']
   assert len(vals) == 2 and all(r['selected_by'] == 'neg_val_loss' for r in vals)
   best_step = min(vals, key=lambda r: r['loss'])['step']
-  _, meta = _variables(tmp_path, config, 'best')
+  _, meta = tiny_runs.variables(tmp_path, 'best')
   assert meta['step'] == best_step and meta['selection']['metric'] == 'neg_val_loss'
 
 
@@ -192,8 +163,6 @@ def test_a_users_mistake_prints_its_message_alone(tmp_path):
   volume is cached, prints the message naming the key, no traceback, and exits 1."""
   import subprocess
   import sys
-
-  import nifti_fixtures as fx
 
   fx.write_msd(tmp_path / 'data', num_cases=4)
   result = subprocess.run(
