@@ -5,98 +5,31 @@ import chex
 import jax
 import numpy as np
 
-from ecam_jax import parallel, steps
-from ecam_jax.configuration import load_config
-from ecam_jax.models import abstract_variables, build_model
-from ecam_jax.optim import make_optimizer
-from ecam_jax.state import TrainState
+from ecam_jax import parallel
 
 import numpy_ref as ref
+import step_equivalence as se
 
-SIZE, BATCH, LR = 32, 8, 1e-3
+SIZE, BATCH, LR = 32, 8, se.LR
 
 
 def _config(**augment):
-  config = load_config('configs/default.py')
-  config.model.base_channels = 4
-  config.data.image_size = SIZE
-  config.train.batch_size = BATCH
-  config.train.lr = LR
-  # Adam divides by sqrt(v): a gradient that is ~0 up to rounding (its sign set by the order
-  # of a sum) would become a full-size step. eps keeps such gradients from being amplified,
-  # so the comparison tests the distributed computation, not rounding.
-  config.train.adam_eps = 1e-4
+  config = se.config(base_channels=4)
   config.augment.update(augment)
   return config
 
 
 def _batches(n, seed=0):
-  rng = np.random.default_rng(seed)
-  out = []
-  for _ in range(n):
-    image = rng.random((BATCH, SIZE, SIZE, 1), dtype=np.float32)
-    label = (image > 0.6).astype(np.uint8)
-    out.append({'image': image, 'label': label})
-  return out
+  return se.batches(_config(), n, seed)
 
 
-def _initial_state(config):
-  """The state before step 0, made on the host (no compile); each run puts it on its mesh."""
-  model = build_model(config.model)
-  variables = ref.host_variables(abstract_variables(model, SIZE), config.seed)
-  tx, _ = make_optimizer(config.train, 100)
-  return TrainState(
-    step=np.zeros((), np.int32),
-    params=variables['params'],
-    batch_stats=variables['batch_stats'],
-    opt_state=jax.device_get(tx.init(variables['params'])),
-    rng=np.asarray(jax.random.key_data(jax.random.key(config.seed))),
-    skipped=np.zeros((), np.int32),
-    first_nonfinite=np.full((), -1, np.int32),
-  )
-
-
-def _run(config, devices, batches, initial):
-  mesh = parallel.data_mesh(jax.devices()[:devices])
-  model = build_model(config.model, axis_name=parallel.AXIS)
-  tx, schedule = make_optimizer(config.train, 100)
-  state = jax.device_put(initial, parallel.replicated(mesh))
-  step = steps.make_train_step(model, tx, schedule, config, mesh)
-  history = []
-  for batch in batches:
-    state, metrics = step(state, parallel.global_batch(mesh, batch))
-    history.append(jax.device_get(metrics))
-  return jax.device_get(state), history
+_initial_state, _run = se.initial_state, se.run
 
 
 def test_eight_devices_equal_one_device_over_three_steps():
-  config = _config()  # the paper's augmentation on: keys depend on the global row only
-  batches, initial = _batches(3), _initial_state(config)
-  one, hist_one = _run(config, 1, batches, initial)
-  eight, hist_eight = _run(config, 8, batches, initial)
-  assert int(eight.step) == 3
-  # The full model's gradients are finite and not zero (a tiny config, three steps).
-  assert all(np.isfinite(h['grad_norm']) and h['grad_norm'] > 0 for h in hist_one + hist_eight)
-  assert all(np.isfinite(x).all() for x in jax.tree.leaves(eight.params))
-  # The first step sees identical parameters: loss and gradient agree to rounding. A
-  # gradient reduced twice over the 8 devices (docs/architecture.md) would be 8x here.
-  chex.assert_trees_all_close(hist_eight[0]['loss'], hist_one[0]['loss'], rtol=1e-6)
-  chex.assert_trees_all_close(hist_eight[0]['grad_norm'], hist_one[0]['grad_norm'], rtol=1e-5)
-  for key in ('loss', 'grad_norm'):
-    chex.assert_trees_all_close(
-      [h[key] for h in hist_eight], [h[key] for h in hist_one], rtol=1e-4, atol=1e-6
-    )
-  chex.assert_trees_all_equal(hist_eight[0]['counts'], hist_one[0]['counts'])
-  # After three Adam steps of size ~LR, rounding has moved a few weights by a few percent
-  # of one step (ReLU and max-pool boundaries); a real difference moves them by whole steps.
-  chex.assert_trees_all_close(eight.params, one.params, atol=0.1 * LR, rtol=0)
-  chex.assert_trees_all_close(eight.opt_state, one.opt_state, atol=0.1 * LR, rtol=1e-3)
-  chex.assert_trees_all_close(eight.batch_stats, one.batch_stats, atol=1e-5, rtol=1e-4)
-  diffs = [
-    np.abs(a - b).ravel()
-    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(eight.params), strict=True)
-  ]
-  assert np.concatenate(diffs).mean() < 1e-3 * LR
+  """The full model with the paper's augmentation (keys depend on the global row only)."""
+  history, _ = se.assert_sharded_equals_single(_config(), devices=8, num_steps=3)
+  assert len(history) == 3
 
 
 def test_batchnorm_statistics_are_the_global_batch():

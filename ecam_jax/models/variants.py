@@ -47,16 +47,26 @@ VARIANTS: dict[str, tuple[dict, str, str]] = {
   'unet_cbam': (_on(attention='cbam'), 'U-Net + CBAM at the end of the encoder', 'V'),
 }
 
+# The compared networks of Table I other than U-Net, each its own module under
+# ecam_jax/models/baselines/ and selected like a variant (`:variant=unetpp`):
+# name -> (config.model values, with `name` the key of ecam_jax.models.MODELS; what it is;
+# where the paper reports it). The U-Net's switches are turned off for them.
+NETWORKS: dict[str, tuple[dict, str, str]] = {}
+
 # The paper's U-Net baseline (Table I, IV row 1) is trained with the Dice loss only.
 _LOSS = {'unet': dict(w_dice=1.0, w_bce=0.0)}
 
 
 def apply_variant(config, name: str) -> None:
-  """Sets the ml_collections config's model switches (and the loss where the paper
-  differs) to `name`."""
-  if name not in VARIANTS:
-    raise ValueError(f'variant={name!r} is not known; expected one of {sorted(VARIANTS)}')
-  switches, _, _ = VARIANTS[name]
-  config.model.update(switches)
+  """Sets the ml_collections config's model (switches for a U-Net variant, the network and
+  its settings for a compared network) and the loss where the paper differs to `name`."""
+  if name in VARIANTS:
+    settings = VARIANTS[name][0]
+  elif name in NETWORKS:
+    settings = {**_on(), **NETWORKS[name][0]}
+  else:
+    known = sorted(VARIANTS) + sorted(NETWORKS)
+    raise ValueError(f'variant={name!r} is not known; expected one of {known}')
+  config.model.update(settings)
   config.model.variant = name
   config.loss.update(_LOSS.get(name, {}))

@@ -1,0 +1,99 @@
+"""The check every network's tests make: the sharded train step on several devices equals
+the single-device step on the same global batch (loss, gradient norm, counts, parameters,
+BatchNorm statistics). Weights are made on the host (no init compile)."""
+
+import chex
+import jax
+import numpy as np
+
+from ecam_jax import parallel, steps
+from ecam_jax.configuration import load_config
+from ecam_jax.models import abstract_variables, build_model
+from ecam_jax.optim import make_optimizer
+from ecam_jax.state import TrainState
+
+import numpy_ref as ref
+
+LR = 1e-3
+
+
+def config(variant: str = 'ec_cam_unet', size: int = 32, batch: int = 8, **model):
+  """configs/default.py with `variant`, `size` x `size` slices, global batch `batch` and
+  `model` overrides (e.g. a small base_channels)."""
+  c = load_config('configs/default.py', f'variant={variant}')
+  c.model.update(model)
+  c.data.image_size = size
+  c.train.batch_size = batch
+  c.train.lr = LR
+  # Adam divides by sqrt(v): a gradient that is ~0 up to rounding (its sign set by the order
+  # of a sum) would become a full-size step. eps keeps such gradients from being amplified,
+  # so the comparison tests the distributed computation, not rounding.
+  c.train.adam_eps = 1e-4
+  return c
+
+
+def batches(config, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+  rng = np.random.default_rng(seed)
+  b, s = config.train.batch_size, config.data.image_size
+  out = []
+  for _ in range(n):
+    image = rng.random((b, s, s, 1), dtype=np.float32)
+    out.append({'image': image, 'label': (image > 0.6).astype(np.uint8)})
+  return out
+
+
+def initial_state(config) -> TrainState:
+  """The state before step 0, made on the host; each run puts it on its mesh."""
+  model = build_model(config.model)
+  variables = ref.host_variables(abstract_variables(model, config.data.image_size), config.seed)
+  tx, _ = make_optimizer(config.train, 100)
+  return TrainState(
+    step=np.zeros((), np.int32),
+    params=variables['params'],
+    batch_stats=variables.get('batch_stats', {}),
+    opt_state=jax.device_get(tx.init(variables['params'])),
+    rng=np.asarray(jax.random.key_data(jax.random.key(config.seed))),
+    skipped=np.zeros((), np.int32),
+    first_nonfinite=np.full((), -1, np.int32),
+  )
+
+
+def run(config, devices: int, data: list[dict], initial: TrainState):
+  """(final state, per-step metrics) of the train step on the first `devices` devices."""
+  mesh = parallel.data_mesh(jax.devices()[:devices])
+  model = build_model(config.model, axis_name=parallel.AXIS)
+  tx, schedule = make_optimizer(config.train, 100)
+  state = jax.device_put(initial, parallel.replicated(mesh))
+  step = steps.make_train_step(model, tx, schedule, config, mesh)
+  history = []
+  for batch in data:
+    state, metrics = step(state, parallel.global_batch(mesh, batch))
+    history.append(jax.device_get(metrics))
+  return jax.device_get(state), history
+
+
+def assert_sharded_equals_single(config, devices: int = 8, num_steps: int = 2):
+  """`num_steps` steps on `devices` devices against 1 device; returns both histories."""
+  data, initial = batches(config, num_steps), initial_state(config)
+  one, hist_one = run(config, 1, data, initial)
+  many, hist_many = run(config, devices, data, initial)
+  assert all(np.isfinite(h['grad_norm']) and h['grad_norm'] > 0 for h in hist_one + hist_many)
+  # The first step sees identical parameters: a gradient reduced twice over the devices
+  # (docs/architecture.md) would be `devices` times larger here.
+  chex.assert_trees_all_close(hist_many[0]['loss'], hist_one[0]['loss'], rtol=1e-6)
+  chex.assert_trees_all_close(hist_many[0]['grad_norm'], hist_one[0]['grad_norm'], rtol=1e-5)
+  for key in ('loss', 'grad_norm'):
+    chex.assert_trees_all_close(
+      [h[key] for h in hist_many], [h[key] for h in hist_one], rtol=1e-4, atol=1e-6
+    )
+  chex.assert_trees_all_equal(hist_many[0]['counts'], hist_one[0]['counts'])
+  # After a few Adam steps of size ~LR, rounding has moved a few weights by a few percent
+  # of one step (ReLU and max-pool boundaries); a real difference moves them by whole steps.
+  chex.assert_trees_all_close(many.params, one.params, atol=0.1 * LR, rtol=0)
+  chex.assert_trees_all_close(many.batch_stats, one.batch_stats, atol=1e-5, rtol=1e-4)
+  diffs = [
+    np.abs(a - b).ravel()
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(many.params), strict=True)
+  ]
+  assert np.concatenate(diffs).mean() < 1e-3 * LR
+  return hist_one, hist_many
