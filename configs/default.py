@@ -85,6 +85,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model.bn_epsilon = 1e-5  # BatchNorm: added to the variance
   model.dtype = 'float32'  # compute dtype, 'float32' | 'bfloat16'; parameters stay float32
   model.remat = False  # jax.checkpoint per U-Net level
+  # --- compared networks (Table I) ---
+  # CE-Net (docs/networks/cenet.md): depth of its ResNet encoder, 18 | 34 | 50 | 101
+  # (the reference's 34; 50 and 101 use Bottlenecks, 4x wider features)
+  model.resnet_depth = 34
 
   # --- loss (eq. 11-13, 17) ---------------------------------------------------
   config.loss = loss = ml_collections.ConfigDict()

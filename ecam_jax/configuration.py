@@ -60,6 +60,7 @@ CHOICES = {
   'model.fusion': ('conv', 'add', 'serial'),
   'model.attention_impl': ('fused', 'chunked', 'naive'),
   'model.dtype': ('float32', 'bfloat16'),
+  'model.resnet_depth': (18, 34, 50, 101),  # models/baselines/resnet.py DEPTHS
   'train.schedule': ('cosine', 'constant'),
   'train.nonfinite': ('stop', 'skip'),
 }

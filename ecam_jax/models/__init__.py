@@ -4,13 +4,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ecam_jax.models.baselines.cenet import CENet
 from ecam_jax.models.layers import fold_ec
 from ecam_jax.models.settings import ModelSettings
 from ecam_jax.models.unet import UNet
 
 # config.model.name -> the module class, built as cls(settings=, axis_name=, folded=).
 # Every variant of the paper's tables is the one U-Net with switches (see variants.py).
-MODELS = {'ecam_unet': UNet}
+MODELS = {
+  'ecam_unet': UNet,
+  'cenet': CENet,
+}
 
 
 def build_model(

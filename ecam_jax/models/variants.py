@@ -51,7 +51,13 @@ VARIANTS: dict[str, tuple[dict, str, str]] = {
 # ecam_jax/models/baselines/ and selected like a variant (`:variant=unetpp`):
 # name -> (config.model values, with `name` the key of ecam_jax.models.MODELS; what it is;
 # where the paper reports it). The U-Net's switches are turned off for them.
-NETWORKS: dict[str, tuple[dict, str, str]] = {}
+NETWORKS: dict[str, tuple[dict, str, str]] = {
+  'cenet': (
+    dict(name='cenet', base_channels=64, resnet_depth=34),
+    'CE-Net: ResNet-34 encoder, DAC + RMP context extractor',
+    'I',
+  ),
+}
 
 # The paper's U-Net baseline (Table I, IV row 1) is trained with the Dice loss only.
 _LOSS = {'unet': dict(w_dice=1.0, w_bce=0.0)}
