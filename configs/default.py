@@ -86,6 +86,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model.dtype = 'float32'  # compute dtype, 'float32' | 'bfloat16'; parameters stay float32
   model.remat = False  # jax.checkpoint per U-Net level
   # --- compared networks (Table I) ---
+  # UNet++ (docs/networks/unetpp.md): heads on X(0,1), X(0,2), X(0,3) as side outputs
+  # (loss.w_side); X(0,4)'s head is the prediction either way (the paper: "supervises each scale")
+  model.deep_supervision = True
+  # UNet++: bilinear x2 upsampling with align_corners=True (4uiiurz1) or False (half-pixel)
+  model.unetpp_align_corners = True
   # CE-Net (docs/networks/cenet.md): depth of its ResNet encoder, 18 | 34 | 50 | 101
   # (the reference's 34; 50 and 101 use Bottlenecks, 4x wider features)
   model.resnet_depth = 34

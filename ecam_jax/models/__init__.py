@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ecam_jax.models.baselines.cenet import CENet
+from ecam_jax.models.baselines.unetpp import UNetPlusPlus
 from ecam_jax.models.layers import fold_ec
 from ecam_jax.models.settings import ModelSettings
 from ecam_jax.models.unet import UNet
@@ -14,6 +15,7 @@ from ecam_jax.models.unet import UNet
 MODELS = {
   'ecam_unet': UNet,
   'cenet': CENet,
+  'unetpp': UNetPlusPlus,
 }
 
 

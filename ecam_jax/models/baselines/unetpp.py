@@ -1,0 +1,135 @@
+"""UNet++ (Zhou et al. 2018, nested U-Net): a U-Net whose skips are dense blocks of nested
+nodes, built as 4uiiurz1/pytorch-nested-unet's `NestedUNet` (docs/networks/unetpp.md).
+
+Node X(i, j), depth i = 0..4 (width f_i = base_channels * 2^i), column j = 0..4 - i:
+  X(i, 0) = VGG(maxpool2(X(i-1, 0)))                        (X(0, 0) = VGG(input))
+  X(i, j) = VGG(concat[X(i, 0), ..., X(i, j-1), Up(X(i+1, j-1))])   j >= 1
+so X(i, j)'s input has j * f_i + f_{i+1} channels. VGG is conv unit (3x3) twice, Up a
+bilinear x2 resize. Heads (1x1 conv) on X(0, 1..4): X(0, 4)'s is the prediction; with
+`deep_supervision` the other three are side outputs, without it they do not exist.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ecam_jax.models.layers import ConvUnit, ModuleDef, make_norm, max_pool_2x2
+from ecam_jax.models.settings import ModelSettings
+
+DEPTH = 5  # levels i = 0..4; f_i = base_channels * 2^i (4uiiurz1: 32, 64, 128, 256, 512)
+
+
+def node_name(i: int, j: int) -> str:
+  """Module name of node X(i, j) in the parameter tree."""
+  return f'x{i}_{j}'
+
+
+def upsample2x(x: jax.Array, align_corners: bool) -> jax.Array:
+  """Bilinear x2 resize of [B, H, W, C] -> [B, 2H, 2W, C], separable, in x's dtype.
+
+  align_corners=True is PyTorch's `nn.Upsample(scale_factor=2, mode='bilinear',
+  align_corners=True)` (4uiiurz1): output pixel k samples input position k (n-1)/(2n-1),
+  the corner pixels of input and output coincide. False is the half-pixel convention of
+  `jax.image.resize(..., 'bilinear')` and PyTorch's default: position (k + 0.5) / 2 - 0.5,
+  clamped to the border.
+  """
+  for axis in (1, 2):
+    n = x.shape[axis]
+    k = np.arange(2 * n, dtype=np.float64)
+    if align_corners:
+      pos = k * (n - 1) / (2 * n - 1)
+    else:
+      pos = np.clip((k + 0.5) / 2 - 0.5, 0, n - 1)
+    lo = np.floor(pos).astype(np.int32)
+    hi = np.minimum(lo + 1, n - 1)
+    shape = [1, 1, 1, 1]
+    shape[axis] = 2 * n
+    t = jnp.asarray((pos - lo).reshape(shape), x.dtype)
+    a, b = jnp.take(x, lo, axis=axis), jnp.take(x, hi, axis=axis)
+    x = a + (b - a) * t
+  return x
+
+
+class Node(nn.Module):
+  """One node X(i, j): concat[same-level inputs..., Up(below)] -> conv unit twice.
+
+  4uiiurz1's VGGBlock is conv (with bias) -> BN -> ReLU twice; the bias before BN is
+  dropped here (project convention). `below` is None for an encoder node X(i, 0), whose
+  one same-level input is the (already pooled) map.
+  """
+
+  features: int
+  norm: ModuleDef
+  align_corners: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(
+    self, same: tuple[jax.Array, ...], below: jax.Array | None, train: bool
+  ) -> jax.Array:
+    inputs = list(same)  # each [B, h, w, f_i]
+    if below is not None:  # [B, h/2, w/2, f_{i+1}] -> [B, h, w, f_{i+1}]
+      inputs.append(upsample2x(below, self.align_corners))
+    x = jnp.concatenate(inputs, axis=-1)  # [B, h, w, j f_i + f_{i+1}]
+    for k in range(2):
+      unit = ConvUnit(features=self.features, norm=self.norm, dtype=self.dtype, name=f'conv{k}')
+      x = unit(x, train)
+    return x  # [B, h, w, f_i]
+
+
+class UNetPlusPlus(nn.Module):
+  """Input [B, H, W, 1] (H, W multiples of 16) -> {'logits': [B, H, W, K] from X(0, 4),
+  'side_logits': (X(0, 1), X(0, 2), X(0, 3) heads) with model.deep_supervision, else ()};
+  K = settings.num_classes.
+
+  settings: config.model, frozen; reads base_channels, num_classes, deep_supervision,
+  unetpp_align_corners, bn_momentum, bn_epsilon, dtype, remat. axis_name: the data axis
+  BatchNorm synchronizes over in training. folded: ignored (no EC blocks).
+  """
+
+  settings: ModelSettings
+  axis_name: str | None = None
+  folded: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
+    s = self.settings
+    b, h, w, _ = x.shape
+    step = 2 ** (DEPTH - 1)
+    if h % step or w % step:
+      raise ValueError(f'input of {h}x{w}: UNet++ (four 2x2 poolings) needs multiples of {step}')
+    dtype = jnp.dtype(s.dtype)
+    norm = make_norm(self.axis_name, s.bn_momentum, s.bn_epsilon, dtype)
+    # Argument 0 is the module: `same` 1, `below` 2, `train` 3.
+    node_cls = nn.remat(Node, static_argnums=(3,)) if s.remat else Node
+
+    def node(i: int, j: int, same: tuple, below: jax.Array | None) -> jax.Array:
+      block = node_cls(
+        features=s.base_channels * 2**i,
+        norm=norm,
+        align_corners=s.unetpp_align_corners,
+        dtype=dtype,
+        name=node_name(i, j),
+      )
+      return block(same, below, train)
+
+    # X[i][j]: [B, H / 2^i, W / 2^i, f_i]. Column by column of the encoder, as 4uiiurz1
+    # computes them: X(i, 0) and then the diagonal X(i-1, 1), ..., X(0, i) it completes.
+    grid: list[list[jax.Array]] = [[] for _ in range(DEPTH)]
+    grid[0].append(node(0, 0, (x.astype(dtype),), None))
+    for i in range(1, DEPTH):
+      grid[i].append(node(i, 0, (max_pool_2x2(grid[i - 1][0]),), None))
+      for level in range(i - 1, -1, -1):
+        j = i - level
+        grid[level].append(node(level, j, tuple(grid[level][:j]), grid[level + 1][j - 1]))
+
+    def head(j: int, name: str) -> jax.Array:
+      conv = nn.Conv(s.num_classes, (1, 1), dtype=dtype, name=name)
+      return conv(grid[0][j]).astype(jnp.float32)  # [B, H, W, K]
+
+    sides = DEPTH - 2 if s.deep_supervision else 0
+    side_logits = tuple(head(j, f'side{j}') for j in range(1, 1 + sides))
+    return {'logits': head(DEPTH - 1, 'head'), 'side_logits': side_logits}
