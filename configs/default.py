@@ -94,6 +94,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # CE-Net (docs/networks/cenet.md): depth of its ResNet encoder, 18 | 34 | 50 | 101
   # (the reference's 34; 50 and 101 use Bottlenecks, 4x wider features)
   model.resnet_depth = 34
+  # MSU-Net (docs/networks/msunet.md): kernel sizes of the two branches of every
+  # multi-kernel block (odd; the reference's 3 and 7)
+  model.msunet_small_kernel = 3
+  model.msunet_large_kernel = 7
 
   # --- loss (eq. 11-13, 17) ---------------------------------------------------
   config.loss = loss = ml_collections.ConfigDict()

@@ -81,6 +81,8 @@ INTEGERS = {
   'model.reduction': 1,
   'model.cbam_kernel': 1,
   'model.attention_chunk': 1,
+  'model.msunet_small_kernel': 1,
+  'model.msunet_large_kernel': 1,
   'train.batch_size': 1,
   'train.epochs': 1,
   'train.max_steps': 0,
@@ -251,6 +253,9 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.model.aspp_rates={rates}; expected dilation rates, integers >= 1')
   if m.cbam_kernel % 2 == 0:
     raise ConfigError(f'config.model.cbam_kernel={m.cbam_kernel}; expected an odd kernel size')
+  for key in ('msunet_small_kernel', 'msunet_large_kernel'):
+    if m[key] % 2 == 0:  # 'SAME' padding of an even kernel is lopsided
+      raise ConfigError(f'config.model.{key}={m[key]}; expected an odd kernel size')
 
 
 def _check_loss(config: ml_collections.ConfigDict) -> None:

@@ -6,6 +6,7 @@ import ml_collections
 
 from ecam_jax.models.baselines.cenet import CENet
 from ecam_jax.models.baselines.unetpp import UNetPlusPlus
+from ecam_jax.models.baselines.msunet import MSUNet
 from ecam_jax.models.layers import fold_ec
 from ecam_jax.models.settings import ModelSettings
 from ecam_jax.models.unet import UNet
@@ -16,6 +17,7 @@ MODELS = {
   'ecam_unet': UNet,
   'cenet': CENet,
   'unetpp': UNetPlusPlus,
+  'msunet': MSUNet,
 }
 
 

@@ -62,6 +62,11 @@ NETWORKS: dict[str, tuple[dict, str, str]] = {
     'CE-Net: ResNet-34 encoder, DAC + RMP context extractor',
     'I',
   ),
+  'msunet': (
+    dict(name='msunet', base_channels=32),
+    'MSU-Net: U-Net of multi-kernel (3x3 and 7x7) blocks (Su et al.)',
+    'I',
+  ),
 }
 
 # The paper's U-Net baseline (Table I, IV row 1) is trained with the Dice loss only.

@@ -1,0 +1,276 @@
+"""MSU-Net: its parameter count against the reference code's, the multi-kernel block and the
+whole network against NumPy, the sharded step, prediction geometry, remat, non-square
+inputs, bfloat16, its settings' checks, and (slow) training on the phantom demo."""
+
+import json
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from ecam_jax import infer, train
+from ecam_jax.configuration import ConfigError, check, load_config
+from ecam_jax.models import abstract_variables, build_model
+from ecam_jax.models.baselines.msunet import MultiKernelBlock
+from ecam_jax.models.layers import make_norm
+
+import numpy_ref as ref
+import step_equivalence as se
+
+
+def _config(base=4, size=32, config_file='configs/default.py', **model):
+  config = load_config(config_file, 'variant=msunet')
+  config.model.base_channels = base
+  config.model.update(model)
+  config.data.image_size = size
+  return config
+
+
+def _count(tree) -> int:
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
+# --- parameter count ----------------------------------------------------------------------
+
+
+def test_reference_width_has_the_reference_count_without_conv_bias_before_bn():
+  """CN-zdy/MSU_Net's MSU_Net(img_ch=1, output_ch=1) has 47,084,545 parameters; the project
+  drops the bias of every conv followed by BatchNorm (4 per block, 5888 in all), which
+  leaves 47,078,657. The 1x1 fuse convs, the transposed convs and the head keep theirs."""
+  config = load_config('configs/default.py', 'variant=msunet')
+  assert config.model.base_channels == 32  # the variant's reference widths 32..512
+  variables = abstract_variables(build_model(config.model), 512)
+  assert _count(variables['params']) == 47_078_657
+  # BatchNorm running statistics: mean and variance per channel of every BN.
+  bn_channels = 4 * (32 + 64 + 128 + 256 + 512) + 4 * (256 + 128 + 64 + 32)
+  assert _count(variables['batch_stats']) == 2 * bn_channels
+
+
+def _closed_form(base: int, kernels: tuple[int, int]) -> int:
+  """Block(i -> o): per kernel k, conv k*k*i*o + conv k*k*o*o (no bias) + 2 BN (2 o each);
+  the 1x1 fuse 2o*o + o. Up-conv 2*2*c*o + o; head 1*1*base + 1."""
+
+  def block(i, o):
+    return sum(k * k * i * o + k * k * o * o + 4 * o for k in kernels) + 2 * o * o + o
+
+  widths = [base * m for m in (1, 2, 4, 8, 16)]
+  total = block(1, widths[0]) + sum(
+    block(i, o) for i, o in zip(widths[:-1], widths[1:], strict=True)
+  )
+  for low, high in zip(widths[:-1], widths[1:], strict=True):
+    total += 4 * high * low + low + block(2 * low, low)
+  return total + widths[0] + 1
+
+
+@pytest.mark.parametrize(('base', 'kernels'), [(4, (3, 7)), (3, (1, 5)), (32, (3, 7))])
+def test_parameters_follow_the_closed_form(base, kernels):
+  config = _config(base, msunet_small_kernel=kernels[0], msunet_large_kernel=kernels[1])
+  params = abstract_variables(build_model(config.model), 32)['params']
+  assert _count(params) == _closed_form(base, kernels)
+  assert set(params) == {f'encoder{i}' for i in range(1, 6)} | {
+    f'decoder{i}' for i in range(1, 5)
+  } | {'head'}
+  assert params['encoder1']['block']['branch1_conv0']['Conv_0']['kernel'].shape == (
+    kernels[1],
+    kernels[1],
+    1,
+    base,
+  )
+
+
+# --- against NumPy ------------------------------------------------------------------------
+
+
+def _np_block(x, p, kernels, stats=None):
+  """Multi-kernel block in float64: each branch [conv k x k -> BN -> ReLU] x 2, concat,
+  1x1 conv with bias. stats None: training-mode BN; else BN with these running stats."""
+  branches = []
+  for b, k in enumerate(kernels):
+    y = x
+    for i in range(2):
+      q = p[f'branch{b}_conv{i}']
+      assert q['Conv_0']['kernel'].shape[:2] == (k, k)
+      y = ref.conv2d(y, q['Conv_0']['kernel'])
+      bn = q['BatchNorm_0']
+      if stats is None:
+        y = ref.batchnorm_train(y, bn['scale'], bn['bias'])
+      else:
+        st = stats[f'branch{b}_conv{i}']['BatchNorm_0']
+        y = ref.batchnorm_eval(y, bn['scale'], bn['bias'], st['mean'], st['var'])
+      y = ref.relu(y)
+    branches.append(y)
+  return ref.conv2d(np.concatenate(branches, -1), p['fuse']['kernel'], bias=p['fuse']['bias'])
+
+
+@pytest.mark.parametrize('train_mode', [True, False])
+def test_multi_kernel_block_equals_numpy(train_mode):
+  kernels = (3, 7)
+  block = MultiKernelBlock(
+    features=5, norm=make_norm(None, 0.9, ref.EPS, jnp.float32), kernels=kernels
+  )
+  x = np.random.default_rng(1).standard_normal((2, 9, 10, 3)).astype(np.float32)
+  variables = jax.device_get(block.init(jax.random.key(0), x, False))
+  params = ref.randomize(variables['params'], seed=2)
+  stats = jax.tree.map(lambda v: np.abs(v) + 0.5, ref.randomize(variables['batch_stats'], 3))
+  out, _ = block.apply(
+    {'params': params, 'batch_stats': stats}, x, train_mode, mutable=['batch_stats']
+  )
+  expected = _np_block(x, params, kernels, None if train_mode else stats)
+  assert out.shape == (2, 9, 10, 5)
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def _np_msunet(x, p, kernels):
+  """The whole network in float64 (training-mode BN), wired as the reference's forward:
+  encoder blocks with 2x2 max-pools between them; each decoder level a 2x2 transposed conv,
+  concat [skip, up], a block; 1x1 head."""
+  skips = []
+  for level in range(1, 6):
+    if level > 1:
+      b, h, w, c = x.shape
+      x = x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    x = _np_block(x, p[f'encoder{level}']['block'], kernels)
+    skips.append(x)
+  skips.pop()
+  for level in range(1, 5):
+    up = p[f'decoder{level}']['up']
+    x = ref.up_conv_2x2(x, up['kernel'], up['bias'])
+    x = _np_block(np.concatenate([skips.pop(), x], -1), p[f'decoder{level}']['block'], kernels)
+  return ref.conv2d(x, p['head']['kernel'], bias=p['head']['bias'])
+
+
+def test_whole_network_equals_numpy():
+  config = _config(base=2, msunet_small_kernel=3, msunet_large_kernel=5)
+  model = build_model(config.model)
+  params = ref.randomize(abstract_variables(model, 32)['params'], seed=4, scale=0.4)
+  stats = ref.host_variables(abstract_variables(model, 32))['batch_stats']
+  x = np.random.default_rng(5).standard_normal((2, 32, 32, 1)).astype(np.float32)
+  out, _ = model.apply({'params': params, 'batch_stats': stats}, x, True, mutable=['batch_stats'])
+  assert out['side_logits'] == ()
+  expected = _np_msunet(x, params, (3, 5))
+  assert out['logits'].shape == expected.shape == (2, 32, 32, 1)
+  assert out['logits'].dtype == jnp.float32
+  np.testing.assert_allclose(out['logits'], expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+
+
+# --- training and prediction --------------------------------------------------------------
+
+
+def test_sharded_step_equals_single_device():
+  se.assert_sharded_equals_single(
+    se.config('msunet', size=32, base_channels=2), devices=8, num_steps=2
+  )
+
+
+def _oblique_affine(degrees=12.0) -> np.ndarray:
+  """Axes permuted (A, I, L order), one flipped, the grid tilted off the axes, anisotropic."""
+  affine = np.zeros((4, 4))
+  affine[:3, :3] = np.array([[0, 0, -2.5], [0.8, 0, 0], [0, -0.8, 0]])
+  affine[:3, 3] = (40.0, -20.0, 15.0)
+  affine[3, 3] = 1.0
+  tilt = np.eye(4)
+  tilt[:3, :3] = Rotation.from_euler('xz', [degrees, degrees / 2], degrees=True).as_matrix()
+  return tilt @ affine
+
+
+def test_predict_writes_a_mask_with_the_input_geometry(tmp_path):
+  config = _config(base=4, size=32, config_file='configs/demo.py')
+  config.eval.batch_size = 4
+  variables = ref.host_variables(abstract_variables(build_model(config.model), 32))
+  affine = _oblique_affine()
+  assert nib.aff2axcodes(affine) not in (('R', 'A', 'S'), ('L', 'P', 'S'))
+  volume = np.random.default_rng(0).uniform(-200, 300, (6, 40, 36)).astype(np.float32)
+  src, dst = tmp_path / 'in.nii.gz', tmp_path / 'out.nii.gz'
+  nib.save(nib.Nifti1Image(volume, affine), src)
+  predictor = infer.Predictor(config, None, variables=variables)
+  mask = predictor.segment_file(src, dst)
+  written, source = nib.load(dst), nib.load(src)
+  assert written.shape == source.shape == mask.shape
+  assert written.get_data_dtype() == np.uint8
+  np.testing.assert_array_equal(written.affine, source.affine)
+  np.testing.assert_array_equal(written.header.get_sform(), source.header.get_sform())
+  np.testing.assert_array_equal(np.asanyarray(written.dataobj), mask)
+  assert set(np.unique(mask)) <= {0, 1}
+
+
+# --- contract -----------------------------------------------------------------------------
+
+
+def _train_logits_and_grads(model, variables, x):
+  def loss(params):
+    out, _ = model.apply(
+      {'params': params, 'batch_stats': variables['batch_stats']},
+      x,
+      True,
+      mutable=['batch_stats'],
+    )
+    return jnp.sum(out['logits'] ** 2), out['logits']
+
+  return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
+
+
+def test_remat_gives_the_same_logits_and_gradients_on_a_non_square_input():
+  x = np.random.default_rng(6).standard_normal((2, 64, 96, 1)).astype(np.float32)
+  results = []
+  for remat in (False, True):
+    model = build_model(_config(base=2, remat=remat).model)
+    variables = ref.randomize(abstract_variables(model, 32), seed=7, scale=0.3)
+    variables['batch_stats'] = jax.tree.map(np.abs, variables['batch_stats'])
+    (_, logits), grads = _train_logits_and_grads(model, variables, x)
+    assert logits.shape == (2, 64, 96, 1)
+    results.append((logits, grads))
+  chex.assert_trees_all_close(results[0], results[1], rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_computes_in_bfloat16_and_returns_float32_logits():
+  model = build_model(_config(base=2, dtype='bfloat16').model)
+  variables = abstract_variables(model, 32)
+  assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype('float32')}
+  x = jax.ShapeDtypeStruct((1, 32, 64, 1), jnp.float32)
+  out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
+  assert out['logits'].shape == (1, 32, 64, 1) and out['logits'].dtype == jnp.float32
+  assert out['side_logits'] == ()
+
+
+def test_input_sizes_that_do_not_divide_16_are_refused():
+  model = build_model(_config(base=2).model)
+  with pytest.raises(ValueError, match='40x48.*multiples of 16'):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 40, 48, 1))))
+
+
+@pytest.mark.parametrize(
+  ('key', 'value'),
+  [('msunet_small_kernel', 0), ('msunet_large_kernel', 6), ('msunet_large_kernel', 4)],
+)
+def test_kernel_settings_are_checked(key, value):
+  config = load_config('configs/default.py', 'variant=msunet')
+  check(config)
+  config.model[key] = value
+  with pytest.raises(ConfigError, match=rf'config\.model\.{key}\b'):
+    check(config)
+
+
+# --- slow: training on the phantom demo ---------------------------------------------------
+
+
+@pytest.mark.slow
+def test_trains_on_the_phantom_demo(tmp_path):
+  """The demo (configs/demo.py, base 16, 128x128) for ~300 steps; prints the best
+  validation DSC. The faster tests above cover the step and prediction mechanics."""
+  config = load_config('configs/demo.py', 'variant=msunet')
+  config.train.epochs = 4
+  config.train.max_steps = 300
+  start = time.monotonic()
+  summary = train.train_and_evaluate(config, tmp_path / 'run')
+  records = [json.loads(x) for x in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+  best = max(r['dsc'] for r in records if r['kind'] == 'val')
+  print(
+    f'msunet demo: {summary["step"]} steps in {time.monotonic() - start:.0f} s, '
+    f'best validation DSC {best:.3f}'
+  )
+  assert best > 0.5, records[-1]
