@@ -7,12 +7,14 @@ batch and device d's shard is rows [d * per_device, (d + 1) * per_device).
 
 import math
 import os
+from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from orbax.checkpoint import multihost as ocp_multihost
 
 from ecam_jax.configuration import ConfigError
 
@@ -100,6 +102,16 @@ def fit_batch(requested: int, mesh: Mesh, key: str = 'config.eval.batch_size') -
   return -(-requested // multiple) * multiple
 
 
+def batch_spec(mesh: Mesh, rows: int, fields: dict[str, tuple[tuple[int, ...], Any]]) -> dict:
+  """The abstract global batch {name: [rows, *shape] of dtype}, sharded over AXIS: what a
+  step is compiled for ahead of its first call."""
+  sharding = batch_sharded(mesh)
+  return {
+    name: jax.ShapeDtypeStruct((rows, *shape), dtype, sharding=sharding)
+    for name, (shape, dtype) in fields.items()
+  }
+
+
 def global_batch(mesh: Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
   """This process's rows of the batch -> global arrays sharded over AXIS."""
   sharding = batch_sharded(mesh)
@@ -155,7 +167,19 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
 
 
-def barrier(name: str) -> None:
-  """Waits until every process gets here."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
+# How long a barrier waits for the slowest process: process 0 may build a large dataset's
+# cache while the others wait. A process that dies is noticed sooner, by the heartbeat.
+BARRIER_TIMEOUT_S = 24 * 3600
+_barriers: dict[str, int] = {}
+
+
+def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
+  """Waits until every process gets here, through the coordination service (no device
+  collective: on CPU, gloo gives a collective's first exchange only 30 s, and processes
+  may arrive minutes apart, e.g. while process 0 builds the cache or a slower host
+  compiles)."""
+  if jax.process_count() == 1:
+    return
+  count = _barriers[name] = _barriers.get(name, 0) + 1  # each use of a name is its own
+  sync = ocp_multihost.get_barrier_sync_fn()
+  sync(key=f'ecam_jax:{name}:{count}', timeout_ms=int(timeout_s * 1000))

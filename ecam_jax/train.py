@@ -199,11 +199,35 @@ def train_and_evaluate(
     padded_batch=padded_batch,
   )
 
-  # --- steps -------------------------------------------------------------------
-  train_step = steps.make_train_step(model, tx, schedule, config, mesh)
-  eval_step = steps.make_eval_step(eval_model, mesh, config.eval.threshold)
-  predict_step = steps.make_predict_step(eval_model, mesh)
+  # --- steps, compiled before the loop ------------------------------------------------
+  # Every process compiles first and then they meet: the first exchange of a collective
+  # waits only 30 s for the others on CPU (gloo), less than compile times differ on a busy
+  # host; after the barrier the processes run in lockstep.
+  size = cache.image_size
+  image = ((size, size, 1), np.float32)
+  label = ((size, size, 1), np.uint8)
   overlay_picks = validate.overlay_slices(cache, val_cases, config.train.overlay_slices)
+  train_spec = {'image': image, 'label': label, 'valid': ((), bool)}
+  train_step = (
+    steps.make_train_step(model, tx, schedule, config, mesh)
+    .lower(state, parallel.batch_spec(mesh, padded_batch, train_spec))
+    .compile()
+  )
+  eval_rows = parallel.fit_batch(config.eval.batch_size, mesh)
+  eval_step = (
+    steps.make_eval_step(eval_model, mesh, config.eval.threshold)
+    .lower(
+      state.variables(), parallel.batch_spec(mesh, eval_rows, {'image': image, 'label': label})
+    )
+    .compile()
+  )
+  predict_step = steps.make_predict_step(eval_model, mesh)
+  if overlay_picks:
+    overlay_rows = -(-len(overlay_picks) // mesh.devices.size) * mesh.devices.size
+    predict_step = predict_step.lower(
+      state.variables(), parallel.batch_spec(mesh, overlay_rows, {'image': image})['image']
+    ).compile()
+  parallel.barrier('steps compiled')
   val_pixels = len(cache.slices_of(val_cases)) * cache.image_size**2
 
   monitor = Monitor(workdir, last_step, start_step)
