@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from ecam_jax.models.baselines.cenet import CENet
-from ecam_jax.models.baselines.unetpp import UNetPlusPlus
 from ecam_jax.models.baselines.msunet import MSUNet
+from ecam_jax.models.baselines.unetpp import UNetPlusPlus
 from ecam_jax.models.layers import fold_ec
 from ecam_jax.models.settings import ModelSettings
 from ecam_jax.models.unet import UNet
