@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ecam_jax.models.baselines.attention_unet import AttentionUNet
 from ecam_jax.models.baselines.cenet import CENet
 from ecam_jax.models.baselines.msunet import MSUNet
 from ecam_jax.models.baselines.unetpp import UNetPlusPlus
@@ -16,6 +17,7 @@ from ecam_jax.models.unet import UNet
 MODELS = {
   'ecam_unet': UNet,
   'cenet': CENet,
+  'attention_unet': AttentionUNet,
   'unetpp': UNetPlusPlus,
   'msunet': MSUNet,
 }

@@ -52,6 +52,11 @@ VARIANTS: dict[str, tuple[dict, str, str]] = {
 # name -> (config.model values, with `name` the key of ecam_jax.models.MODELS; what it is;
 # where the paper reports it). The U-Net's switches are turned off for them.
 NETWORKS: dict[str, tuple[dict, str, str]] = {
+  'attention_unet': (
+    dict(name='attention_unet', base_channels=64),
+    'Attention U-Net: additive attention gates on all four skips (Oktay et al.)',
+    'I',
+  ),
   'unetpp': (
     dict(name='unetpp', base_channels=32, deep_supervision=True, unetpp_align_corners=True),
     'UNet++: nested dense skips, heads on X(0,1..4), predicts from X(0,4) (Zhou et al.)',
