@@ -86,6 +86,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model.dtype = 'float32'  # compute dtype, 'float32' | 'bfloat16'; parameters stay float32
   model.remat = False  # jax.checkpoint per U-Net level
   # --- compared networks (Table I) ---
+  # MSU-Net (docs/networks/msunet.md): kernel sizes of the two branches of every
+  # multi-kernel block (odd; the reference's 3 and 7)
+  model.msunet_small_kernel = 3
+  model.msunet_large_kernel = 7
   # UNet++ (docs/networks/unetpp.md): heads on X(0,1), X(0,2), X(0,3) as side outputs
   # (loss.w_side); X(0,4)'s head is the prediction either way (the paper: "supervises each scale")
   model.deep_supervision = True
@@ -94,10 +98,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # CE-Net (docs/networks/cenet.md): depth of its ResNet encoder, 18 | 34 | 50 | 101
   # (the reference's 34; 50 and 101 use Bottlenecks, 4x wider features)
   model.resnet_depth = 34
-  # MSU-Net (docs/networks/msunet.md): kernel sizes of the two branches of every
-  # multi-kernel block (odd; the reference's 3 and 7)
-  model.msunet_small_kernel = 3
-  model.msunet_large_kernel = 7
 
   # --- loss (eq. 11-13, 17) ---------------------------------------------------
   config.loss = loss = ml_collections.ConfigDict()

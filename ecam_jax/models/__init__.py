@@ -18,8 +18,8 @@ MODELS = {
   'ecam_unet': UNet,
   'cenet': CENet,
   'attention_unet': AttentionUNet,
-  'unetpp': UNetPlusPlus,
   'msunet': MSUNet,
+  'unetpp': UNetPlusPlus,
 }
 
 

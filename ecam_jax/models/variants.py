@@ -57,6 +57,11 @@ NETWORKS: dict[str, tuple[dict, str, str]] = {
     'Attention U-Net: additive attention gates on all four skips (Oktay et al.)',
     'I',
   ),
+  'msunet': (
+    dict(name='msunet', base_channels=32),
+    'MSU-Net: U-Net of multi-kernel (3x3 and 7x7) blocks (Su et al.)',
+    'I',
+  ),
   'unetpp': (
     dict(name='unetpp', base_channels=32, deep_supervision=True, unetpp_align_corners=True),
     'UNet++: nested dense skips, heads on X(0,1..4), predicts from X(0,4) (Zhou et al.)',
@@ -65,11 +70,6 @@ NETWORKS: dict[str, tuple[dict, str, str]] = {
   'cenet': (
     dict(name='cenet', base_channels=64, resnet_depth=34),
     'CE-Net: ResNet-34 encoder, DAC + RMP context extractor',
-    'I',
-  ),
-  'msunet': (
-    dict(name='msunet', base_channels=32),
-    'MSU-Net: U-Net of multi-kernel (3x3 and 7x7) blocks (Su et al.)',
     'I',
   ),
 }
