@@ -67,6 +67,16 @@ TRAINED = {
     },
   ),
   'cbam_serial': ('unet_cbam', {'model.use_mus': True, 'model.fusion': 'serial'}),
+  # The compared networks' own choices (each network's default is trained in its tests too).
+  'unetpp_deep_supervision': ('unetpp', {}),
+  'unetpp_single_head_half_pixel': (
+    'unetpp',
+    {'model.deep_supervision': False, 'model.unetpp_align_corners': False},
+  ),
+  'cenet_resnet18': ('cenet', {'model.resnet_depth': 18}),
+  'cenet_resnet34': ('cenet', {'model.resnet_depth': 34}),
+  'cenet_resnet50': ('cenet', {'model.resnet_depth': 50}),
+  'cenet_resnet101': ('cenet', {'model.resnet_depth': 101}),
 }
 
 # Values the check must refuse: (changes, the key its message names).
@@ -88,15 +98,20 @@ REFUSED = [
 ]
 
 # Where a model setting is in effect; everywhere else it is ignored, and a config that
-# sets it proves nothing.
-_SC = lambda m: m.attention == 'coa' and m.use_sc
+# sets it proves nothing. Other model settings are the U-Net's (the compared networks turn
+# its switches off); train settings are in effect everywhere.
+_SC = lambda m: m.name == 'ecam_unet' and m.attention == 'coa' and m.use_sc
+_UNET = lambda m: m.name == 'ecam_unet'
 IN_EFFECT = {
-  'model.fusion': lambda m: m.use_mus and m.attention != 'none',
+  'model.deep_supervision': lambda m: m.name == 'unetpp',
+  'model.unetpp_align_corners': lambda m: m.name == 'unetpp',
+  'model.resnet_depth': lambda m: m.name == 'cenet',
+  'model.fusion': lambda m: _UNET(m) and m.use_mus and m.attention != 'none',
   'model.attention_impl': _SC,
   'model.attention_scale': _SC,
-  'model.aspp_1x1_branch': lambda m: m.use_mus,
-  'model.aspp_image_pool': lambda m: m.use_mus,
-  'model.side_outputs': lambda m: m.use_dws,
+  'model.aspp_1x1_branch': lambda m: _UNET(m) and m.use_mus,
+  'model.aspp_image_pool': lambda m: _UNET(m) and m.use_mus,
+  'model.side_outputs': lambda m: _UNET(m) and m.use_dws,
 }
 
 
@@ -147,7 +162,8 @@ def _trained_values(key: str) -> set:
   values = set()
   for variant, changes in TRAINED.values():
     config = _config(variant, changes)
-    if not IN_EFFECT.get(key, lambda m: True)(config.model):
+    default = _UNET if key.startswith('model.') else (lambda m: True)  # U-Net switches
+    if not IN_EFFECT.get(key, default)(config.model):
       continue
     value = _value(config, key)
     if key == 'model.side_outputs':
