@@ -81,7 +81,9 @@ class Predictor:
       variables, self.meta = checkpoint.restore_variables(workdir, which, target)
     else:
       variables, self.meta = jax.device_put(variables, parallel.replicated(self.mesh)), {}
-    self.folded = bool(fold and config.model.use_ec)
+    # Only the U-Net has EC blocks (a compared network selected by model.name alone keeps
+    # the U-Net's switches in its config, unused).
+    self.folded = bool(fold and config.model.name == 'ecam_unet' and config.model.use_ec)
     if self.folded:
       variables = jax.jit(lambda v: fold_ec(v, config.model.bn_epsilon))(variables)
       model = build_model(config.model, folded=True)

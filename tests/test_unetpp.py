@@ -275,3 +275,19 @@ def test_trains_on_the_phantom_demo(tmp_path):
   val = [r['dsc'] for r in map(json.loads, lines) if r['kind'] == 'val']
   print(f'UNet++ validation DSC by epoch: {[round(d, 3) for d in val]}; best {max(val):.3f}')
   assert max(val) > 0.3
+
+
+def test_selected_by_model_name_alone_it_predicts_unfolded():
+  """`--config.model.name=unetpp` without the variant keeps the U-Net's switches (use_ec
+  on) in the config; prediction must not try to fold EC blocks the network lacks."""
+  config = load_config(ROOT / 'configs/demo.py')
+  config.model.name = 'unetpp'
+  config.model.base_channels = 4
+  config.data.image_size = 32
+  assert config.model.use_ec
+  variables = ref.host_variables(abstract_variables(build_model(config.model), 32))
+  predictor = infer.Predictor(config, None, variables=variables)
+  assert not predictor.folded
+  volume = np.random.default_rng(1).uniform(-200, 300, (20, 20, 3)).astype(np.float32)
+  mask = predictor.segment_array(volume, np.eye(4))
+  assert mask.shape == volume.shape and mask.dtype == np.uint8
