@@ -1,9 +1,7 @@
 """Attention U-Net (`attention_unet`): the reference's parameter count, the attention gate
 and a decoder level against NumPy, the sharded step, prediction geometry, remat, any size."""
 
-import json
 import pathlib
-import time
 
 import chex
 import jax
@@ -18,7 +16,6 @@ from ecam_jax.configuration import load_config
 from ecam_jax.models import abstract_variables, build_model
 from ecam_jax.models.baselines.attention_unet import AttentionDecoderLevel, AttentionGate
 from ecam_jax.models.layers import make_norm
-from ecam_jax.train import train_and_evaluate
 
 import numpy_ref as ref
 import step_equivalence as se
@@ -266,17 +263,3 @@ def test_predict_writes_a_mask_with_the_inputs_geometry(small, tmp_path):
   assert written.shape == source.shape and written.get_data_dtype() == np.uint8
   np.testing.assert_array_equal(written.affine, source.affine)
   assert set(np.unique(np.asanyarray(written.dataobj))) <= {0, 1}
-
-
-@pytest.mark.slow
-def test_trains_on_the_phantom_demo(tmp_path):
-  """A few minutes on 2 CPU cores: the demo (base 16, 128x128) for 300 steps."""
-  config = load_config(ROOT / 'configs/demo.py', f'variant={NAME}')
-  config.train.epochs = 4
-  config.train.max_steps = 300
-  start = time.time()
-  train_and_evaluate(config, str(tmp_path / 'run'))
-  records = [json.loads(x) for x in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
-  dsc = [r['dsc'] for r in records if r['kind'] == 'val']
-  print(f'{NAME}: validation DSC per evaluation {dsc}, {time.time() - start:.0f} s')
-  assert max(dsc) > 0.5, dsc

@@ -1,9 +1,7 @@
 """CE-Net: its parameter count against the reference code's, DAC, RMP and the transposed
 convs against NumPy, the sharded step, prediction geometry, remat, non-square inputs,
-bfloat16, the ResNet depth setting, and (slow) training on the phantom demo."""
-
-import json
-import time
+bfloat16, the ResNet depth setting. Training on the phantom demo (slow) is in
+tests/test_compared_networks.py."""
 
 import chex
 import jax
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from ecam_jax import infer, train
+from ecam_jax import infer
 from ecam_jax.configuration import ConfigError, check, load_config
 from ecam_jax.models import abstract_variables, build_model
 from ecam_jax.models.baselines.cenet import DAC, RMP, transposed_conv
@@ -289,24 +287,3 @@ def test_resnet_depth_is_checked(value):
   config.model.resnet_depth = value
   with pytest.raises(ConfigError, match=r'config\.model\.resnet_depth\b'):
     check(config)
-
-
-# --- slow: training on the phantom demo ---------------------------------------------------
-
-
-@pytest.mark.slow
-def test_trains_on_the_phantom_demo(tmp_path):
-  """The demo (configs/demo.py: base 16, 128x128) for ~300 steps; prints the best
-  validation DSC. The faster tests above cover the step and prediction mechanics."""
-  config = load_config('configs/demo.py', 'variant=cenet')
-  config.train.epochs = 4
-  config.train.max_steps = 300
-  start = time.monotonic()
-  summary = train.train_and_evaluate(config, tmp_path / 'run')
-  records = [json.loads(x) for x in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
-  best = max(r['dsc'] for r in records if r['kind'] == 'val')
-  print(
-    f'cenet demo: {summary["step"]} steps in {time.monotonic() - start:.0f} s, '
-    f'best validation DSC {best:.3f}'
-  )
-  assert best > 0.5, records[-1]

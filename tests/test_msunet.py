@@ -1,9 +1,7 @@
 """MSU-Net: its parameter count against the reference code's, the multi-kernel block and the
 whole network against NumPy, the sharded step, prediction geometry, remat, non-square
-inputs, bfloat16, its settings' checks, and (slow) training on the phantom demo."""
-
-import json
-import time
+inputs, bfloat16, its settings' checks. Training on the phantom demo (slow) is in
+tests/test_compared_networks.py."""
 
 import chex
 import jax
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from ecam_jax import infer, train
+from ecam_jax import infer
 from ecam_jax.configuration import ConfigError, check, load_config
 from ecam_jax.models import abstract_variables, build_model
 from ecam_jax.models.baselines.msunet import MultiKernelBlock
@@ -253,24 +251,3 @@ def test_kernel_settings_are_checked(key, value):
   config.model[key] = value
   with pytest.raises(ConfigError, match=rf'config\.model\.{key}\b'):
     check(config)
-
-
-# --- slow: training on the phantom demo ---------------------------------------------------
-
-
-@pytest.mark.slow
-def test_trains_on_the_phantom_demo(tmp_path):
-  """The demo (configs/demo.py, base 16, 128x128) for ~300 steps; prints the best
-  validation DSC. The faster tests above cover the step and prediction mechanics."""
-  config = load_config('configs/demo.py', 'variant=msunet')
-  config.train.epochs = 4
-  config.train.max_steps = 300
-  start = time.monotonic()
-  summary = train.train_and_evaluate(config, tmp_path / 'run')
-  records = [json.loads(x) for x in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
-  best = max(r['dsc'] for r in records if r['kind'] == 'val')
-  print(
-    f'msunet demo: {summary["step"]} steps in {time.monotonic() - start:.0f} s, '
-    f'best validation DSC {best:.3f}'
-  )
-  assert best > 0.5, records[-1]

@@ -27,6 +27,19 @@ def make_norm(axis_name: str | None, momentum: float, epsilon: float, dtype: Any
   )
 
 
+def network_setup(
+  x: jax.Array, settings: Any, axis_name: str | None, multiple: int, network: str
+) -> tuple[Any, ModuleDef]:
+  """What every network does first: checks that the input's sides [B, H, W, C] are
+  multiples of `multiple` (its total downsampling) and returns the compute dtype and the
+  BatchNorm factory (make_norm with the settings' momentum and epsilon)."""
+  h, w = x.shape[1:3]
+  if h % multiple or w % multiple:
+    raise ValueError(f'input of {h}x{w}: {network} needs sides that are multiples of {multiple}')
+  dtype = jnp.dtype(settings.dtype)
+  return dtype, make_norm(axis_name, settings.bn_momentum, settings.bn_epsilon, dtype)
+
+
 class ConvUnit(nn.Module):
   """Conv (no bias) -> BatchNorm -> ReLU."""
 

@@ -13,8 +13,8 @@ from ecam_jax.models.layers import (
   ConvUnit,
   ModuleDef,
   UpConv2x2,
-  make_norm,
   max_pool_2x2,
+  network_setup,
 )
 from ecam_jax.models.settings import ModelSettings
 
@@ -92,10 +92,7 @@ class UNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
     s = self.settings
     b, h, w, _ = x.shape
-    if h % 16 or w % 16:
-      raise ValueError(f'input of {h}x{w}: a depth-5 U-Net needs multiples of 16')
-    dtype = jnp.dtype(s.dtype)
-    norm = make_norm(self.axis_name, s.bn_momentum, s.bn_epsilon, dtype)
+    dtype, norm = network_setup(x, s, self.axis_name, 16, 'a depth-5 U-Net')
     encoder, decoder, bottleneck = EncoderLevel, DecoderLevel, Bottleneck
     if s.remat:  # argument 0 is the module, so `train` is 2 (3 for the decoder)
       encoder = nn.remat(EncoderLevel, static_argnums=(2,))

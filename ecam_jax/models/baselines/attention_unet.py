@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ecam_jax.models.layers import ConvUnit, ModuleDef, make_norm
+from ecam_jax.models.layers import ConvUnit, ModuleDef, network_setup
 from ecam_jax.models.settings import ModelSettings
 from ecam_jax.models.unet import WIDTHS, EncoderLevel
 
@@ -85,11 +85,7 @@ class AttentionUNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
     s = self.settings
-    _, h, w, _ = x.shape
-    if h % 16 or w % 16:
-      raise ValueError(f'input of {h}x{w}: Attention U-Net (four 2x2 pools) needs multiples of 16')
-    dtype = jnp.dtype(s.dtype)
-    norm = make_norm(self.axis_name, s.bn_momentum, s.bn_epsilon, dtype)
+    dtype, norm = network_setup(x, s, self.axis_name, 16, 'Attention U-Net (four 2x2 pools)')
     encoder, decoder = EncoderLevel, AttentionDecoderLevel
     if s.remat:  # argument 0 is the module, so `train` is 2 (3 for the decoder)
       encoder = nn.remat(EncoderLevel, static_argnums=(2,))

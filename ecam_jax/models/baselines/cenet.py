@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from ecam_jax.models.baselines.resnet import ResNet
-from ecam_jax.models.layers import ModuleDef, make_norm
+from ecam_jax.models.layers import ModuleDef, network_setup
 from ecam_jax.models.settings import ModelSettings
 
 DAC_RATES = (1, 3, 5)  # dilations of DAC's three 3x3 convs (the paper's Fig. 3)
@@ -120,11 +120,7 @@ class CENet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
     s = self.settings
-    _, h, w, _ = x.shape
-    if h % 32 or w % 32:
-      raise ValueError(f'input of {h}x{w}: CE-Net (a ResNet at stride 32) needs multiples of 32')
-    dtype = jnp.dtype(s.dtype)
-    norm = make_norm(self.axis_name, s.bn_momentum, s.bn_epsilon, dtype)
+    dtype, norm = network_setup(x, s, self.axis_name, 32, 'CE-Net (a ResNet at stride 32)')
     dac, decoder = DAC, DecoderBlock
     if s.remat:  # argument 0 is the module, so `train` is 2
       dac = nn.remat(DAC)

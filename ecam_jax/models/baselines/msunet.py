@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ecam_jax.models.layers import ConvUnit, ModuleDef, UpConv2x2, make_norm, max_pool_2x2
+from ecam_jax.models.layers import ConvUnit, ModuleDef, UpConv2x2, max_pool_2x2, network_setup
 from ecam_jax.models.settings import ModelSettings
 
 WIDTHS = (1, 2, 4, 8, 16)  # level widths in units of base_channels (reference: 32..512)
@@ -98,11 +98,7 @@ class MSUNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
     s = self.settings
-    _, h, w, _ = x.shape
-    if h % 16 or w % 16:
-      raise ValueError(f'input of {h}x{w}: MSU-Net pools 4 times and needs multiples of 16')
-    dtype = jnp.dtype(s.dtype)
-    norm = make_norm(self.axis_name, s.bn_momentum, s.bn_epsilon, dtype)
+    dtype, norm = network_setup(x, s, self.axis_name, 16, 'MSU-Net (four 2x2 pools)')
     kernels = (s.msunet_small_kernel, s.msunet_large_kernel)
     encoder, decoder = EncoderLevel, DecoderLevel
     if s.remat:  # argument 0 is the module, so `train` is 2 (3 for the decoder)

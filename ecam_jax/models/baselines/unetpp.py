@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecam_jax.models.layers import ConvUnit, ModuleDef, make_norm, max_pool_2x2
+from ecam_jax.models.layers import ConvUnit, ModuleDef, max_pool_2x2, network_setup
 from ecam_jax.models.settings import ModelSettings
 
 DEPTH = 5  # levels i = 0..4; f_i = base_channels * 2^i (4uiiurz1: 32, 64, 128, 256, 512)
@@ -98,11 +98,7 @@ class UNetPlusPlus(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
     s = self.settings
     b, h, w, _ = x.shape
-    step = 2 ** (DEPTH - 1)
-    if h % step or w % step:
-      raise ValueError(f'input of {h}x{w}: UNet++ (four 2x2 poolings) needs multiples of {step}')
-    dtype = jnp.dtype(s.dtype)
-    norm = make_norm(self.axis_name, s.bn_momentum, s.bn_epsilon, dtype)
+    dtype, norm = network_setup(x, s, self.axis_name, 2 ** (DEPTH - 1), 'UNet++ (four pools)')
     # Argument 0 is the module: `same` 1, `below` 2, `train` 3.
     node_cls = nn.remat(Node, static_argnums=(3,)) if s.remat else Node
 
