@@ -31,7 +31,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from ecam_jax import configuration, parallel, steps
-from ecam_jax.models import build_model, fold_ec
+from ecam_jax.models import build_model, fold_ec, has_ec_blocks
 from ecam_jax.optim import make_optimizer
 from ecam_jax.state import create_train_state
 
@@ -206,7 +206,7 @@ def bench(
     out['mfu'] = out['achieved_flops'] / out['peak_flops']
     repeats, warmup = FLAGS.steps, FLAGS.warmup
     out['infer_ms_per_slice'] = bench_infer(
-      config, mesh, variables, config.model.use_ec, repeats, warmup
+      config, mesh, variables, has_ec_blocks(config.model), repeats, warmup
     )
     out['infer_ms_per_slice_unfolded'] = bench_infer(
       config, mesh, variables, False, repeats, warmup

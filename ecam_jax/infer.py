@@ -27,7 +27,7 @@ from ecam_jax.data import layouts, volumes
 from ecam_jax.data import source as data_source
 from ecam_jax.data.errors import DataError
 from ecam_jax.data.layouts import NIFTI_SUFFIXES, case_id_of
-from ecam_jax.models import abstract_variables, build_model, fold_ec
+from ecam_jax.models import abstract_variables, build_model, fold_ec, has_ec_blocks
 
 
 def keep_components(mask: np.ndarray, keep: int | float) -> np.ndarray:
@@ -81,9 +81,7 @@ class Predictor:
       variables, self.meta = checkpoint.restore_variables(workdir, which, target)
     else:
       variables, self.meta = jax.device_put(variables, parallel.replicated(self.mesh)), {}
-    # Only the U-Net has EC blocks (a compared network selected by model.name alone keeps
-    # the U-Net's switches in its config, unused).
-    self.folded = bool(fold and config.model.name == 'ecam_unet' and config.model.use_ec)
+    self.folded = bool(fold and has_ec_blocks(config.model))
     if self.folded:
       variables = jax.jit(lambda v: fold_ec(v, config.model.bn_epsilon))(variables)
       model = build_model(config.model, folded=True)

@@ -93,9 +93,10 @@ def abstract(tree, sharding: NamedSharding):
 
 def fit_batch(requested: int, mesh: Mesh, key: str = 'config.eval.batch_size') -> int:
   """The smallest batch >= `requested` that splits evenly over the mesh's devices and over
-  the processes: a batch for inference or validation, where any device count must work.
-  Rows past the data are padding: the caller fills them (`pad_rows`), marks them, and
-  never counts them in a score. `key` names the setting in the error for `requested` < 1."""
+  the processes: every batch the program forms (training, validation, inference, bench),
+  so that any device count works. Rows past the data are padding: the caller fills them,
+  marks them, and never counts them in a loss, a statistic or a score. `key` names the
+  setting in the error for `requested` < 1."""
   if requested < 1:
     raise ConfigError(f'{key}={requested}; expected a batch size >= 1')
   multiple = math.lcm(mesh.devices.size, jax.process_count())

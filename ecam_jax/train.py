@@ -181,8 +181,9 @@ def train_and_evaluate(
   if restored is not None:
     state, saved = restored
   start_step = int(state.step)
+  resolved = json.loads(config.to_json_best_effort())  # config.json and each checkpoint
   if jax.process_index() == 0:
-    write_json_atomic(workdir / 'config.json', json.loads(config.to_json_best_effort()))
+    write_json_atomic(workdir / 'config.json', resolved)
   offset = resume.data_batch(saved, steps_per_epoch) - start_step  # data position - step
   total_steps = steps_per_epoch * config.train.epochs - offset  # the schedule spans these
   last_step = min(total_steps, config.train.max_steps or total_steps)  # where this run ends
@@ -253,7 +254,7 @@ def train_and_evaluate(
     meta = {
       'data_batch': step + offset,
       'steps_per_epoch': steps_per_epoch,
-      'config': json.loads(config.to_json_best_effort()),
+      'config': resolved,
     }
     ckpts.save_latest(checked(state), meta)
     last_save = time.monotonic()

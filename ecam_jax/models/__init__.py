@@ -37,6 +37,13 @@ def build_model(
   return MODELS[config.name](settings=ModelSettings(config), axis_name=axis_name, folded=folded)
 
 
+def has_ec_blocks(config: ml_collections.ConfigDict) -> bool:
+  """Whether the network config.model describes has EC blocks to fold for inference: only
+  the U-Net does (a compared network chosen by model.name alone keeps the U-Net's switches
+  in its config, unused)."""
+  return config.name == 'ecam_unet' and bool(config.use_ec)
+
+
 def init_variables(model: UNet, seed: int, image_size: int) -> dict:
   """The initial variables for [1, S, S, 1] inputs.
 
@@ -60,5 +67,6 @@ __all__ = [
   'abstract_variables',
   'build_model',
   'fold_ec',
+  'has_ec_blocks',
   'init_variables',
 ]
