@@ -91,13 +91,30 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model.msunet_small_kernel = 3
   model.msunet_large_kernel = 7
   # UNet++ (docs/networks/unetpp.md): heads on X(0,1), X(0,2), X(0,3) as side outputs
-  # (loss.w_side); X(0,4)'s head is the prediction either way (the paper: "supervises each scale")
+  # (loss.w_side); X(0,4)'s head is the prediction either way (the paper: "supervises each scale").
+  # DA-Net (docs/networks/danet.md): its position and channel branches' auxiliary heads
   model.deep_supervision = True
   # UNet++: bilinear x2 upsampling with align_corners=True (4uiiurz1) or False (half-pixel)
   model.unetpp_align_corners = True
-  # CE-Net (docs/networks/cenet.md): depth of its ResNet encoder, 18 | 34 | 50 | 101
-  # (the reference's 34; 50 and 101 use Bottlenecks, 4x wider features)
+  # CE-Net, DeepLabV3+, DA-Net (docs/networks/resnet.md): depth of the ResNet encoder,
+  # 18 | 34 | 50 | 101 (the variants set CE-Net's 34 and DeepLabV3+'s and DA-Net's 50;
+  # 50 and 101 use Bottlenecks, 4x wider features)
   model.resnet_depth = 34
+  # DeepLabV3+ and DA-Net: the ResNet's output stride, 8 | 16 (the stages past it dilate
+  # instead of striding): DeepLabV3+'s 16, DA-Net's 8. DeepLabV3+'s ASPP rates are
+  # model.aspp_rates at stride 16, doubled at 8 (the DeepLab papers' rule)
+  model.output_stride = 16
+  # Dropout rate in training: DeepLabV3+ after ASPP, DA-Net (Dropout2d) before each head,
+  # SegFormer before its classifier (0.1 in all three references)
+  model.dropout = 0.1
+  # HRNet (docs/networks/hrnet.md), its width is model.base_channels (48: W48, 18: W18):
+  # 'full' (HRNetV2: 4 Bottlenecks in stage 1, 1/4/3 modules in stages 2-4, 4 BasicBlocks
+  # per branch) | 'small_v2' (HRNet-W18-Small-v2's depths: 2 Bottlenecks, 1/3/2 modules, 2)
+  model.hrnet_size = 'full'
+  # SegFormer (docs/networks/segformer.md): the MiT encoder and decoder, 'b0' | 'b2'
+  model.segformer_size = 'b2'
+  # SegFormer: stochastic depth, rising linearly over the blocks from 0 to this rate
+  model.drop_path = 0.1
 
   # --- loss (eq. 11-13, 17) ---------------------------------------------------
   config.loss = loss = ml_collections.ConfigDict()

@@ -61,6 +61,9 @@ CHOICES = {
   'model.attention_impl': ('fused', 'chunked', 'naive'),
   'model.dtype': ('float32', 'bfloat16'),
   'model.resnet_depth': (18, 34, 50, 101),  # models/baselines/resnet.py DEPTHS
+  'model.output_stride': (8, 16),
+  'model.hrnet_size': ('full', 'small_v2'),
+  'model.segformer_size': ('b0', 'b2'),
   'train.schedule': ('cosine', 'constant'),
   'train.nonfinite': ('stop', 'skip'),
 }
@@ -105,6 +108,8 @@ INTERVALS = {
   'augment.rotate_degrees': '[0, 180]',
   'model.bn_momentum': '[0, 1]',
   'model.bn_epsilon': '(0, inf)',
+  'model.dropout': '[0, 1)',
+  'model.drop_path': '[0, 1)',
   'loss.w_dice': '[0, inf)',
   'loss.w_bce': '[0, inf)',
   'loss.w_side': '[0, inf)',

@@ -21,11 +21,15 @@ from jax.sharding import PartitionSpec as P
 
 from ecam_jax import losses, metrics, parallel
 from ecam_jax.data.augment import augment_batch
+from ecam_jax.models import dropout
 from ecam_jax.models.norm import real_rows
 from ecam_jax.parallel import AXIS
 from ecam_jax.state import TrainState
 
 Batch = dict[str, jax.Array]
+
+# Folded into the run key for the dropout stream, apart from augmentation's per-step keys.
+_DROPOUT_STREAM = 0x64726F70
 
 
 def example_keys(base: jax.Array, step: jax.Array, local_batch: int) -> jax.Array:
@@ -33,9 +37,7 @@ def example_keys(base: jax.Array, step: jax.Array, local_batch: int) -> jax.Arra
 
   Called inside the per-device step: row = device index * local batch + i.
   """
-  rows = lax.axis_index(AXIS) * local_batch + jnp.arange(local_batch)
-  step_key = jax.random.fold_in(base, step)
-  return jax.vmap(lambda r: jax.random.fold_in(step_key, r))(rows)
+  return dropout.row_keys(jax.random.fold_in(base, step), local_batch, AXIS)
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -65,6 +67,8 @@ def make_train_step(
     images, labels = batch['image'], batch['label']
     rows = batch['valid'] if masked else None
     keys = example_keys(state.key, state.step, images.shape[0])
+    # The same key on every device: models/dropout.py folds in each row's global index.
+    dropout_key = jax.random.fold_in(jax.random.fold_in(state.key, _DROPOUT_STREAM), state.step)
     images, labels = augment_batch(keys, images, labels, augment)
     labels = labels.astype(jnp.float32)
 
@@ -75,6 +79,7 @@ def make_train_step(
           images,
           train=True,
           mutable=['batch_stats'],
+          rngs={dropout.RNG: dropout_key},
         )
       loss, parts = losses.total_loss(outputs, labels, config.loss, AXIS, rows)
       return loss, (updates.get('batch_stats', {}), parts, outputs['logits'])

@@ -173,6 +173,31 @@ def up_conv_2x2(x, kernel, bias):
   return y + bias
 
 
+def resize_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
+  """[n_out, n_in] weights of PyTorch's bilinear interpolation along one axis, written
+  from F.interpolate's formulas: output j reads source s = j (n_in - 1) / (n_out - 1)
+  (align_corners=True) or (j + 0.5) n_in / n_out - 0.5 clamped at 0 (False), between
+  floor(s) and the next pixel."""
+  m = np.zeros((n_out, n_in))
+  for j in range(n_out):
+    if align_corners:
+      s = j * (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    else:
+      s = max((j + 0.5) * n_in / n_out - 0.5, 0.0)
+    i0 = min(int(np.floor(s)), n_in - 1)
+    i1 = min(i0 + 1, n_in - 1)
+    m[j, i0] += 1 - (s - i0)
+    m[j, i1] += s - i0
+  return m
+
+
+def resize_bilinear(x, size, align_corners: bool):
+  """[B, H, W, C] -> [B, size[0], size[1], C] in float64 (PyTorch's bilinear)."""
+  mh = resize_matrix(x.shape[1], size[0], align_corners)
+  mw = resize_matrix(x.shape[2], size[1], align_corners)
+  return np.einsum('ph,qw,bhwc->bpqc', mh, mw, np.asarray(x, np.float64))
+
+
 def host_variables(abstract, seed: int = 0):
   """Initial-like variables made on the host from their shapes, with no compile: kernels
   ~ N(0, 1/fan_in) (LeCun, as Flax's default), biases and BN shifts 0, BN scales 1,

@@ -108,19 +108,6 @@ def test_dac_equals_numpy(shape):
   np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
-def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """PyTorch's bilinear interpolation along one axis, align_corners=False: output j reads
-  source s = (j + 0.5) n_in / n_out - 0.5 clamped at 0, between floor(s) and the next."""
-  m = np.zeros((n_out, n_in))
-  for j in range(n_out):
-    s = max((j + 0.5) * n_in / n_out - 0.5, 0.0)
-    i0 = int(np.floor(s))
-    i1 = min(i0 + 1, n_in - 1)
-    m[j, i0] += 1 - (s - i0)
-    m[j, i1] += s - i0
-  return m
-
-
 def _np_rmp(x, p, pools=(2, 3, 5, 6)):
   """Max-pools of window = stride = k (clipped to the map), one shared 1x1 conv to a
   channel, bilinear back to h x w; concat [maps, x]."""
@@ -132,7 +119,7 @@ def _np_rmp(x, p, pools=(2, 3, 5, 6)):
     oh, ow = h // kh, w // kw
     pooled = x[:, : oh * kh, : ow * kw].reshape(b, oh, kh, ow, kw, c).max(axis=(2, 4))
     y = pooled @ p['conv']['kernel'][0, 0] + p['conv']['bias']  # [B, oh, ow, 1]
-    y = np.einsum('hi,bijc,wj->bhwc', _resize_matrix(oh, h), y, _resize_matrix(ow, w))
+    y = ref.resize_bilinear(y, (h, w), align_corners=False)
     maps.append(y)
   return np.concatenate([*maps, x], -1)
 

@@ -77,6 +77,17 @@ TRAINED = {
   'cenet_resnet34': ('cenet', {'model.resnet_depth': 34}),
   'cenet_resnet50': ('cenet', {'model.resnet_depth': 50}),
   'cenet_resnet101': ('cenet', {'model.resnet_depth': 101}),
+  'deeplabv3plus_os16': ('deeplabv3plus', {}),
+  'deeplabv3plus_os8_resnet18': (
+    'deeplabv3plus',
+    {'model.output_stride': 8, 'model.resnet_depth': 18},
+  ),
+  'danet_os8_aux_chunked': ('danet', {'model.attention_impl': 'chunked'}),
+  'danet_os16_no_aux': ('danet', {'model.output_stride': 16, 'model.deep_supervision': False}),
+  'hrnet_full': ('hrnet', {}),
+  'hrnet_small_v2': ('hrnet', {'model.hrnet_size': 'small_v2'}),
+  'segformer_b2': ('segformer', {}),
+  'segformer_b0': ('segformer', {'model.segformer_size': 'b0'}),
 }
 
 # Values the check must refuse: (changes, the key its message names).
@@ -103,11 +114,14 @@ REFUSED = [
 _SC = lambda m: m.name == 'ecam_unet' and m.attention == 'coa' and m.use_sc
 _UNET = lambda m: m.name == 'ecam_unet'
 IN_EFFECT = {
-  'model.deep_supervision': lambda m: m.name == 'unetpp',
+  'model.deep_supervision': lambda m: m.name in ('unetpp', 'danet'),
   'model.unetpp_align_corners': lambda m: m.name == 'unetpp',
-  'model.resnet_depth': lambda m: m.name == 'cenet',
+  'model.resnet_depth': lambda m: m.name in ('cenet', 'deeplabv3plus', 'danet'),
+  'model.output_stride': lambda m: m.name in ('deeplabv3plus', 'danet'),
+  'model.hrnet_size': lambda m: m.name == 'hrnet',
+  'model.segformer_size': lambda m: m.name == 'segformer',
   'model.fusion': lambda m: _UNET(m) and m.use_mus and m.attention != 'none',
-  'model.attention_impl': _SC,
+  'model.attention_impl': lambda m: _SC(m) or m.name == 'danet',
   'model.attention_scale': _SC,
   'model.aspp_1x1_branch': lambda m: _UNET(m) and m.use_mus,
   'model.aspp_image_pool': lambda m: _UNET(m) and m.use_mus,

@@ -15,7 +15,6 @@ from scipy.spatial.transform import Rotation
 from ecam_jax import infer
 from ecam_jax.configuration import load_config
 from ecam_jax.models import abstract_variables, build_model
-from ecam_jax.models.baselines.unetpp import upsample2x
 
 import numpy_ref as ref
 import step_equivalence as se
@@ -92,25 +91,8 @@ def test_node_wiring_from_the_input_widths_of_every_node():
 # --- the forward pass against NumPy ---------------------------------------------------
 
 
-def _bilinear_matrix(n: int, align_corners: bool) -> np.ndarray:
-  """[2n, n] interpolation weights of PyTorch's bilinear x2 (F.interpolate's formulas)."""
-  m = np.zeros((2 * n, n))
-  for k in range(2 * n):
-    if align_corners:
-      src = k * (n - 1) / (2 * n - 1)
-    else:
-      src = max((k + 0.5) * 0.5 - 0.5, 0.0)
-    lo = min(int(np.floor(src)), n - 1)
-    hi = min(lo + 1, n - 1)
-    m[k, lo] += 1 - (src - lo)
-    m[k, hi] += src - lo
-  return m
-
-
 def _up(x, align_corners):
-  mh = _bilinear_matrix(x.shape[1], align_corners)
-  mw = _bilinear_matrix(x.shape[2], align_corners)
-  return np.einsum('ph,qw,bhwc->bpqc', mh, mw, x)
+  return ref.resize_bilinear(x, (2 * x.shape[1], 2 * x.shape[2]), align_corners)
 
 
 def _maxpool(x):
@@ -156,17 +138,6 @@ def test_forward_pass_equals_the_numpy_graph(align_corners):
   np.testing.assert_allclose(out['logits'], logits, atol=2e-4, rtol=2e-4)
   for got, want in zip(out['side_logits'], sides, strict=True):
     np.testing.assert_allclose(got, want, atol=2e-4, rtol=2e-4)
-
-
-def test_upsampling_matches_jax_image_resize_and_the_align_corners_formula():
-  x = np.random.default_rng(2).standard_normal((2, 3, 5, 4)).astype(np.float32)
-  half_pixel = jax.image.resize(x, (2, 6, 10, 4), method='bilinear')
-  np.testing.assert_allclose(upsample2x(x, align_corners=False), half_pixel, atol=1e-6)
-  corners = upsample2x(x, align_corners=True)
-  np.testing.assert_allclose(corners, _up(x, True), atol=1e-6)
-  # align_corners=True keeps the corner pixels; the two conventions differ inside.
-  np.testing.assert_array_equal(corners[:, [0, -1]][:, :, [0, -1]], x[:, [0, -1]][:, :, [0, -1]])
-  assert np.abs(corners - half_pixel).max() > 0.1
 
 
 def test_without_deep_supervision_there_are_no_side_outputs():

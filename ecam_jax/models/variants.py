@@ -72,6 +72,26 @@ NETWORKS: dict[str, tuple[dict, str, str]] = {
     'CE-Net: ResNet-34 encoder, DAC + RMP context extractor',
     'I',
   ),
+  'deeplabv3plus': (
+    dict(name='deeplabv3plus', base_channels=64, resnet_depth=50, output_stride=16),
+    'DeepLabV3+: ResNet-50 at output stride 16, ASPP (6/12/18, image pooling), 48-ch decoder',
+    'I',
+  ),
+  'danet': (
+    dict(name='danet', base_channels=64, resnet_depth=50, output_stride=8, deep_supervision=True),
+    'DA-Net: dilated ResNet-50 at output stride 8, position and channel attention (Fu et al.)',
+    'I',
+  ),
+  'hrnet': (
+    dict(name='hrnet', base_channels=48, hrnet_size='full'),
+    'HRNetV2-W48: four parallel resolutions fused repeatedly, concatenating head (Wang et al.)',
+    'I',
+  ),
+  'segformer': (
+    dict(name='segformer', segformer_size='b2'),
+    'SegFormer MiT-B2: efficient self-attention, Mix-FFN, all-MLP decoder (Xie et al.)',
+    'I',
+  ),
 }
 
 # The paper's U-Net baseline (Table I, IV row 1) is trained with the Dice loss only.

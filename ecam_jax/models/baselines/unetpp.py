@@ -14,9 +14,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ecam_jax.models.layers import ConvUnit, ModuleDef, max_pool_2x2, network_setup
+from ecam_jax.models.resize import resize_bilinear
 from ecam_jax.models.settings import ModelSettings
 
 DEPTH = 5  # levels i = 0..4; f_i = base_channels * 2^i (4uiiurz1: 32, 64, 128, 256, 512)
@@ -25,32 +25,6 @@ DEPTH = 5  # levels i = 0..4; f_i = base_channels * 2^i (4uiiurz1: 32, 64, 128, 
 def node_name(i: int, j: int) -> str:
   """Module name of node X(i, j) in the parameter tree."""
   return f'x{i}_{j}'
-
-
-def upsample2x(x: jax.Array, align_corners: bool) -> jax.Array:
-  """Bilinear x2 resize of [B, H, W, C] -> [B, 2H, 2W, C], separable, in x's dtype.
-
-  align_corners=True is PyTorch's `nn.Upsample(scale_factor=2, mode='bilinear',
-  align_corners=True)` (4uiiurz1): output pixel k samples input position k (n-1)/(2n-1),
-  the corner pixels of input and output coincide. False is the half-pixel convention of
-  `jax.image.resize(..., 'bilinear')` and PyTorch's default: position (k + 0.5) / 2 - 0.5,
-  clamped to the border.
-  """
-  for axis in (1, 2):
-    n = x.shape[axis]
-    k = np.arange(2 * n, dtype=np.float64)
-    if align_corners:
-      pos = k * (n - 1) / (2 * n - 1)
-    else:
-      pos = np.clip((k + 0.5) / 2 - 0.5, 0, n - 1)
-    lo = np.floor(pos).astype(np.int32)
-    hi = np.minimum(lo + 1, n - 1)
-    shape = [1, 1, 1, 1]
-    shape[axis] = 2 * n
-    t = jnp.asarray((pos - lo).reshape(shape), x.dtype)
-    a, b = jnp.take(x, lo, axis=axis), jnp.take(x, hi, axis=axis)
-    x = a + (b - a) * t
-  return x
 
 
 class Node(nn.Module):
@@ -72,7 +46,8 @@ class Node(nn.Module):
   ) -> jax.Array:
     inputs = list(same)  # each [B, h, w, f_i]
     if below is not None:  # [B, h/2, w/2, f_{i+1}] -> [B, h, w, f_{i+1}]
-      inputs.append(upsample2x(below, self.align_corners))
+      h, w = below.shape[1:3]
+      inputs.append(resize_bilinear(below, (2 * h, 2 * w), self.align_corners))
     x = jnp.concatenate(inputs, axis=-1)  # [B, h, w, j f_i + f_{i+1}]
     for k in range(2):
       unit = ConvUnit(features=self.features, norm=self.norm, dtype=self.dtype, name=f'conv{k}')
