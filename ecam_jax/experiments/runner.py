@@ -1,0 +1,241 @@
+"""Runs a table's rows: each row an ordinary training run in WORKDIR/<table>/<row>, then
+its test-split evaluation, skipping what is done and resuming what was interrupted.
+
+A row is finished when its latest checkpoint is at the end of the run (the data position
+in its metadata has covered config.train.epochs, or config.train.max_steps was reached)
+and WORKDIR/<table>/<row>/eval/summary.json exists; a row trained but not evaluated is
+only evaluated. Training is `train.train_and_evaluate` and evaluation
+`evaluate.evaluate_split(config, row_dir, 'best')`, exactly what `ecam_jax.main` runs.
+"""
+
+import contextlib
+import dataclasses
+import fcntl
+import pathlib
+from collections.abc import Callable
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from ecam_jax import parallel
+from ecam_jax.atomic import remove, write_text_atomic
+from ecam_jax.experiments import lock
+from ecam_jax.experiments.tables import FIG5_SOURCES, Row, Table
+from ecam_jax.models import MODELS
+from ecam_jax.models.variants import NETWORKS
+
+# What a row is, as the runner and the report see it.
+FINISHED, TRAINED, INTERRUPTED, NOT_STARTED = 'finished', 'trained', 'interrupted', 'not started'
+RUNNING, UNAVAILABLE, FAILED = 'running', 'unavailable', 'failed'
+ERROR_FILE = 'error.txt'
+
+# Variant name -> config for that variant (the config file, the variant, the CLI overrides).
+ConfigFor = Callable[[str], ml_collections.ConfigDict]
+
+
+def table_dir(workdir: pathlib.Path, table: Table) -> pathlib.Path:
+  """WORKDIR/table_N (Tables I-V) or WORKDIR/fig4, WORKDIR/fig5."""
+  name = table.name if table.name.startswith('fig') else f'table_{table.name}'
+  return pathlib.Path(workdir) / name
+
+
+def run_names(row: Row, seeds: int) -> list[tuple[str, int | None]]:
+  """(folder name, seed or None = the config's own) of each run of `row`."""
+  if seeds <= 0:
+    return [(row.id, None)]
+  return [(f'{row.id}_seed{k}', k) for k in range(seeds)]
+
+
+def available(row: Row) -> bool:
+  """Whether the row's network exists in this installation (ecam_jax.models.MODELS)."""
+  if row.variant in NETWORKS:
+    return NETWORKS[row.variant][0]['name'] in MODELS
+  return True
+
+
+def row_config(
+  config_for: ConfigFor, row: Row, seed: int | None, workdir: pathlib.Path
+) -> ml_collections.ConfigDict:
+  """The row's config: `config_for(row.variant)` on the table's shared phantom (if it uses
+  the phantom), then the row's overrides, then the seed."""
+  config = config_for(row.variant)
+  shared_phantom(config, workdir)
+  with config.unlocked():
+    for key, value in row.overrides:
+      section, name = key.split('.')
+      config[section][name] = value
+    if seed is not None:
+      config.seed = seed
+  return config
+
+
+def _latest_meta(row_dir: pathlib.Path) -> dict | None:
+  """The newest readable latest checkpoint's metadata (read only; no arrays)."""
+  folder = row_dir.absolute() / 'checkpoints' / 'latest'
+  if not folder.is_dir():
+    return None
+  for step in sorted((int(p.name) for p in folder.iterdir() if p.name.isdigit()), reverse=True):
+    try:
+      return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(folder / str(step) / 'meta')
+    except Exception:  # noqa: BLE001 (a damaged step: an older one may be whole)
+      continue
+  return None
+
+
+def trained(row_dir: pathlib.Path, config: ml_collections.ConfigDict) -> bool:
+  """Whether the row's training has reached its end (see the module docstring)."""
+  meta = _latest_meta(row_dir)
+  if meta is None:
+    return False
+  if config.train.max_steps and meta['step'] >= config.train.max_steps:
+    return True
+  return meta['data_batch'] >= meta['steps_per_epoch'] * config.train.epochs
+
+
+def state_of(row_dir: pathlib.Path) -> str:
+  """What a row's folder shows, without a config and without waiting: finished (a test
+  summary), running (another runner holds its lock), failed, interrupted (checkpoints, no
+  summary), or not started."""
+  if (row_dir / 'eval' / 'summary.json').is_file():
+    return FINISHED
+  if lock.holder(row_dir) is not None:
+    return RUNNING
+  if (row_dir / ERROR_FILE).is_file():
+    return FAILED
+  if (row_dir / 'checkpoints').is_dir():
+    return INTERRUPTED
+  return NOT_STARTED
+
+
+def _decide(row_dir: pathlib.Path, config: ml_collections.ConfigDict) -> str:
+  """With the lock held: FINISHED (nothing to do), TRAINED (evaluate) or NOT_STARTED
+  (train, resuming from a checkpoint if there is one, then evaluate)."""
+  if not trained(row_dir, config):
+    return NOT_STARTED
+  return FINISHED if (row_dir / 'eval' / 'summary.json').is_file() else TRAINED
+
+
+_CODES = (FINISHED, TRAINED, NOT_STARTED, RUNNING)
+
+
+def _agree(action: str) -> str:
+  """Process 0's decision, on every process of a multi-process run."""
+  if jax.process_count() == 1:
+    return action
+  code = _CODES.index(action) if jax.process_index() == 0 else 0
+  return _CODES[int(multihost_utils.broadcast_one_to_all(np.int32(code)))]
+
+
+@dataclasses.dataclass
+class Outcome:
+  """What the runner did with one run of a row: `action` is 'skipped' (finished before),
+  'trained', 'evaluated' (trained before), 'running elsewhere', 'unavailable',
+  'interrupted' (a stop request: rerun to resume) or 'failed' (`error`)."""
+
+  name: str
+  row_dir: pathlib.Path
+  action: str
+  error: str = ''
+
+
+def run_row(
+  row_dir: pathlib.Path, config: ml_collections.ConfigDict, errors: tuple = ()
+) -> Outcome:
+  """Trains (or resumes) and evaluates one run unless it is finished or another runner
+  holds it. An exception in `errors` (a user's mistake: a config the checkpoint refuses, a
+  data error) is written to ROW/error.txt and returned; any other propagates."""
+  from ecam_jax import evaluate, train  # the heavy part, only when a row runs
+
+  row_dir = pathlib.Path(row_dir).absolute()
+  with _lock_on_process0(row_dir) as held:
+    action = _agree(_decide(row_dir, config) if held else RUNNING)
+    if action == RUNNING:
+      return Outcome(row_dir.name, row_dir, 'running elsewhere')
+    if action == FINISHED:
+      return Outcome(row_dir.name, row_dir, 'skipped')
+    try:
+      done = 'evaluated'
+      if action == NOT_STARTED:
+        summary = train.train_and_evaluate(config, str(row_dir))
+        if summary.get('interrupted'):
+          return Outcome(row_dir.name, row_dir, 'interrupted')
+        done = 'trained'
+      evaluate.evaluate_split(config, row_dir, 'best')
+    except errors as e:
+      if jax.process_index() == 0:
+        write_text_atomic(row_dir / ERROR_FILE, f'{type(e).__name__}: {e}\n')
+      return Outcome(row_dir.name, row_dir, FAILED, str(e))
+    if jax.process_index() == 0:
+      remove(row_dir / ERROR_FILE)
+    return Outcome(row_dir.name, row_dir, done)
+
+
+@contextlib.contextmanager
+def _lock_on_process0(row_dir: pathlib.Path):
+  """The row's lock, taken by process 0 only (the others yield True and follow its
+  decision through `_agree`)."""
+  if jax.process_index() != 0:
+    yield True
+    return
+  with lock.row_lock(row_dir) as held:
+    yield held
+
+
+def shared_phantom(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  """A config on the generated phantom (no data.root) points at WORKDIR/phantom, made
+  once for every row and seed (with the config's own seed), so that all runs of a table
+  see the same cases and their per-case scores pair up."""
+  from ecam_jax.data import phantom
+
+  data = config.data
+  if data.root or data.phantom_cases <= 0:
+    return
+  root = pathlib.Path(workdir).absolute() / 'phantom'
+  if jax.process_index() == 0:
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / '.phantom.lock', 'a+') as f:
+      fcntl.flock(f, fcntl.LOCK_EX)  # two runners starting together make it once
+      phantom.generate(root, data.phantom_cases, config.seed, size=data.phantom_size)
+  parallel.barrier('experiments phantom')
+  data.root = str(root)
+
+
+def source_dir(workdir: pathlib.Path, table: Table, row: Row, name: str) -> pathlib.Path:
+  """Where a run of `row` lives: its table's folder; for fig5, the folder of the same run
+  in another table when that one is finished (the same variant and config)."""
+  from ecam_jax.experiments import tables
+
+  if table.name == 'fig5':
+    for other in FIG5_SOURCES.get(row.id, ()):
+      candidate = table_dir(workdir, tables.TABLES[other]) / name
+      if state_of(candidate) == FINISHED:
+        return candidate
+  return table_dir(workdir, table) / name
+
+
+def run_table(
+  table: Table,
+  rows: list[Row],
+  config_for: ConfigFor,
+  workdir: pathlib.Path,
+  seeds: int = 0,
+  errors: tuple = (),
+  report: Callable[[str], None] = parallel.print0,
+) -> list[Outcome]:
+  """Runs every run of `rows` in turn (see `run_row`); stops after a run interrupted by a
+  stop request (SIGTERM, Ctrl-C), which a rerun resumes."""
+  outcomes = []
+  for row in rows:
+    for name, seed in run_names(row, seeds):
+      row_dir = source_dir(workdir, table, row, name)
+      if not available(row):
+        outcomes.append(Outcome(name, row_dir, UNAVAILABLE))
+      else:
+        outcomes.append(run_row(row_dir, row_config(config_for, row, seed, workdir), errors))
+      report(f'{table_dir(workdir, table).name}/{name}: {outcomes[-1].action}')
+      if outcomes[-1].action == 'interrupted':
+        return outcomes
+  return outcomes
