@@ -1,0 +1,272 @@
+"""The paper's experiments end to end on a tiny phantom (two rows of Table IV, trained once
+for the module), the runner's skip / resume / lock, the CLI's --collect and --dry_run, and
+the report's statistics on known numbers."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from ecam_jax import evaluate, train
+from ecam_jax.configuration import load_config
+from ecam_jax.experiments import lock, outputs, report, runner, tables
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TABLE4 = tables.get('4')
+
+
+def _config_for(variant):
+  """configs/demo.py for `variant`, shrunk: a 3-case 64x64 phantom at 32x32, base width 4,
+  one epoch of 8 steps with a checkpoint every 4."""
+  c = load_config(ROOT / 'configs/demo.py', f'variant={variant}')
+  c.data.phantom_cases = 3
+  c.data.phantom_size = 64
+  c.data.image_size = 32
+  c.data.split_sizes = (1, 1, 1)
+  c.data.prepare_workers = 1
+  c.model.base_channels = 4
+  c.train.update(
+    batch_size=8,
+    epochs=1,
+    log_every_steps=2,
+    warmup_steps=0,
+    overlay_slices=2,
+    checkpoint_every_steps=4,
+  )
+  c.eval.overlay_slices = 1
+  return c
+
+
+def _run(workdir, rows, seeds=0):
+  return runner.run_table(
+    TABLE4, tables.select(TABLE4, rows), _config_for, workdir, seeds, report=lambda _: None
+  )
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  """Table IV's `dice` and `dice_bce` rows trained and evaluated; `bce` never run."""
+  out = tmp_path_factory.mktemp('paper')
+  outcomes = _run(out, 'dice,dice_bce')
+  assert [(o.name, o.action) for o in outcomes] == [('dice', 'trained'), ('dice_bce', 'trained')]
+  return out
+
+
+def _forbid_work(monkeypatch):
+  def fail(*args, **kwargs):
+    raise AssertionError('nothing should be trained or evaluated')
+
+  monkeypatch.setattr(train, 'train_and_evaluate', fail)
+  monkeypatch.setattr(evaluate, 'evaluate_split', fail)
+
+
+def _train_steps(row_dir):
+  lines = (row_dir / 'metrics.jsonl').read_text().splitlines()
+  return [r['step'] for r in map(json.loads, lines) if r['kind'] == 'train']
+
+
+def test_table_has_ours_and_the_papers_values(workdir):
+  plan = {'dataset': 'phantom', 'paper_column': 'tcia', 'seeds': 0, 'forced': True}
+  paths = outputs.write_outputs(TABLE4, workdir, plan)
+  assert {p.name for p in paths} == {
+    'table_4.json',
+    'table_4.csv',
+    'table_4.md',
+    'table_4.png',
+    'table_4_val_dsc.png',
+  }
+  result = json.loads((workdir / 'table_4.json').read_text())
+  rows = {r['id']: r for r in result['rows']}
+  statuses = [rows[r]['status'] for r in ('dice', 'bce', 'dice_bce')]
+  assert statuses == ['finished', 'pending', 'finished']
+  dsc = rows['dice']['metrics']['dsc']
+  summary = json.loads((workdir / 'table_4/dice/eval/summary.json').read_text())
+  assert dsc['ours'] == pytest.approx(summary['mean']['slice_dsc'] * 100)
+  assert dsc['per_volume'] == pytest.approx(summary['mean']['dsc'] * 100)
+  assert dsc['paper'] == 67.80 and dsc['diff'] == pytest.approx(dsc['ours'] - 67.80)
+  assert rows['dice']['wilcoxon']['n'] == 1  # one test case, paired with dice_bce's
+  assert result['reference'] == {'row': 'dice_bce', 'from': 'table_4/dice_bce'}
+  md = (workdir / 'table_4.md').read_text()
+  assert 'chosen by --paper_dataset' in md and '| L_BCE | pending | – | 65.77 |' in md
+  assert f'| L_Dice | finished | {dsc["ours"]:.2f} | 67.80 | {dsc["diff"]:+.2f} |' in md
+  assert (workdir / 'table_4.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_rerun_trains_and_evaluates_nothing(workdir, monkeypatch):
+  _forbid_work(monkeypatch)
+  assert [o.action for o in _run(workdir, 'dice,dice_bce')] == ['skipped', 'skipped']
+
+
+def test_trained_but_not_evaluated_is_only_evaluated(workdir, monkeypatch):
+  summary = workdir / 'table_4/dice_bce/eval/summary.json'
+  before = json.loads(summary.read_text())
+  summary.unlink()
+  monkeypatch.setattr(train, 'train_and_evaluate', lambda *a, **k: pytest.fail('retrained'))
+  assert [o.action for o in _run(workdir, 'dice_bce')] == ['evaluated']
+  assert json.loads(summary.read_text())['mean'] == before['mean']
+
+
+class Killed(Exception):
+  """Stands for a kill right after the first checkpoint."""
+
+
+def test_row_killed_mid_training_resumes_from_its_checkpoint(workdir, monkeypatch):
+  save = train.Checkpoints.save_latest
+
+  def save_then_die(self, state, meta):
+    save(self, state, meta)
+    if int(state.step) == 4:
+      raise Killed
+
+  monkeypatch.setattr(train.Checkpoints, 'save_latest', save_then_die)
+  with pytest.raises(Killed):
+    _run(workdir, 'dice', seeds=1)  # dice_seed0: dice's config, seed 0
+  row_dir = workdir / 'table_4/dice_seed0'
+  assert runner.state_of(row_dir) == runner.INTERRUPTED  # the lock died with the runner
+  assert _train_steps(row_dir) == [2, 4]
+  monkeypatch.setattr(train.Checkpoints, 'save_latest', save)
+  assert [o.action for o in _run(workdir, 'dice', seeds=1)] == ['trained']
+  assert _train_steps(row_dir) == [2, 4, 6, 8]  # steps 5-8 only: resumed, not restarted
+
+
+_HOLD = (
+  'import fcntl, sys, time\n'
+  'f = open(sys.argv[1], "a+")\n'
+  'fcntl.flock(f, fcntl.LOCK_EX)\n'
+  'print("held", flush=True)\n'
+  'time.sleep(120)\n'
+)
+
+
+def test_row_locked_by_another_runner_is_skipped_as_running(workdir, monkeypatch):
+  _forbid_work(monkeypatch)
+  row_dir = workdir / 'table_4/bce'
+  row_dir.mkdir(parents=True, exist_ok=True)
+  other = subprocess.Popen(
+    [sys.executable, '-c', _HOLD, str(row_dir / lock.LOCK_NAME)], stdout=subprocess.PIPE, text=True
+  )
+  try:
+    assert other.stdout.readline().strip() == 'held'
+    assert [o.action for o in _run(workdir, 'bce')] == ['running elsewhere']
+    assert runner.state_of(row_dir) == runner.RUNNING
+  finally:
+    other.kill()
+    other.wait()
+  assert lock.holder(row_dir) is None  # a dead runner holds nothing
+  assert runner.state_of(row_dir) == runner.NOT_STARTED
+
+
+def _cli(*args):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  run = subprocess.run(
+    [sys.executable, '-m', 'ecam_jax.experiments', '--table=4', *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert run.returncode == 0, run.stderr
+  return run.stdout
+
+
+def test_cli_collect_marks_missing_rows_pending_and_dry_run_lists_rows(workdir):
+  out = _cli(f'--workdir={workdir}', '--collect')
+  assert f'wrote {workdir / "table_4.md"}' in out
+  md = (workdir / 'table_4.md').read_text()
+  assert "paper: n/a (dataset '' is not in the paper)" in md
+  assert '| L_BCE | pending |' in md and '| L_Dice | finished |' in md
+  listed = _cli(f'--workdir={workdir}', '--config=configs/demo.py', '--dry_run').splitlines()
+  assert listed == [
+    f'dice: variant=unet --config.loss.w_dice=1.0 --config.loss.w_bce=0.0 -> '
+    f'{workdir}/table_4/dice [finished]',
+    f'bce: variant=unet --config.loss.w_dice=0.0 --config.loss.w_bce=1.0 -> '
+    f'{workdir}/table_4/bce [not started]',
+    f'dice_bce: variant=unet --config.loss.w_dice=1.0 --config.loss.w_bce=1.0 -> '
+    f'{workdir}/table_4/dice_bce [finished]',
+  ]
+
+
+def test_shards_split_the_rows_disjointly():
+  table = tables.get('II')
+  shards = [tables.select(table, shard=f'{i}/3') for i in range(3)]
+  ids = [r.id for shard in shards for r in shard]
+  assert sorted(ids) == sorted(r.id for r in table.rows) and len(ids) == len(set(ids))
+  assert [r.id for r in tables.select(table, 'ec_cam_unet,unet', '1/2')] == ['ec_cam_unet']
+  for bad in ('3/3', 'x', '1'):
+    with pytest.raises(ValueError, match='--shard'):
+      tables.select(table, shard=bad)
+  with pytest.raises(ValueError, match="'nope'"):
+    tables.select(table, 'unet,nope')
+
+
+def test_wilcoxon_pairs_by_case_id():
+  rng = np.random.default_rng(0)
+  cases = [f'case{i}' for i in range(8)]
+  ref = {c: float(v) for c, v in zip(cases, rng.uniform(0.5, 0.9, 8), strict=True)}
+  ours = {c: ref[c] + d for c, d in zip(cases, rng.normal(0.05, 0.03, 8), strict=True)}
+  shuffled = dict([*reversed(ours.items()), ('only_ours', 0.1)])
+  test = report.wilcoxon(shuffled, ref)
+  expected = stats.wilcoxon([ours[c] - ref[c] for c in cases])
+  assert test['n'] == 8 and test['p'] == pytest.approx(expected.pvalue) and not test['note']
+  assert test['median_diff'] == pytest.approx(np.median([ours[c] - ref[c] for c in cases]) * 100)
+  few = report.wilcoxon({c: ours[c] for c in cases[:4]}, ref)
+  assert few['n'] == 4 and 'underpowered' in few['note'] and few['p'] is not None
+  assert report.wilcoxon(ref, ref)['p'] is None
+
+
+def test_mean_std_and_case_means_over_seeds():
+  assert report.mean_std([70.0, 72.0, None]) == (71.0, pytest.approx(np.sqrt(2)))
+  assert report.mean_std([70.0]) == (70.0, None) and report.mean_std([]) == (None, None)
+  runs = [
+    {'cases': {'a': {'slice_dsc': 0.5}, 'b': {'slice_dsc': None}}},
+    {'cases': {'a': {'slice_dsc': 0.7}, 'b': {'slice_dsc': 0.4}}},
+  ]
+  assert report.case_means(runs) == {'a': pytest.approx(0.6), 'b': 0.4}
+
+
+def _fake_summary(row_dir, slice_dsc, cases):
+  """A test summary as evaluate_split writes it: per-case and mean scores."""
+  per_case = {
+    c: {'dsc': v, 'sensitivity': v, 'precision': v, 'slice_dsc': v}
+    | {'slice_sensitivity': v, 'slice_precision': v}
+    for c, v in zip(cases, slice_dsc, strict=True)
+  }
+  mean = {k: float(np.mean([s[k] for s in per_case.values()])) for k in per_case[cases[0]]}
+  (row_dir / 'eval').mkdir(parents=True)
+  (row_dir / 'eval' / 'summary.json').write_text(json.dumps({'cases': per_case, 'mean': mean}))
+
+
+def test_collect_with_seeds_marks_unavailable_and_running(tmp_path, monkeypatch):
+  table = tables.get('1')
+  cases = ['c1', 'c2', 'c3']
+  _fake_summary(tmp_path / 'table_1/unet_seed0', [0.6, 0.7, 0.8], cases)
+  _fake_summary(tmp_path / 'table_1/unet_seed1', [0.7, 0.8, 0.9], cases)
+  _fake_summary(tmp_path / 'table_2/ec_cam_unet_seed0', [0.8, 0.8, 0.8], cases)
+  _fake_summary(tmp_path / 'table_2/ec_cam_unet_seed1', [0.8, 0.8, 0.8], cases)
+  _fake_summary(tmp_path / 'table_1/msunet_seed0', [0.5, 0.5, 0.5], cases)
+  monkeypatch.setattr(runner, 'MODELS', {'ecam_unet': None, 'msunet': None})
+  result = report.collect(table, tmp_path, 'msd', seeds=2, dataset='msd_pancreas')
+  rows = {r['id']: r for r in result['rows']}
+  assert rows['hrnet']['status'] == 'unavailable' and rows['msunet']['status'] == 'partial'
+  assert rows['cenet']['status'] == 'unavailable' and rows['unetpp']['status'] == 'unavailable'
+  unet = rows['unet']['metrics']['dsc']
+  assert unet['ours'] == pytest.approx(75.0) and unet['ours_std'] == pytest.approx(np.sqrt(50))
+  assert unet['paper'] == 65.35 and unet['diff'] == pytest.approx(75.0 - 65.35)
+  # The reference comes from Table II's folder; per-case means over seeds: .65 .75 .85 vs .8
+  assert result['reference']['from'] == 'table_2/ec_cam_unet'
+  assert rows['unet']['wilcoxon']['median_diff'] == pytest.approx(-5.0)
+  assert rows['ec_cam_unet']['status'] == 'pending' and 'wilcoxon' not in rows['ec_cam_unet']
+  with lock.row_lock(tmp_path / 'table_1/attention_unet_seed0') as held:
+    assert held
+    monkeypatch.setattr(runner, 'MODELS', {'ecam_unet': None, 'attention_unet': None})
+    result = report.collect(table, tmp_path, None, seeds=2)
+  rows = {r['id']: r for r in result['rows']}
+  assert rows['attention_unet']['status'] == 'running'
+  assert rows['unet']['metrics']['dsc']['paper'] is None
+  assert '| U-Net | finished | 75.00 ± 7.07 | – | – |' in report.markdown(result)
