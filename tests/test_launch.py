@@ -62,3 +62,18 @@ def test_tpu_pod_runs_on_every_worker():
   setup = _dry('tpu_pod.sh', '--dry-run', '--setup', **env)
   assert setup[0].startswith('gcloud compute tpus tpu-vm scp --recurse')
   assert 'jax\\[tpu\\]' in setup[1]
+
+
+def test_slurm_table_array_task_runs_its_share_of_the_rows():
+  args = ('--dry-run', '--table=2', '--config=configs/msd.py', '--workdir=/w')
+  env = dict(SLURM_ARRAY_TASK_ID='4', SLURM_ARRAY_TASK_MIN='1', SLURM_ARRAY_TASK_COUNT='10')
+  (note, command) = _dry('slurm_table.sbatch', *args, **env)
+  assert note == '# array task 3 of 10'
+  assert command.startswith('srun --kill-on-bad-exit=1 --ntasks-per-node=2 ')
+  assert command.endswith(
+    '-m ecam_jax.experiments --table=2 --config=configs/msd.py --workdir=/w --shard=3/10'
+  )
+  (_, alone) = _dry('slurm_table.sbatch', *args)
+  assert alone.endswith('--shard=0/1')
+  header = (ROOT / 'launch' / 'slurm_table.sbatch').read_text()
+  assert '#SBATCH --signal=TERM@300' in header and '#SBATCH --requeue' in header
