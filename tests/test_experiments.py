@@ -5,6 +5,7 @@ the report's statistics on known numbers."""
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -270,3 +271,18 @@ def test_collect_with_seeds_marks_unavailable_and_running(tmp_path, monkeypatch)
   assert rows['attention_unet']['status'] == 'running'
   assert rows['unet']['metrics']['dsc']['paper'] is None
   assert '| U-Net | finished | 75.00 ± 7.07 | – | – |' in report.markdown(result)
+
+
+def test_fig5_grid_reuses_other_tables_rows(workdir):
+  # A trained plain U-Net stands in for Table V's U-Net+CoA: its bottleneck (the identity
+  # without attention) is where Grad-CAM reads U-Net+CoA's map.
+  shutil.copytree(workdir / 'table_4/dice', workdir / 'table_5/unet_coa')
+  fig5 = tables.get('fig5')
+  path = outputs.write_outputs(fig5, workdir, {})[0]
+  assert path == workdir / 'fig5.png' and path.read_bytes()[:4] == b'\x89PNG'
+  assert runner.source_dir(workdir, fig5, fig5.row('unet_coa'), 'unet_coa') == (
+    workdir / 'table_5/unet_coa'
+  )
+  assert runner.source_dir(workdir, fig5, fig5.row('unet_se'), 'unet_se') == (
+    workdir / 'fig5/unet_se'
+  )
