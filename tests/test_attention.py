@@ -12,6 +12,7 @@ from ecam_jax.models.attention import (
   CollaborativeAttention,
   ConvTranspose1D,
   SqueezeExcitation,
+  dot_product_attention,
   spatial_attention,
 )
 from ecam_jax.models.layers import make_norm
@@ -122,3 +123,18 @@ def test_cbam_matches_numpy():
   out, params = _apply_train(CBAM(norm=NORM, reduction=16, kernel=7), f)
   assert params['Conv_0']['kernel'].shape == (7, 7, 2, 1) and 'bias' not in params['Conv_0']
   chex.assert_trees_all_close(out, ref.cbam(f, params), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize('dims', [(8, 24), (24, 8)])
+@pytest.mark.parametrize('impl', ['naive', 'chunked', 'fused'])
+def test_attention_with_key_and_value_widths_that_differ_matches_numpy(impl, dims):
+  """Separate queries, keys and values (DA-Net's PAM: 64-d keys, 512-d values); 'fused'
+  zero-pads the narrower side, 'chunked' has a ragged last block (20 = 7 + 7 + 6)."""
+  d, dv = dims
+  q, k = _features((2, 20, d), 1, scale=0.5), _features((2, 20, d), 2, scale=0.5)
+  v = _features((2, 20, dv), 3)
+  out = dot_product_attention(q, k, v, 0.5, impl=impl, chunk=7)
+  logits = np.einsum('bid,bjd->bij', *(np.asarray(t, np.float64) for t in (q, k))) * 0.5
+  expected = ref.softmax(logits, axis=-1) @ np.asarray(v, np.float64)
+  assert out.shape == (2, 20, dv)
+  chex.assert_trees_all_close(out, expected, atol=1e-5, rtol=1e-5)

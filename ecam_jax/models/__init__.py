@@ -6,6 +6,7 @@ import ml_collections
 
 from ecam_jax.models.baselines.attention_unet import AttentionUNet
 from ecam_jax.models.baselines.cenet import CENet
+from ecam_jax.models.baselines.danet import DANet
 from ecam_jax.models.baselines.deeplabv3plus import DeepLabV3Plus
 from ecam_jax.models.baselines.msunet import MSUNet
 from ecam_jax.models.baselines.unetpp import UNetPlusPlus
@@ -22,6 +23,7 @@ MODELS = {
   'msunet': MSUNet,
   'unetpp': UNetPlusPlus,
   'deeplabv3plus': DeepLabV3Plus,
+  'danet': DANet,
 }
 
 

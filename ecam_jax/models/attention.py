@@ -95,47 +95,60 @@ def spatial_attention(
 ) -> jax.Array:
   """SC (eq. 8-9) applied to `value`: out_i = sum_j softmax_j(scale * E_i . E_j) value_j.
 
-  E = reshape(F) to [B, HW, C]. `impl`:
-  - 'fused': `jax.nn.dot_product_attention` (query = key = E, one head, no projections),
-    which picks a fused kernel that never stores the [HW, HW] map S where the backend
-    has one (cuDNN on GPUs, for supported head sizes) and XLA's otherwise;
-  - 'chunked': queries in blocks of `chunk` rows (model.attention_chunk), each block
-    rematerialized in the backward pass: memory O(chunk * HW) instead of O(HW^2) on
-    every backend;
-  - 'naive': S built explicitly (the reference the tests compare against).
+  E = reshape(F) to [B, HW, C], both the queries and the keys (one head, no projections);
+  `impl` and `chunk` as in `dot_product_attention`.
   """
   b, h, w, c = f.shape
   e = f.reshape(b, h * w, c)
   v = value.reshape(b, h * w, value.shape[-1])
-  if impl == 'naive':
-    out = _attend(e, e, v, scale)
-  elif impl == 'chunked':
-    out = _chunked(e, v, scale, chunk)
-  elif impl == 'fused':
-    out = jax.nn.dot_product_attention(
-      e[:, :, None, :], e[:, :, None, :], v[:, :, None, :], scale=scale
-    )[:, :, 0, :]
-  else:
-    raise ValueError(f'attention impl {impl!r}; expected one of {ATTENTION_IMPLS}')
+  out = dot_product_attention(e, e, v, scale, impl=impl, chunk=chunk)
   return out.reshape(b, h, w, value.shape[-1])
 
 
+def dot_product_attention(
+  q: jax.Array, k: jax.Array, v: jax.Array, scale: float, *, impl: str, chunk: int
+) -> jax.Array:
+  """One head of attention, out_i = sum_j softmax_j(scale * q_i . k_j) v_j, with the
+  logits and the softmax in float32: q [B, Nq, D], k [B, Nk, D], v [B, Nk, Dv] ->
+  [B, Nq, Dv] in v's dtype. `impl` (model.attention_impl):
+  - 'fused': `jax.nn.dot_product_attention`. Its default implementation (this JAX) is
+    XLA's, which builds the [Nq, Nk] map S as 'naive' does; a fused kernel that never
+    stores S is the cuDNN one, for head sizes it supports. It needs Dv = D: the smaller
+    of the two is zero-padded to the larger (exact: zeros add nothing to q_i . k_j, and
+    padded value channels are cut off the output);
+  - 'chunked': queries in blocks of `chunk` rows (model.attention_chunk), each block
+    rematerialized in the backward pass: memory O(chunk * Nk) instead of O(Nq * Nk) on
+    every backend;
+  - 'naive': S built explicitly (the reference the tests compare against).
+  """
+  if impl == 'naive':
+    return _attend(q, k, v, scale)
+  if impl == 'chunked':
+    return _chunked(q, k, v, scale, chunk)
+  if impl == 'fused':
+    dv, width = v.shape[-1], max(q.shape[-1], v.shape[-1])
+    q, k, v = (jnp.pad(t, ((0, 0), (0, 0), (0, width - t.shape[-1]))) for t in (q, k, v))
+    out = jax.nn.dot_product_attention(q[:, :, None], k[:, :, None], v[:, :, None], scale=scale)
+    return out[:, :, 0, :dv]
+  raise ValueError(f'attention impl {impl!r}; expected one of {ATTENTION_IMPLS}')
+
+
 def _attend(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
-  """softmax(scale q k^T) v with the logits and softmax in float32: [B, Q, C]."""
-  logits = jnp.einsum('bic,bjc->bij', q, k, preferred_element_type=jnp.float32) * scale
-  s = jax.nn.softmax(logits, axis=-1)  # S: [B, Q, HW]
+  """softmax(scale q k^T) v with the logits and softmax in float32: [B, Nq, Dv]."""
+  logits = jnp.einsum('bid,bjd->bij', q, k, preferred_element_type=jnp.float32) * scale
+  s = jax.nn.softmax(logits, axis=-1)  # S: [B, Nq, Nk]
   return jnp.einsum('bij,bjc->bic', s.astype(v.dtype), v)
 
 
-def _chunked(e: jax.Array, v: jax.Array, scale: float, chunk: int) -> jax.Array:
-  n = e.shape[1]
+def _chunked(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, chunk: int) -> jax.Array:
+  b, n, d = q.shape
   chunk = min(chunk, n)
   pad = -n % chunk
-  q = jnp.pad(e, ((0, 0), (0, pad), (0, 0))) if pad else e
-  q = q.reshape(e.shape[0], -1, chunk, e.shape[2]).swapaxes(0, 1)  # [blocks, B, chunk, C]
-  attend = jax.checkpoint(lambda qb: _attend(qb, e, v, scale))
-  out = jax.lax.map(attend, q)  # [blocks, B, chunk, Cv]
-  return out.swapaxes(0, 1).reshape(e.shape[0], -1, v.shape[-1])[:, :n]
+  blocks = jnp.pad(q, ((0, 0), (0, pad), (0, 0))) if pad else q
+  blocks = blocks.reshape(b, -1, chunk, d).swapaxes(0, 1)  # [blocks, B, chunk, D]
+  attend = jax.checkpoint(lambda qb: _attend(qb, k, v, scale))
+  out = jax.lax.map(attend, blocks)  # [blocks, B, chunk, Dv]
+  return out.swapaxes(0, 1).reshape(b, -1, v.shape[-1])[:, :n]
 
 
 class SpatialCorrelation(nn.Module):
