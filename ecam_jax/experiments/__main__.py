@@ -97,12 +97,12 @@ def _plan(table: tables.Table, workdir: pathlib.Path) -> dict:
 
 def _dry_run(table, rows, workdir, seeds) -> None:
   for row in rows:
-    overrides = ' '.join(f'--config.{k}={v}' for k, v in row.overrides)
     for name, seed in runner.run_names(row, seeds):
       folder = runner.source_dir(workdir, table, row, name)
       state = runner.state_of(folder) if runner.available(row) else runner.UNAVAILABLE
-      seed_flag = '' if seed is None else f' --config.seed={seed}'
-      print(f'{name}: variant={row.variant} {overrides}{seed_flag} -> {folder} [{state}]')
+      settings = [f'variant={row.variant}'] + [f'--config.{k}={v}' for k, v in row.overrides]
+      settings += [] if seed is None else [f'--config.seed={seed}']
+      print(f'{name}: {" ".join(settings)} -> {folder} [{state}]')
 
 
 def main(argv: list[str]) -> None:
@@ -110,6 +110,14 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   for name in ('absl', 'jax'):
     logging.getLogger(name).setLevel(logging.WARNING)
+  try:
+    _main()
+  except ROW_ERRORS as e:  # before any row started: the config file, the data, the phantom
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def _main() -> None:
   try:
     table = tables.get(FLAGS.table)
     rows = tables.select(table, FLAGS.rows, FLAGS.shard)
