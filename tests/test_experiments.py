@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 from ecam_jax import evaluate, train
-from ecam_jax.configuration import load_config
+from ecam_jax.configuration import ConfigError, load_config
 from ecam_jax.experiments import lock, outputs, report, runner, tables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -286,3 +286,19 @@ def test_fig5_grid_reuses_other_tables_rows(workdir):
   assert runner.source_dir(workdir, fig5, fig5.row('unet_se'), 'unet_se') == (
     workdir / 'fig5/unet_se'
   )
+
+
+def test_row_whose_checkpoint_refuses_the_config_fails_alone(workdir, monkeypatch):
+  def longer(variant):
+    config = _config_for(variant)
+    config.train.epochs = 2
+    return config
+
+  outcomes = runner.run_table(
+    TABLE4, tables.select(TABLE4, 'dice'), longer, workdir, errors=(ConfigError,), report=print
+  )
+  assert [o.action for o in outcomes] == ['failed']
+  assert 'train.epochs' in outcomes[0].error
+  error = workdir / 'table_4/dice' / runner.ERROR_FILE
+  assert 'ConfigError' in error.read_text()
+  error.unlink()

@@ -45,6 +45,11 @@ flags.DEFINE_string(
   "Compare with this column of the paper (tcia, msd, kits, cardiac) whatever the config's "
   'data.dataset (the table says so).',
 )
+flags.DEFINE_bool(
+  'resume_with_changes',
+  False,
+  "Resume rows although the config differs from their checkpoint's (as ecam_jax.main).",
+)
 flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.')
 flags.DEFINE_integer('num_processes', None, 'Multi-process: how many processes in all.')
 flags.DEFINE_integer('process_id', None, 'Multi-process: this process (0 .. n-1).')
@@ -138,7 +143,15 @@ def _main() -> None:
   )
   if jax.process_index() == 0:
     write_json_atomic(runner.table_dir(workdir, table) / PLAN, plan)
-  outcomes = runner.run_table(table, rows, _config_for, workdir, plan['seeds'], ROW_ERRORS)
+  outcomes = runner.run_table(
+    table,
+    rows,
+    _config_for,
+    workdir,
+    plan['seeds'],
+    ROW_ERRORS,
+    allow_changes=FLAGS.resume_with_changes,
+  )
   if jax.process_index() == 0:
     _write(table, workdir, plan)
   failed = [o for o in outcomes if o.action == runner.FAILED]

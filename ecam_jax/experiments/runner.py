@@ -142,11 +142,16 @@ class Outcome:
 
 
 def run_row(
-  row_dir: pathlib.Path, config: ml_collections.ConfigDict, errors: tuple = ()
+  row_dir: pathlib.Path,
+  config: ml_collections.ConfigDict,
+  errors: tuple = (),
+  allow_changes: bool = False,
 ) -> Outcome:
   """Trains (or resumes) and evaluates one run unless it is finished or another runner
   holds it. An exception in `errors` (a user's mistake: a config the checkpoint refuses, a
-  data error) is written to ROW/error.txt and returned; any other propagates."""
+  data error) is written to ROW/error.txt and returned; any other propagates.
+  `allow_changes`: resume although the config differs from the checkpoint's (main's
+  --resume_with_changes)."""
   from ecam_jax import evaluate, train  # the heavy part, only when a row runs
 
   row_dir = pathlib.Path(row_dir).absolute()
@@ -159,7 +164,7 @@ def run_row(
     try:
       done = 'evaluated'
       if action == NOT_STARTED:
-        summary = train.train_and_evaluate(config, str(row_dir))
+        summary = train.train_and_evaluate(config, str(row_dir), allow_changes=allow_changes)
         if summary.get('interrupted'):
           return Outcome(row_dir.name, row_dir, 'interrupted')
         done = 'trained'
@@ -224,6 +229,7 @@ def run_table(
   seeds: int = 0,
   errors: tuple = (),
   report: Callable[[str], None] = parallel.print0,
+  allow_changes: bool = False,
 ) -> list[Outcome]:
   """Runs every run of `rows` in turn (see `run_row`); stops after a run interrupted by a
   stop request (SIGTERM, Ctrl-C), which a rerun resumes. Fig. 5 draws one map per
@@ -236,7 +242,8 @@ def run_table(
       if not available(row):
         outcomes.append(Outcome(name, row_dir, UNAVAILABLE))
       else:
-        outcomes.append(run_row(row_dir, row_config(config_for, row, seed, workdir), errors))
+        config = row_config(config_for, row, seed, workdir)
+        outcomes.append(run_row(row_dir, config, errors, allow_changes))
       report(f'{table_dir(workdir, table).name}/{name}: {outcomes[-1].action}')
       if outcomes[-1].action == 'interrupted':
         return outcomes
