@@ -270,7 +270,10 @@ def test_collect_with_seeds_marks_unavailable_and_running(tmp_path, monkeypatch)
   rows = {r['id']: r for r in result['rows']}
   assert rows['attention_unet']['status'] == 'running'
   assert rows['unet']['metrics']['dsc']['paper'] is None
-  assert '| U-Net | finished | 75.00 ± 7.07 | – | – |' in report.markdown(result)
+  md = report.markdown(result)
+  assert '| U-Net | finished | 75.00 ± 7.07 | – | – |' in md
+  assert '- Table I, DA-Net and SegFormer: identical TCIA and MSD triples' in md
+  assert 'Table III' not in md
 
 
 def test_fig5_grid_reuses_other_tables_rows(workdir):

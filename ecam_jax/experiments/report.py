@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import pathlib
+import re
 
 import numpy as np
 from scipy import stats
@@ -205,7 +206,19 @@ def markdown(result: dict) -> str:
     cells.append(_num(dsc['per_volume'], dsc['per_volume_std']))
     cells.append(_wilcoxon_cell(row.get('wilcoxon')))
     lines.append('| ' + ' | '.join(cells) + ' |')
+  notes = [e for e in result['errata'] if _about(e['where'], result['table'])]
+  if notes:
+    lines += ['', "The paper's numbers as printed; what we noticed in them:", '']
+    lines += [f'- {e["where"]}: {e["note"]}' for e in notes]
   return '\n'.join(lines) + '\n'
+
+
+def _about(where: str, table: str) -> bool:
+  """Whether an erratum's `where` names `table` ('1'..'5', 'fig4')."""
+  if table == 'fig4':
+    return 'Fig. 4' in where
+  roman = ('I', 'II', 'III', 'IV', 'V')[int(table) - 1]
+  return re.search(rf'Tables? (?:[IV]+ and )?{roman}\b', where) is not None
 
 
 def _wilcoxon_cell(test: dict | None) -> str:
