@@ -9,6 +9,7 @@ from ecam_jax.models.baselines.cenet import CENet
 from ecam_jax.models.baselines.danet import DANet
 from ecam_jax.models.baselines.deeplabv3plus import DeepLabV3Plus
 from ecam_jax.models.baselines.msunet import MSUNet
+from ecam_jax.models.baselines.segformer import SegFormer
 from ecam_jax.models.baselines.unetpp import UNetPlusPlus
 from ecam_jax.models.layers import fold_ec
 from ecam_jax.models.settings import ModelSettings
@@ -24,6 +25,7 @@ MODELS = {
   'unetpp': UNetPlusPlus,
   'deeplabv3plus': DeepLabV3Plus,
   'danet': DANet,
+  'segformer': SegFormer,
 }
 
 

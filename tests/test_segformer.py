@@ -1,0 +1,268 @@
+"""SegFormer: its parameter counts against the reference code's (B2, B0), the efficient
+self-attention and Mix-FFN against NumPy, the drop-path schedule, the sharded step,
+prediction geometry, remat, non-square inputs, bfloat16. Training on the phantom demo
+(slow) is in tests/test_compared_networks.py."""
+
+import math
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from ecam_jax import infer
+from ecam_jax.configuration import load_config
+from ecam_jax.models import abstract_variables, build_model
+from ecam_jax.models.baselines.segformer import EfficientSelfAttention, MixFFN, MixTransformer
+from ecam_jax.models.dropout import DropPath
+
+import numpy_ref as ref
+import step_equivalence as se
+
+
+def _config(size='b0', config_file='configs/default.py', **model):
+  config = load_config(config_file, 'variant=segformer')
+  config.model.segformer_size = size
+  config.model.update(model)
+  config.data.image_size = 32
+  return config
+
+
+def _count(tree) -> int:
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
+# --- parameter count ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  ('size', 'encoder', 'decoder'), [('b2', 24_190_016, 3_151_105), ('b0', 3_316_256, 395_009)]
+)
+def test_parameter_counts_are_the_reference_codes(size, encoder, decoder):
+  """NVlabs/SegFormer's mit_b2 / mit_b0 with a 1-channel patch embedding, and SegFormerHead
+  with 1 class (its fuse conv has no bias, as mmcv's ConvModule before a norm; mmseg's
+  unused `conv_seg` not counted): B2 27,341,121, B0 3,711,265."""
+  config = load_config('configs/default.py', 'variant=segformer')
+  config.model.segformer_size = size
+  params = abstract_variables(build_model(config.model), 512)['params']
+  assert set(params) == {'encoder', 'decoder'}
+  assert (_count(params['encoder']), _count(params['decoder'])) == (encoder, decoder)
+  assert _count(params) == {'b2': 27_341_121, 'b0': 3_711_265}[size]
+
+
+def test_variant_default_is_b2():
+  assert load_config('configs/default.py', 'variant=segformer').model.segformer_size == 'b2'
+
+
+# --- the blocks against NumPy -------------------------------------------------------------
+
+
+def _np_layer_norm(x, p, eps):
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + eps) * p['scale'] + p['bias']
+
+
+def _np_linear(x, p):
+  return np.asarray(x, np.float64) @ p['kernel'] + p['bias']
+
+
+def _np_efficient_attention(x, p, heads, r):
+  """Tokens n = h * w. With r > 1 the keys and values come from the map cut into r x r
+  patches, each sum_{i,j} x[r a + i, r b + j] W[i, j] + b (the sr conv), then LayerNorm
+  (eps 1e-5); with r = 1 from the map itself. One Linear C -> 2C: its first C outputs are
+  the keys, the rest the values. Head t uses channels t d .. (t + 1) d - 1 of q, k and v:
+  softmax(q k^T / sqrt(d)) v, heads concatenated, then proj."""
+  x = np.asarray(x, np.float64)
+  b, h, w, c = x.shape
+  d = c // heads
+  q = _np_linear(x, p['q']).reshape(b, h * w, c)
+  source = x
+  if r > 1:
+    source = np.zeros((b, h // r, w // r, c))
+    for i in range(r):
+      for j in range(r):
+        source += x[:, i::r, j::r] @ p['sr']['kernel'][i, j]
+    source = _np_layer_norm(source + p['sr']['bias'], p['norm'], 1e-5)
+  kv = _np_linear(source.reshape(b, -1, c), p['kv'])
+  keys, values = kv[..., :c], kv[..., c:]
+  out = np.zeros((b, h * w, c))
+  for t in range(heads):
+    part = slice(t * d, (t + 1) * d)
+    scores = q[..., part] @ keys[..., part].transpose(0, 2, 1) / math.sqrt(d)
+    out[..., part] = ref.softmax(scores) @ values[..., part]
+  return _np_linear(out, p['proj']).reshape(b, h, w, c)
+
+
+@pytest.mark.parametrize(('heads', 'r'), [(2, 8), (1, 1)])
+def test_efficient_self_attention_equals_numpy(heads, r):
+  """Stage 1's reduction 8 on a 16 x 24 map (2 x 3 keys and values), and plain attention
+  (stage 4, r = 1: no sr conv, no norm)."""
+  x = np.random.default_rng(1).standard_normal((2, 16, 24, 16)).astype(np.float32)
+  attn = EfficientSelfAttention(heads, r)
+  params = ref.randomize(jax.device_get(attn.init(jax.random.key(0), x))['params'], seed=2)
+  assert set(params) == ({'q', 'sr', 'norm', 'kv', 'proj'} if r > 1 else {'q', 'kv', 'proj'})
+  out = attn.apply({'params': params}, x)
+  expected = _np_efficient_attention(x, params, heads, r)
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def _np_mix_ffn(x, p):
+  """fc1 -> depthwise 3x3 (each channel its own kernel, zero padding 1, bias) -> exact GELU
+  x (1 + erf(x / sqrt 2)) / 2 -> fc2."""
+  y = _np_linear(x, p['fc1'])
+  b, h, w, c = y.shape
+  padded = np.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  conv = np.zeros_like(y)
+  for i in range(3):
+    for j in range(3):
+      conv += padded[:, i : i + h, j : j + w] * p['dwconv']['kernel'][i, j, 0]
+  conv += p['dwconv']['bias']
+  erf = np.vectorize(math.erf)
+  return _np_linear(conv * (1 + erf(conv / math.sqrt(2))) / 2, p['fc2'])
+
+
+def test_mix_ffn_equals_numpy_with_exact_gelu():
+  x = np.random.default_rng(3).standard_normal((2, 5, 7, 6)).astype(np.float32)
+  mlp = MixFFN(24)
+  params = ref.randomize(jax.device_get(mlp.init(jax.random.key(0), x))['params'], seed=4)
+  params = jax.tree.map(lambda v: v * 3, params)  # pre-activations of several units: GELU's
+  assert params['dwconv']['kernel'].shape == (3, 3, 1, 24)  # tanh form is off by ~1e-3 there
+  out = mlp.apply({'params': params}, x)
+  expected = _np_mix_ffn(x, params)
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_drop_path_rises_linearly_over_all_blocks():
+  """torch.linspace(0, drop_path, sum(depths)) over B2's 3 + 4 + 6 + 3 blocks, in order."""
+  rates = {}
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, DropPath):
+      rates[context.module.path] = context.module.rate
+    return next_fun(*args, **kwargs)
+
+  model = build_model(_config('b2', drop_path=0.3).model)
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1))))
+  blocks = [f'block{i}_{j}' for i, depth in enumerate((3, 4, 6, 3), start=1) for j in range(depth)]
+  assert [path[1] for path in rates] == blocks
+  np.testing.assert_allclose(list(rates.values()), np.linspace(0, 0.3, 16), rtol=1e-12)
+
+
+# --- training and prediction --------------------------------------------------------------
+
+
+def test_sharded_step_equals_single_device():
+  """B0 at 64 x 64 (32 x 32 would leave every attention a single key, whose softmax has no
+  gradient); drop path and the decoder's dropout are on, drawn per global row."""
+  config = se.config('segformer', size=64, segformer_size='b0')
+  assert config.model.dropout > 0 and config.model.drop_path > 0
+  se.assert_sharded_equals_single(config, devices=8, num_steps=2)
+
+
+def _oblique_affine(degrees=12.0) -> np.ndarray:
+  """Axes permuted and flipped (neither RAS nor LPS), anisotropic, tilted off the axes."""
+  affine = np.zeros((4, 4))
+  affine[:3, :3] = np.array([[0, 0.7, 0], [0, 0, -3.0], [-0.7, 0, 0]])
+  affine[:3, 3] = (-30.0, 12.0, 55.0)
+  affine[3, 3] = 1.0
+  tilt = np.eye(4)
+  tilt[:3, :3] = Rotation.from_euler('yz', [degrees, -degrees / 3], degrees=True).as_matrix()
+  return tilt @ affine
+
+
+def test_predict_writes_a_mask_with_the_input_geometry(tmp_path):
+  config = _config('b0', config_file='configs/demo.py')
+  config.eval.batch_size = 4
+  variables = ref.host_variables(abstract_variables(build_model(config.model), 32))
+  affine = _oblique_affine()
+  assert nib.aff2axcodes(affine) not in (('R', 'A', 'S'), ('L', 'P', 'S'))
+  volume = np.random.default_rng(0).uniform(-200, 300, (36, 5, 44)).astype(np.float32)
+  src, dst = tmp_path / 'in.nii.gz', tmp_path / 'out.nii.gz'
+  nib.save(nib.Nifti1Image(volume, affine), src)
+  mask = infer.Predictor(config, None, variables=variables).segment_file(src, dst)
+  written, source = nib.load(dst), nib.load(src)
+  assert written.shape == source.shape == mask.shape
+  assert written.get_data_dtype() == np.uint8
+  np.testing.assert_array_equal(written.affine, source.affine)
+  np.testing.assert_array_equal(written.header.get_sform(), source.header.get_sform())
+  np.testing.assert_array_equal(np.asanyarray(written.dataobj), mask)
+  assert set(np.unique(mask)) <= {0, 1}
+
+
+# --- contract -----------------------------------------------------------------------------
+
+
+def test_remat_gives_the_same_features_and_gradients_on_a_non_square_input():
+  """remat wraps the encoder's Blocks (the decoder has no repeated block), so a small MiT
+  (one Block per stage, every sr and head count) compares both ways at 64 x 96, in training
+  with drop path on: the recomputation must draw the same masks."""
+  x = np.random.default_rng(7).standard_normal((2, 64, 96, 1)).astype(np.float32)
+  rngs = {'dropout': jax.random.key(9)}
+  results = []
+  for remat in (False, True):
+    encoder = MixTransformer((8, 16, 40, 64), (1, 1, 1, 1), drop_path=0.5, remat=remat)
+    params = ref.randomize(
+      jax.eval_shape(lambda e=encoder: e.init(jax.random.key(0), x, False)), seed=8, scale=0.3
+    )['params']
+
+    def loss(params, encoder=encoder):
+      features = encoder.apply({'params': params}, x, True, rngs=rngs)
+      return sum(jnp.mean(f**2) for f in features), features
+
+    (_, features), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    assert [f.shape for f in features] == [
+      (2, 16, 24, 8),
+      (2, 8, 12, 16),
+      (2, 4, 6, 40),
+      (2, 2, 3, 64),
+    ]
+    results.append((features, grads))
+  chex.assert_trees_all_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+def test_remat_setting_checkpoints_each_encoder_block():
+  """`model.remat` reaches the encoder: the gradient's program holds one rematerialized
+  computation per Block (B0: 2 + 2 + 2 + 2), and none without it."""
+
+  def checkpoints(remat):
+    model = build_model(_config('b0', remat=remat).model)
+    grad = jax.grad(lambda v: jnp.sum(model.apply(v, jnp.zeros((1, 32, 64, 1)))['logits']))
+    jaxpr = jax.make_jaxpr(grad)(abstract_variables(model, 32))
+    return [eqn.primitive.name for eqn in jaxpr.jaxpr.eqns].count('remat2')
+
+  assert (checkpoints(True), checkpoints(False)) == (8, 0)
+
+
+@pytest.mark.parametrize('size', ['b0', 'b2'])
+def test_non_square_input_gives_full_size_logits_and_no_side_outputs(size):
+  model = build_model(_config(size).model)
+  variables = abstract_variables(model, 32)
+  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((3, 32, 160, 1))), variables)
+  assert out['logits'].shape == (3, 32, 160, 1) and out['side_logits'] == ()
+
+
+def test_bfloat16_computes_in_bfloat16_and_returns_float32_logits():
+  model = build_model(_config('b0', dtype='bfloat16').model)
+  variables = abstract_variables(model, 32)
+  assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype('float32')}
+  x = jax.ShapeDtypeStruct((1, 64, 32, 1), jnp.float32)
+  out, decoder = jax.eval_shape(
+    lambda v, x: model.apply(v, x, capture_intermediates=lambda m, _: m.name == 'decoder'),
+    variables,
+    x,
+  )
+  assert decoder['intermediates']['decoder']['__call__'][0].dtype == jnp.bfloat16
+  assert out['logits'].shape == (1, 64, 32, 1) and out['logits'].dtype == jnp.float32
+  assert out['side_logits'] == ()
+
+
+def test_input_sizes_that_do_not_divide_32_are_refused():
+  model = build_model(_config('b0').model)
+  with pytest.raises(ValueError, match='48x64.*multiples of 32'):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 48, 64, 1))))
