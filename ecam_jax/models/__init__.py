@@ -8,6 +8,7 @@ from ecam_jax.models.baselines.attention_unet import AttentionUNet
 from ecam_jax.models.baselines.cenet import CENet
 from ecam_jax.models.baselines.danet import DANet
 from ecam_jax.models.baselines.deeplabv3plus import DeepLabV3Plus
+from ecam_jax.models.baselines.hrnet import HRNet
 from ecam_jax.models.baselines.msunet import MSUNet
 from ecam_jax.models.baselines.segformer import SegFormer
 from ecam_jax.models.baselines.unetpp import UNetPlusPlus
@@ -24,6 +25,7 @@ MODELS = {
   'msunet': MSUNet,
   'unetpp': UNetPlusPlus,
   'deeplabv3plus': DeepLabV3Plus,
+  'hrnet': HRNet,
   'danet': DANet,
   'segformer': SegFormer,
 }
