@@ -10,6 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# Full float32 products on every backend (TPUs and Ampere+ GPUs otherwise round the operands
+# of a float32 matmul to bfloat16 or TF32).
+_EXACT = jax.lax.Precision.HIGHEST
+
 
 def source_positions(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
   """Where output pixel k = 0..n_out-1 samples the input, in input pixels (float64).
@@ -23,20 +27,33 @@ def source_positions(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
   return np.clip((k + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
 
 
+def interpolation_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
+  """[n_out, n_in] float64: row k holds the two weights with which output pixel k mixes
+  the input pixels around `source_positions(...)[k]` (weights sum to 1)."""
+  pos = source_positions(n_in, n_out, align_corners)
+  lo = np.floor(pos).astype(np.int64)
+  hi = np.minimum(lo + 1, n_in - 1)
+  m = np.zeros((n_out, n_in))
+  rows = np.arange(n_out)
+  np.add.at(m, (rows, lo), 1 - (pos - lo))
+  np.add.at(m, (rows, hi), pos - lo)
+  return m
+
+
 def resize_bilinear(x: jax.Array, size: tuple[int, int], align_corners: bool) -> jax.Array:
   """[B, H, W, C] -> [B, size[0], size[1], C], separable linear interpolation along H then
   W, in x's dtype. Exact for any sizes (up or down) with no antialiasing, as PyTorch's
-  `F.interpolate(mode='bilinear')`."""
-  for axis, n_out in zip((1, 2), size, strict=True):
-    n_in = x.shape[axis]
-    if n_in == n_out:  # the identity in both conventions
-      continue
-    pos = source_positions(n_in, n_out, align_corners)
-    lo = np.floor(pos).astype(np.int32)
-    hi = np.minimum(lo + 1, n_in - 1)
-    shape = [1] * x.ndim
-    shape[axis] = n_out
-    t = jnp.asarray((pos - lo).reshape(shape), x.dtype)
-    a, b = jnp.take(x, lo, axis=axis), jnp.take(x, hi, axis=axis)
-    x = a + (b - a) * t
+  `F.interpolate(mode='bilinear')`.
+
+  Each axis is a product with a constant interpolation matrix rather than a gather of the
+  two neighbours: its gradient is the transposed product, where a gather's would be a
+  scatter-add, which XLA compiles slowly at large sizes and runs slowly on accelerators.
+  """
+  h, w = size
+  if x.shape[1] != h:  # the identity in both conventions when the size is kept
+    m = jnp.asarray(interpolation_matrix(x.shape[1], h, align_corners), x.dtype)
+    x = jnp.einsum('ph,bhwc->bpwc', m, x, precision=_EXACT)
+  if x.shape[2] != w:
+    m = jnp.asarray(interpolation_matrix(x.shape[2], w, align_corners), x.dtype)
+    x = jnp.einsum('qw,bhwc->bhqc', m, x, precision=_EXACT)
   return x

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from ecam_jax.models.baselines.resnet import ResNet
 from ecam_jax.models.layers import ModuleDef, network_setup
+from ecam_jax.models.resize import resize_bilinear
 from ecam_jax.models.settings import ModelSettings
 
 DAC_RATES = (1, 3, 5)  # dilations of DAC's three 3x3 convs (the paper's Fig. 3)
@@ -71,7 +72,7 @@ class RMP(nn.Module):
     for k in self.pools:
       window = (min(k, h), min(k, w))
       y = conv(nn.max_pool(x, window, strides=window, padding='VALID'))  # [B, h/k, w/k, 1]
-      maps.append(jax.image.resize(y, (b, h, w, 1), method='bilinear'))
+      maps.append(resize_bilinear(y, (h, w), align_corners=False))
     return jnp.concatenate([*maps, x], axis=-1)
 
 
