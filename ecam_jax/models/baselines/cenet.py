@@ -66,7 +66,7 @@ class RMP(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    b, h, w, _ = x.shape
+    _, h, w, _ = x.shape
     conv = nn.Conv(1, (1, 1), dtype=self.dtype, name='conv')
     maps = []
     for k in self.pools:
