@@ -82,7 +82,7 @@ TRAINED = {
     'deeplabv3plus',
     {'model.output_stride': 8, 'model.resnet_depth': 18},
   ),
-  'danet_os8_aux_chunked': ('danet', {'model.attention_impl': 'chunked'}),
+  'danet_os8_aux_chunked': ('danet', {}),
   'danet_os16_no_aux': ('danet', {'model.output_stride': 16, 'model.deep_supervision': False}),
   'hrnet_full': ('hrnet', {}),
   'hrnet_small_v2': ('hrnet', {'model.hrnet_size': 'small_v2'}),

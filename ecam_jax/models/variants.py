@@ -78,7 +78,15 @@ NETWORKS: dict[str, tuple[dict, str, str]] = {
     'I',
   ),
   'danet': (
-    dict(name='danet', base_channels=64, resnet_depth=50, output_stride=8, deep_supervision=True),
+    # PAM's 4096 x 4096 map per image at 512x512: query blocks need the least memory.
+    dict(
+      name='danet',
+      base_channels=64,
+      resnet_depth=50,
+      output_stride=8,
+      deep_supervision=True,
+      attention_impl='chunked',
+    ),
     'DA-Net: dilated ResNet-50 at output stride 8, position and channel attention (Fu et al.)',
     'I',
   ),
