@@ -263,6 +263,9 @@ def test_collect_with_seeds_marks_unavailable_and_running(tmp_path, monkeypatch)
   assert result['reference']['from'] == 'table_2/ec_cam_unet'
   assert rows['unet']['wilcoxon']['median_diff'] == pytest.approx(-5.0)
   assert rows['ec_cam_unet']['status'] == 'pending' and 'wilcoxon' not in rows['ec_cam_unet']
+  md = report.markdown(result)
+  assert '- Table I, DA-Net and SegFormer: identical TCIA and MSD triples' in md
+  assert 'Table III' not in md
   with lock.row_lock(tmp_path / 'table_1/attention_unet_seed0') as held:
     assert held
     monkeypatch.setattr(runner, 'MODELS', {'ecam_unet': None, 'attention_unet': None})
@@ -272,8 +275,7 @@ def test_collect_with_seeds_marks_unavailable_and_running(tmp_path, monkeypatch)
   assert rows['unet']['metrics']['dsc']['paper'] is None
   md = report.markdown(result)
   assert '| U-Net | finished | 75.00 ± 7.07 | – | – |' in md
-  assert '- Table I, DA-Net and SegFormer: identical TCIA and MSD triples' in md
-  assert 'Table III' not in md
+  assert "The paper's numbers" not in md  # its errata only beside its numbers
 
 
 def test_fig5_grid_reuses_other_tables_rows(workdir):

@@ -206,7 +206,7 @@ def markdown(result: dict) -> str:
     cells.append(_num(dsc['per_volume'], dsc['per_volume_std']))
     cells.append(_wilcoxon_cell(row.get('wilcoxon')))
     lines.append('| ' + ' | '.join(cells) + ' |')
-  notes = [e for e in result['errata'] if _about(e['where'], result['table'])]
+  notes = [e for e in result['errata'] if column and _about(e['where'], result['table'])]
   if notes:
     lines += ['', "The paper's numbers as printed; what we noticed in them:", '']
     lines += [f'- {e["where"]}: {e["note"]}' for e in notes]
