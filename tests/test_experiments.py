@@ -15,7 +15,7 @@ from scipy import stats
 
 from ecam_jax import evaluate, train
 from ecam_jax.configuration import ConfigError, load_config
-from ecam_jax.experiments import lock, outputs, report, runner, tables
+from ecam_jax.experiments import gradcam, lock, outputs, report, runner, tables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TABLE4 = tables.get('4')
@@ -285,6 +285,9 @@ def test_fig5_grid_reuses_other_tables_rows(workdir):
   fig5 = tables.get('fig5')
   path = outputs.write_outputs(fig5, workdir, {})[0]
   assert path == workdir / 'fig5.png' and path.read_bytes()[:4] == b'\x89PNG'
+  slices = gradcam.pick_slices(workdir / 'table_5/unet_coa', 2)
+  _, labels = gradcam.slice_arrays(workdir / 'table_5/unet_coa', slices)
+  assert labels.reshape(2, -1).max(axis=1).tolist() == [1, 1]  # the slices with most foreground
   assert runner.source_dir(workdir, fig5, fig5.row('unet_coa'), 'unet_coa') == (
     workdir / 'table_5/unet_coa'
   )

@@ -84,7 +84,7 @@ def pick_slices(row_dir: pathlib.Path, count: int = SLICES) -> list[tuple[str, i
   cache = _cache(row_dir)
   ranked = []
   for case in json.loads((row_dir / 'splits.json').read_text())['test']:
-    areas = np.asarray(cache.label(case)).sum(axis=(1, 2))
+    areas = np.asarray(cache.label(case)).sum(axis=(1, 2), dtype=np.int64)
     order = np.argsort(-areas, kind='stable')
     ranked += [(rank, -int(areas[z]), case, int(z)) for rank, z in enumerate(order)]
   return [(case, z) for *_, case, z in sorted(ranked)[:count]]
