@@ -310,3 +310,17 @@ def test_row_whose_checkpoint_refuses_the_config_fails_alone(workdir, monkeypatc
   error = workdir / 'table_4/dice' / runner.ERROR_FILE
   assert 'ConfigError' in error.read_text()
   error.unlink()
+
+
+def test_fig4_plots_dsc_against_alpha(tmp_path):
+  for alpha, dsc in (('0.1', 0.70), ('0.3', 0.74), ('0.5', 0.72)):
+    _fake_summary(tmp_path / f'fig4/alpha_{alpha}', [dsc, dsc + 0.02], ['c1', 'c2'])
+  plan = {'dataset': 'tcia_pancreas', 'paper_column': 'tcia', 'seeds': 0}
+  paths = outputs.write_outputs(tables.get('fig4'), tmp_path, plan)
+  assert (tmp_path / 'fig4.png') in paths and (tmp_path / 'fig4.png').stat().st_size > 0
+  rows = {r['id']: r for r in json.loads((tmp_path / 'fig4.json').read_text())['rows']}
+  assert rows['alpha_0.3']['metrics']['dsc']['paper'] == 73.14
+  assert rows['alpha_0.3']['metrics']['dsc']['diff'] == pytest.approx(75.0 - 73.14)
+  assert rows['alpha_0.1']['metrics']['dsc']['paper'] is None
+  assert rows['alpha_0.9']['status'] == 'pending'
+  assert rows['alpha_0.1']['wilcoxon']['n'] == 2  # against alpha = 0.5
