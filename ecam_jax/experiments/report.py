@@ -56,7 +56,7 @@ def wilcoxon(ours: dict[str, float], reference: dict[str, float]) -> dict:
   result = stats.wilcoxon(diff)
   out.update(p=float(result.pvalue), statistic=float(result.statistic))
   if len(cases) < UNDERPOWERED:
-    out['note'] = f'underpowered: {len(cases)} paired cases'
+    out['note'] = f'underpowered: {len(cases)} paired case' + ('s' if len(cases) > 1 else '')
   return out
 
 
