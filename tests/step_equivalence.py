@@ -72,11 +72,22 @@ def run(config, devices: int, data: list[dict], initial: TrainState):
   return jax.device_get(state), history
 
 
-def assert_sharded_equals_single(config, devices: int = 8, num_steps: int = 2):
-  """`num_steps` steps on `devices` devices against 1 device; returns both histories."""
+def assert_sharded_equals_single(
+  config, devices: int = 8, num_steps: int = 2, sharded_model: dict | None = None
+):
+  """`num_steps` steps on `devices` devices against 1 device; returns both histories.
+
+  sharded_model: config.model settings for the sharded run only, ones that must not change
+  what is computed (remat: {'remat': True}), so that one comparison checks them too: a
+  network's remat check then costs no compile of its own.
+  """
   data, initial = batches(config, num_steps), initial_state(config)
   one, hist_one = run(config, 1, data, initial)
-  many, hist_many = run(config, devices, data, initial)
+  sharded = config
+  if sharded_model:
+    sharded = config.copy_and_resolve_references()
+    sharded.model.update(sharded_model)
+  many, hist_many = run(sharded, devices, data, initial)
   assert all(np.isfinite(h['grad_norm']) and h['grad_norm'] > 0 for h in hist_one + hist_many)
   # The first step sees identical parameters: a gradient reduced twice over the devices
   # (docs/architecture.md) would be `devices` times larger here.

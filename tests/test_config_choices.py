@@ -4,7 +4,10 @@ The walk: every choice-valued key (configuration.CHOICES), every true/false swit
 configs/default.py, each side output and both kinds of attention_scale. A value that
 reaches the train step is trained for ONE sharded step (batch 8 over the 8 test devices,
 base 4, 32x32) by one of the few configs in TRAINED, where it is in effect (e.g. a fusion
-only with MuS and an attention on); the rest (data and evaluation keys) only need the
+only with MuS and an attention on), or, for the configs in TRACED, its sharded step is
+traced whole (shapes and dtypes of every operation, no compile) because another test of
+the default suite trains it, or because it only repeats code a trained config runs and
+compiling it costs minutes on a CPU. The rest (data and evaluation keys) only need the
 check to accept them. Values the check must refuse raise a ConfigError naming the key.
 A value the check accepts that no config here covers fails
 test_every_accepted_value_is_covered, so a new choice cannot go untested.
@@ -74,20 +77,33 @@ TRAINED = {
     {'model.deep_supervision': False, 'model.unetpp_align_corners': False},
   ),
   'cenet_resnet18': ('cenet', {'model.resnet_depth': 18}),
-  'cenet_resnet34': ('cenet', {'model.resnet_depth': 34}),
   'cenet_resnet50': ('cenet', {'model.resnet_depth': 50}),
-  'cenet_resnet101': ('cenet', {'model.resnet_depth': 101}),
-  'deeplabv3plus_os16': ('deeplabv3plus', {}),
   'deeplabv3plus_os8_resnet18': (
     'deeplabv3plus',
     {'model.output_stride': 8, 'model.resnet_depth': 18},
   ),
-  'danet_os8_aux_chunked': ('danet', {}),
   'danet_os16_no_aux': ('danet', {'model.output_stride': 16, 'model.deep_supervision': False}),
-  'hrnet_full': ('hrnet', {}),
-  'hrnet_small_v2': ('hrnet', {'model.hrnet_size': 'small_v2'}),
-  'segformer_b2': ('segformer', {}),
-  'segformer_b0': ('segformer', {'model.segformer_size': 'b0'}),
+}
+
+# Traced, not run: (variant, changes, why). The network tests named train the same values
+# in their sharded-step tests (tests/step_equivalence.py).
+TRACED = {
+  'cenet_resnet34': ('cenet', {}, 'tests/test_cenet.py trains the variant (ResNet-34)'),
+  'cenet_resnet101': (
+    'cenet',
+    {'model.resnet_depth': 101},
+    "ResNet-50's Bottlenecks, 23 in stage 3 instead of 6",
+  ),
+  'deeplabv3plus_os16': ('deeplabv3plus', {}, 'tests/test_deeplabv3plus.py trains it'),
+  'danet_os8_aux_chunked': ('danet', {}, 'tests/test_danet.py trains it'),
+  'hrnet_small_v2': ('hrnet', {'model.hrnet_size': 'small_v2'}, 'tests/test_hrnet.py trains it'),
+  'hrnet_full': ('hrnet', {}, "small_v2's modules and blocks, more of them (3 min to compile)"),
+  'segformer_b0': (
+    'segformer',
+    {'model.segformer_size': 'b0'},
+    'tests/test_segformer.py trains it',
+  ),
+  'segformer_b2': ('segformer', {}, "B0's blocks, wider and more of them"),
 }
 
 # Values the check must refuse: (changes, the key its message names).
@@ -172,9 +188,10 @@ def _value(config: ml_collections.ConfigDict, key: str):
 
 
 def _trained_values(key: str) -> set:
-  """The values of `key` that some config of TRAINED trains with, where they are in effect."""
+  """The values of `key` that some config of TRAINED or TRACED sets, where in effect."""
   values = set()
-  for variant, changes in TRAINED.values():
+  configs = [*TRAINED.values(), *((v, c) for v, c, _ in TRACED.values())]
+  for variant, changes in configs:
     config = _config(variant, changes)
     default = _UNET if key.startswith('model.') else (lambda m: True)  # U-Net switches
     if not IN_EFFECT.get(key, default)(config.model):
@@ -199,7 +216,7 @@ def test_every_accepted_value_is_covered():
       continue
     missing = set(values) - _trained_values(key)
     assert not missing, (
-      f'config.{key} values {missing} are accepted but no TRAINED config uses them'
+      f'config.{key} values {missing} are accepted but no TRAINED or TRACED config uses them'
     )
 
 
@@ -236,3 +253,25 @@ def test_one_sharded_train_step(name, monkeypatch):
   assert int(after.step) == 1
   moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), after.params, before)
   assert max(jax.tree.leaves(moved)) > 0
+
+
+@pytest.mark.parametrize('name', sorted(TRACED))
+def test_one_traced_sharded_step(name):
+  """The whole sharded step traced with abstract values: the network, loss, gradient and
+  update for these values type-check and keep the state's structure, shapes and dtypes."""
+  variant, changes, _ = TRACED[name]
+  config = _config(variant, changes)
+  configuration.check(config)
+  mesh = parallel.data_mesh(jax.devices()[:8])
+  model = build_model(config.model, axis_name=parallel.AXIS)
+  tx, schedule = make_optimizer(config.train, 10)
+  initial = jax.eval_shape(lambda: state.create_train_state(model, tx, config.seed, SIZE))
+  batch = {
+    'image': jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 1), np.float32),
+    'label': jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 1), np.uint8),
+  }
+  train_step = steps.make_train_step(model, tx, schedule, config, mesh)
+  after, metrics = jax.eval_shape(train_step, initial, batch)
+  shape_dtype = lambda x: (x.shape, x.dtype)
+  assert jax.tree.map(shape_dtype, after) == jax.tree.map(shape_dtype, initial)
+  assert metrics['loss'].shape == () and metrics['loss'].dtype == np.float32

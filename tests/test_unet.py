@@ -117,31 +117,6 @@ def test_side_outputs_on_decoder_levels():
   assert all(s.shape == (1, 32, 32, 1) for s in out['side_logits'])
 
 
-def _loss(model, variables, x, y):
-  out, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
-  loss = jnp.mean((out['logits'] - y) ** 2) + sum(jnp.mean(s**2) for s in out['side_logits'])
-  return loss, updates
-
-
-def test_remat_gives_the_same_gradients():
-  config = _config('unet_ec')  # EC encoder, decoder and side head all rematerialized
-  config.model.use_dws = True
-  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 1))
-  y = (x > 0.5).astype(jnp.float32)
-  model = build_model(config.model)
-  variables = ref.host_variables(abstract_variables(model, 32))
-  grad_fn = jax.jit(
-    jax.grad(lambda p, m: _loss(m, {**variables, 'params': p}, x, y)[0]), static_argnums=1
-  )
-  grads = grad_fn(variables['params'], model)
-  leaves = jax.tree.leaves(grads)
-  assert all(bool(jnp.isfinite(g).all()) for g in leaves)
-  assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0
-  config.model.remat = True
-  remat_grads = grad_fn(variables['params'], build_model(config.model))
-  chex.assert_trees_all_close(remat_grads, grads, atol=1e-5, rtol=1e-4)
-
-
 def test_folded_model_equals_unfolded_in_eval():
   config = _config('ec_cam_unet')
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 1))

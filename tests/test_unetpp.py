@@ -4,7 +4,6 @@ upsampling, the sharded step, prediction geometry, remat and a non-square input.
 
 import pathlib
 
-import chex
 import jax
 import jax.numpy as jnp
 import nibabel as nib
@@ -152,7 +151,11 @@ def test_without_deep_supervision_there_are_no_side_outputs():
 
 
 def test_sharded_train_step_equals_one_device():
-  se.assert_sharded_equals_single(se.config('unetpp', size=32, base_channels=4), devices=8)
+  """The sharded run recomputes its blocks in the backward pass (model.remat): remat
+  must not change the result either, so this one comparison checks both."""
+  se.assert_sharded_equals_single(
+    se.config('unetpp', size=32, base_channels=4), devices=8, sharded_model={'remat': True}
+  )
 
 
 def test_predict_writes_a_mask_with_the_inputs_geometry(tmp_path):
@@ -178,29 +181,6 @@ def test_predict_writes_a_mask_with_the_inputs_geometry(tmp_path):
   assert written.shape == volume.shape and written.get_data_dtype() == np.uint8
   np.testing.assert_array_equal(written.affine, nib.load(source).affine)
   assert set(np.unique(np.asanyarray(written.dataobj))) <= {0, 1}
-
-
-def test_remat_gives_the_same_outputs_and_gradients():
-  config = _config(base=2)
-  image = np.random.default_rng(3).standard_normal((2, 32, 32, 1)).astype(np.float32)
-  variables = ref.randomize(abstract_variables(build_model(config.model), 32))
-
-  def run(remat):
-    config.model.remat = remat
-    model = build_model(config.model)
-
-    def loss(params):
-      out, _ = model.apply(
-        {**variables, 'params': params}, image, train=True, mutable=['batch_stats']
-      )
-      return jnp.mean(out['logits'] ** 2) + sum(jnp.mean(s**2) for s in out['side_logits']), out
-
-    (_, out), grads = jax.value_and_grad(loss, has_aux=True)(variables['params'])
-    return out, grads
-
-  (plain, g_plain), (remat, g_remat) = run(False), run(True)
-  chex.assert_trees_all_close(remat, plain, atol=1e-5, rtol=1e-5)
-  chex.assert_trees_all_close(g_remat, g_plain, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
