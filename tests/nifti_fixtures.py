@@ -1,4 +1,5 @@
-"""Small NIfTI datasets written on the fly for the data tests (a module, not a conftest)."""
+"""Small NIfTI datasets written on the fly for the data tests, and the prediction-geometry
+check every network's tests make (a module, not a conftest)."""
 
 import json
 import pathlib
@@ -6,7 +7,9 @@ import pathlib
 import ml_collections
 import nibabel as nib
 import numpy as np
+from scipy.spatial.transform import Rotation
 
+from ecam_jax import infer
 from ecam_jax.configuration import load_config
 
 CONFIG = pathlib.Path(__file__).parents[1] / 'configs' / 'default.py'
@@ -70,3 +73,33 @@ def write_msd(
   }
   (root / 'dataset.json').write_text(json.dumps(meta))
   return root
+
+
+def oblique_affine(degrees: float = 12.0) -> np.ndarray:
+  """Axes permuted and flipped (neither RAS nor LPS), anisotropic, tilted off the axes."""
+  affine = np.zeros((4, 4))
+  affine[:3, :3] = np.array([[0, 0.7, 0], [0, 0, -3.0], [-0.7, 0, 0]])
+  affine[:3, 3] = (-30.0, 12.0, 55.0)
+  affine[3, 3] = 1.0
+  tilt = np.eye(4)
+  tilt[:3, :3] = Rotation.from_euler('yz', [degrees, -degrees / 3], degrees=True).as_matrix()
+  return tilt @ affine
+
+
+def assert_prediction_keeps_geometry(config, variables, folder: pathlib.Path, shape) -> None:
+  """Segments a random volume of `shape` stored with `oblique_affine` through
+  infer.Predictor with `variables`: the mask file has the input's shape, affine and sform,
+  uint8 values in {0, 1}, and holds the returned mask."""
+  affine = oblique_affine()
+  assert nib.aff2axcodes(affine) not in (('R', 'A', 'S'), ('L', 'P', 'S'))
+  volume = np.random.default_rng(0).uniform(-200, 300, shape).astype(np.float32)
+  src, dst = folder / 'in.nii.gz', folder / 'out.nii.gz'
+  nib.save(nib.Nifti1Image(volume, affine), src)
+  mask = infer.Predictor(config, None, variables=variables).segment_file(src, dst)
+  written, source = nib.load(dst), nib.load(src)
+  assert written.shape == source.shape == mask.shape
+  assert written.get_data_dtype() == np.uint8
+  np.testing.assert_array_equal(written.affine, source.affine)
+  np.testing.assert_array_equal(written.header.get_sform(), source.header.get_sform())
+  np.testing.assert_array_equal(np.asanyarray(written.dataobj), mask)
+  assert set(np.unique(mask)) <= {0, 1}

@@ -6,18 +6,16 @@ tests/test_compared_networks.py."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import nibabel as nib
 import numpy as np
 import pytest
-from scipy.spatial.transform import Rotation
 
-from ecam_jax import infer
 from ecam_jax.configuration import load_config
 from ecam_jax.models import abstract_variables, build_model
 from ecam_jax.models.baselines.deeplabv3plus import ASPP, Decoder
 from ecam_jax.models.baselines.resnet import ResNet, stage_channels
 from ecam_jax.models.layers import make_norm
 
+import nifti_fixtures as nf
 import numpy_ref as ref
 import step_equivalence as se
 
@@ -234,31 +232,8 @@ def test_sharded_step_equals_single_device():
   )
 
 
-def _oblique_affine(degrees=12.0) -> np.ndarray:
-  """Axes permuted (S, L, P order), two flipped, anisotropic, tilted off the axes."""
-  affine = np.zeros((4, 4))
-  affine[:3, :3] = np.array([[0, -0.75, 0], [0, 0, -0.75], [2.0, 0, 0]])
-  affine[:3, 3] = (25.0, -8.0, -40.0)
-  affine[3, 3] = 1.0
-  tilt = np.eye(4)
-  tilt[:3, :3] = Rotation.from_euler('xy', [degrees, -degrees / 2], degrees=True).as_matrix()
-  return tilt @ affine
-
-
 def test_predict_writes_a_mask_with_the_input_geometry(tmp_path):
   config = _config(base=4, size=32, config_file='configs/demo.py', resnet_depth=18)
   config.eval.batch_size = 4
   variables = ref.host_variables(abstract_variables(build_model(config.model), 32))
-  affine = _oblique_affine()
-  assert nib.aff2axcodes(affine) not in (('R', 'A', 'S'), ('L', 'P', 'S'))
-  volume = np.random.default_rng(0).uniform(-200, 300, (5, 40, 36)).astype(np.float32)
-  src, dst = tmp_path / 'in.nii.gz', tmp_path / 'out.nii.gz'
-  nib.save(nib.Nifti1Image(volume, affine), src)
-  mask = infer.Predictor(config, None, variables=variables).segment_file(src, dst)
-  written, source = nib.load(dst), nib.load(src)
-  assert written.shape == source.shape == mask.shape
-  assert written.get_data_dtype() == np.uint8
-  np.testing.assert_array_equal(written.affine, source.affine)
-  np.testing.assert_array_equal(written.header.get_sform(), source.header.get_sform())
-  np.testing.assert_array_equal(np.asanyarray(written.dataobj), mask)
-  assert set(np.unique(mask)) <= {0, 1}
+  nf.assert_prediction_keeps_geometry(config, variables, tmp_path, (5, 40, 36))
