@@ -48,7 +48,7 @@ def test_parameter_count_at_512_is_the_reference_count_without_conv_bias(
   deep_supervision, expected
 ):
   """4uiiurz1's NestedUNet (1 channel in, 1 logit, widths 32-512) has 9,162,753 parameters
-  with one head and 9,162,852 with four (baselines.md). Convention: this project drops the
+  with one head and 9,162,852 with four (counted from its code). This project drops the
   bias of every conv followed by BatchNorm (30 convs: 2 per node, 15 nodes; 3,648 biases),
   so the counts are 9,159,105 and 9,159,105 + 3 side heads of (32 + 1) = 9,159,204."""
   config = load_config(ROOT / 'configs/default.py', 'variant=unetpp')
