@@ -71,13 +71,11 @@ TRAINED = {
   ),
   'cbam_serial': ('unet_cbam', {'model.use_mus': True, 'model.fusion': 'serial'}),
   # The compared networks' own choices (each network's default is trained in its tests too).
-  'unetpp_deep_supervision': ('unetpp', {}),
+  'cenet_resnet50': ('cenet', {'model.resnet_depth': 50}),  # the only ResNet-50 step
   'unetpp_single_head_half_pixel': (
     'unetpp',
     {'model.deep_supervision': False, 'model.unetpp_align_corners': False},
   ),
-  'cenet_resnet18': ('cenet', {'model.resnet_depth': 18}),
-  'cenet_resnet50': ('cenet', {'model.resnet_depth': 50}),
   'deeplabv3plus_os8_resnet18': (
     'deeplabv3plus',
     {'model.output_stride': 8, 'model.resnet_depth': 18},
@@ -88,14 +86,28 @@ TRAINED = {
 # Traced, not run: (variant, changes, why). The network tests named train the same values
 # in their sharded-step tests (tests/step_equivalence.py).
 TRACED = {
+  'unetpp_deep_supervision': ('unetpp', {}, 'tests/test_unetpp.py trains it'),
+  'cenet_resnet18': (
+    'cenet',
+    {'model.resnet_depth': 18},
+    "ResNet-34's BasicBlocks, fewer; DeepLabV3+ trains a ResNet-18 (TRAINED)",
+  ),
   'cenet_resnet34': ('cenet', {}, 'tests/test_cenet.py trains the variant (ResNet-34)'),
   'cenet_resnet101': (
     'cenet',
     {'model.resnet_depth': 101},
     "ResNet-50's Bottlenecks, 23 in stage 3 instead of 6",
   ),
-  'deeplabv3plus_os16': ('deeplabv3plus', {}, 'tests/test_deeplabv3plus.py trains it'),
-  'danet_os8_aux_chunked': ('danet', {}, 'tests/test_danet.py trains it'),
+  'deeplabv3plus_os16': (
+    'deeplabv3plus',
+    {},
+    'tests/test_deeplabv3plus.py trains output stride 16 (on a ResNet-18)',
+  ),
+  'danet_os8_aux_chunked': (
+    'danet',
+    {},
+    'tests/test_danet.py trains output stride 8, aux heads, chunked PAM (on a ResNet-18)',
+  ),
   'hrnet_small_v2': ('hrnet', {'model.hrnet_size': 'small_v2'}, 'tests/test_hrnet.py trains it'),
   'hrnet_full': ('hrnet', {}, "small_v2's modules and blocks, more of them (3 min to compile)"),
   'segformer_b0': (
