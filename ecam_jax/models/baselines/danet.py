@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from ecam_jax.models.attention import dot_product_attention
 from ecam_jax.models.baselines.resnet import ResNet
 from ecam_jax.models.dropout import Dropout
-from ecam_jax.models.layers import ModuleDef, network_setup
+from ecam_jax.models.layers import ConvUnit, network_setup
 from ecam_jax.models.resize import resize_bilinear
 from ecam_jax.models.settings import ModelSettings
 
@@ -72,19 +72,6 @@ class ChannelAttention(nn.Module):
     return (gamma * out + x).astype(x.dtype)
 
 
-class CBR(nn.Module):
-  """3x3 conv (no bias, padding 1) -> BatchNorm -> ReLU."""
-
-  features: int
-  norm: ModuleDef
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = nn.Conv(self.features, (3, 3), padding=1, use_bias=False, dtype=self.dtype)(x)
-    return nn.relu(self.norm(use_running_average=not train)(x))
-
-
 class DANet(nn.Module):
   """Input [B, H, W, 1] (H, W multiples of `output_stride`) ->
   {'logits': [B, H, W, K], 'side_logits': (position head, channel head) or ()}.
@@ -106,9 +93,9 @@ class DANet(nn.Module):
     dtype, norm = network_setup(
       x, s, self.axis_name, s.output_stride, f'DA-Net (a ResNet at stride {s.output_stride})'
     )
-    cbr, pam, cam = CBR, PositionAttention, ChannelAttention
+    cbr, pam, cam = ConvUnit, PositionAttention, ChannelAttention
     if s.remat:  # argument 0 is the module, so `train` is 2
-      cbr, pam, cam = nn.remat(CBR, static_argnums=(2,)), nn.remat(pam), nn.remat(cam)
+      cbr, pam, cam = nn.remat(ConvUnit, static_argnums=(2,)), nn.remat(pam), nn.remat(cam)
 
     *_, c4 = ResNet(
       norm=norm,
@@ -121,12 +108,12 @@ class DANet(nn.Module):
     )(x.astype(dtype), train)  # [B, H/OS, W/OS, C]
     inter = c4.shape[-1] // HEAD_REDUCTION
 
-    sa = cbr(inter, norm, dtype, name='conv5a')(c4, train)  # [B, H/OS, W/OS, inter]
+    sa = cbr(inter, norm, dtype=dtype, name='conv5a')(c4, train)  # [B, H/OS, W/OS, inter]
     sa = pam(s.attention_impl, s.attention_chunk, dtype, name='pam')(sa)
-    sa = cbr(inter, norm, dtype, name='conv51')(sa, train)
-    sc = cbr(inter, norm, dtype, name='conv5c')(c4, train)
+    sa = cbr(inter, norm, dtype=dtype, name='conv51')(sa, train)
+    sc = cbr(inter, norm, dtype=dtype, name='conv5c')(c4, train)
     sc = cam(name='cam')(sc)
-    sc = cbr(inter, norm, dtype, name='conv52')(sc, train)
+    sc = cbr(inter, norm, dtype=dtype, name='conv52')(sc, train)
 
     def head(features: jax.Array, name: str) -> jax.Array:
       y = Dropout(s.dropout, self.axis_name, channelwise=True, name=f'{name}_dropout')(
