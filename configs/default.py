@@ -36,6 +36,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.modality = ''  # 'CT': HU window; 'MR' (any non-CT): percentile clip + z-score per volume
   data.label_values = config_dict.placeholder(tuple)  # every value a label file may hold
   data.foreground_labels = config_dict.placeholder(tuple)  # None: every non-zero label value
+  # True: the paper's setting, every foreground label merged into one class (1 logit,
+  # sigmoid). False: data.classes are segmented apart (K + 1 logits, softmax; README,
+  # "Several classes"); model.num_classes is then set from them.
+  data.merge_foreground = True
+  # Multi-class: 'name:value,...' (e.g. 'pancreas:1,tumour:2'); '': the foreground label
+  # values with dataset.json's names ('label<value>' without dataset.json). A dataset config
+  # may declare them; a binary run does not use them
+  data.classes = ''
+  # Multi-class: unions of classes also scored, 'name:value+value,...' (KiTS19's
+  # 'kidney_and_tumour:1+2'); '' = none
+  data.regions = ''
   data.hu_window = (-100.0, 240.0)  # CT clip window in HU, then scaled to [0, 1]
   data.mr_percentiles = (0.5, 99.5)  # MR clip percentiles before the z-score
   data.image_size = 512  # in-plane size after resizing (square)
@@ -62,7 +73,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model.name = 'ecam_unet'  # key of ecam_jax.models.MODELS
   model.variant = ''  # set by apply_variant; a label for logs
   model.base_channels = 64  # width of the first encoder level; the next ones are 2x, 4x, 8x, 16x
-  model.num_classes = 1  # logits per pixel; 1 = binary foreground (sigmoid), the only one trained
+  # Logits per pixel: 1 = one merged foreground (sigmoid); set to len(classes) + 1 (softmax)
+  # from data.classes when data.merge_foreground is False
+  model.num_classes = 1
   model.use_cc = True  # CoA's channel correlation (eq. 5-7); needs attention='coa'
   model.use_sc = True  # CoA's spatial correlation (eq. 8-9); needs attention='coa'
   model.use_mus = True  # MuS: the ASPP block of the bottleneck
@@ -123,6 +136,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   loss.w_side = 1.0  # counts only where the model has side outputs
   loss.alpha = config_dict.placeholder(float)  # eq. 17
   loss.dice_smooth = 1.0
+  # One weight per logit class, background first ((bg, fg) for a binary run): the
+  # cross-entropy's per-pixel weight (a weighted mean, as PyTorch's) and the weights of the
+  # foreground classes' mean soft Dice. None: all 1
+  loss.class_weights = config_dict.placeholder(tuple)
 
   # --- optimisation and the loop ----------------------------------------------
   config.train = train = ml_collections.ConfigDict()
@@ -148,6 +165,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # time: one small host all-gather each time (a single process checks every step).
   train.sync_every_steps = 10
   train.overlay_slices = 4  # validation slices drawn into the PNG at each eval
+  # The best checkpoint has the highest validation DSC per volume of: 'mean' (over the
+  # foreground classes; a binary run's one foreground), or a class or region name
+  train.best_by = 'mean'
 
   # --- evaluation and prediction ------------------------------------------------
   config.eval = ev = ml_collections.ConfigDict()
@@ -155,7 +175,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (padding slices are never scored), so any device count works.
   ev.batch_size = 16
   ev.tta_flip = False
-  # Foreground where the predicted probability is > threshold (validation, eval, predict).
+  # Binary runs: foreground where the predicted probability is > threshold (validation,
+  # eval, predict). Multi-class runs take the most probable class instead.
   ev.threshold = 0.5
   # 3-D connected components kept in predicted masks: 0 = all (off); an integer k >= 1 =
   # the k largest; a fraction f in (0, 1) = each at least f times the largest's size.

@@ -202,6 +202,12 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
         f'config.data.foreground_labels has {undeclared}, not among '
         f'config.data.label_values={label_values}'
       )
+  if not isinstance(data.merge_foreground, bool):
+    raise ConfigError(f'config.data.merge_foreground={data.merge_foreground!r}; expected a bool')
+  from ecam_jax import classes  # it imports ConfigError from here
+
+  classes.parse_classes(data.classes)  # ConfigError naming the key and the item
+  classes.parse_regions(data.regions)
   sizes = data.split_sizes
   if sizes is not None:
     sizes = tuple(sizes)
@@ -230,11 +236,15 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   m = config.model
   if m.name not in MODELS:
     raise ConfigError(f'config.model.name={m.name!r}; expected one of {sorted(MODELS)}')
-  if m.num_classes != 1:
+  if m.num_classes == 2:
     raise ConfigError(
-      f'config.model.num_classes={m.num_classes}; only 1 (binary foreground) is supported: '
-      'the loss, metrics and prediction read one foreground channel. Merge the classes you '
-      'want with config.data.foreground_labels'
+      'config.model.num_classes=2; one foreground is 1 logit (sigmoid), several classes are '
+      'len(config.data.classes) + 1 >= 3 (set from the classes with merge_foreground=False)'
+    )
+  if m.num_classes > 1 and config.data.merge_foreground:
+    raise ConfigError(
+      f'config.model.num_classes={m.num_classes} with config.data.merge_foreground=True (one '
+      'merged foreground: 1 logit); set merge_foreground=False for several classes'
     )
   if m.attention == 'coa' and not (m.use_cc or m.use_sc):
     raise ConfigError("config.model.attention='coa' needs use_cc or use_sc (or both)")
@@ -265,6 +275,17 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
 
 def _check_loss(config: ml_collections.ConfigDict) -> None:
   loss = config.loss
+  weights = _get(config, 'loss.class_weights')
+  if weights is not None and not (
+    isinstance(weights, (tuple, list))
+    and len(weights) >= 2
+    and all(_is_number(w) and w >= 0 for w in weights)
+    and any(w > 0 for w in weights[1:])
+  ):
+    raise ConfigError(
+      f'config.loss.class_weights={weights!r}; expected one number >= 0 per logit class, '
+      'background first, a foreground one > 0'
+    )
   if loss.alpha is None and loss.w_dice + loss.w_bce == 0:
     raise ConfigError(
       'config.loss.w_dice and config.loss.w_bce are both 0: the main output would not be trained'
@@ -280,6 +301,9 @@ def _check_eval(config: ml_collections.ConfigDict) -> None:
       f'config.eval.keep_components={keep!r}; expected 0 (off), an integer k >= 1 (the k '
       'largest components) or a fraction in (0, 1) of the largest component'
     )
+  best = _get(config, 'train.best_by')
+  if not isinstance(best, str) or not best:
+    raise ConfigError(f"config.train.best_by={best!r}; expected 'mean' or a class name")
   which = config.eval.checkpoint
   if not isinstance(which, str) or not which:
     raise ConfigError(

@@ -15,6 +15,7 @@ macOS resource forks (`._*`) and other hidden files are ignored everywhere.
 import dataclasses
 import json
 import pathlib
+import re
 from typing import Any
 
 import ml_collections
@@ -154,6 +155,21 @@ def resolve_settings(data_config: ml_collections.ConfigDict) -> None:
       'config.data.foreground_labels or the label values'
     )
   data.foreground_labels = foreground
+
+
+def declared_names(data_config: ml_collections.ConfigDict) -> dict[int, str]:
+  """Label value -> name, as the msd layout's dataset.json "labels" gives them (names made
+  identifiers: 'left atrium' -> 'left_atrium'); {} for other layouts."""
+  if data_config.layout != 'msd':
+    return {}
+  path = _root(data_config) / 'dataset.json'
+  labels = _read_dataset_json(path).get('labels')
+  _declared_labels({'labels': labels}, path)
+  names = {}
+  for value, name in labels.items():
+    word = re.sub(r'[^A-Za-z0-9_-]+', '_', str(name).strip()).strip('_')
+    names[int(value)] = word if word[:1].isalpha() else f'label{int(value)}'
+  return names
 
 
 def _read_dataset_json(path: pathlib.Path) -> dict[str, Any]:

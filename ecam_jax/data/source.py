@@ -14,12 +14,12 @@ import pathlib
 import jax
 import ml_collections
 
-from ecam_jax import parallel
+from ecam_jax import classes, parallel
 from ecam_jax.configuration import ConfigError
 from ecam_jax.data import layouts, phantom
 
 # The config.data keys resolve_settings fills in when they are unset.
-DATASET_SETTINGS = ('modality', 'label_values', 'foreground_labels')
+DATASET_SETTINGS = ('modality', 'label_values', 'foreground_labels', 'classes')
 
 
 def resolve_root(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
@@ -48,6 +48,7 @@ def resolve_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> li
   resolve_root(config, workdir)
   cases = layouts.discover_cases(config.data)
   layouts.resolve_settings(config.data)
+  classes.resolve(config, layouts.declared_names(config.data))
   return cases
 
 
@@ -62,6 +63,7 @@ def resolve_settings(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
   if data.root:
     resolve_root(config, workdir)
     layouts.resolve_settings(data)
+    classes.resolve(config, layouts.declared_names(data))
     return
   recorded = pathlib.Path(workdir) / 'config.json'
   try:
@@ -77,3 +79,4 @@ def resolve_settings(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
       f'config.data.modality is unset and neither config.data.root nor {recorded} says '
       "which it is; set config.data.modality ('CT' or 'MR') or config.data.root"
     )
+  classes.resolve(config, {})
