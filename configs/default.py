@@ -28,6 +28,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.source = ''  # where to get the dataset (shown when data.root is missing)
   data.phantom_cases = 0  # > 0 and root '': generate a synthetic phantom into WORKDIR
   data.phantom_size = 256  # in-plane size of the generated phantom volumes
+  # The phantom's lesion (label 2; ecam_jax/data/phantom.py): the chance that a case has
+  # one, a factor on its size, and how much darker than the target it is (HU)
+  data.phantom_lesion_prob = 0.5
+  data.phantom_lesion_scale = 1.0
+  data.phantom_lesion_drop_hu = 35.0
   data.layout = 'msd'  # 'msd' | 'kits19' | 'paired'
   data.dataset = 'custom'  # names the paper's split sizes: see ecam_jax/data/splits.py
   # Unset ('' / None): what the msd layout's dataset.json declares, else CT and labels (0, 1).

@@ -32,34 +32,34 @@ def _items(text: str, key: str, what: str) -> list[tuple[str, str]]:
     name, sep, value = (s.strip() for s in item.partition(':'))
     if not sep or not _NAME.match(name) or not value:
       raise ConfigError(
-        f'config.{key}={text!r}: {item!r} is not understood; expected {what}, names starting '
+        f'{key}={text!r}: {item!r} is not understood; expected {what}, names starting '
         'with a letter (letters, digits, _ and -)'
       )
     pairs.append((name, value))
   names = [n for n, _ in pairs]
   if len(set(names)) != len(names) or BINARY_NAME in names or 'mean' in names:
-    raise ConfigError(
-      f'config.{key}={text!r}: names must be distinct and not {BINARY_NAME!r} or "mean"'
-    )
+    raise ConfigError(f'{key}={text!r}: names must be distinct and not {BINARY_NAME!r} or "mean"')
   return pairs
 
 
 def _value(text: str, key: str, whole: str) -> int:
   if not text.isdigit() or int(text) < 1:
-    raise ConfigError(f'config.{key}={whole!r}: {text!r} is not a label value (an integer >= 1)')
+    raise ConfigError(f'{key}={whole!r}: {text!r} is not a label value (an integer >= 1)')
   return int(text)
 
 
-def parse_classes(text: str, key: str = 'data.classes') -> tuple[tuple[str, int], ...]:
+def parse_classes(text: str, key: str = 'config.data.classes') -> tuple[tuple[str, int], ...]:
   """'pancreas:1,tumour:2' -> (('pancreas', 1), ('tumour', 2)); '' -> ()."""
   classes = tuple((n, _value(v, key, text)) for n, v in _items(text, key, 'name:value,...'))
   values = [v for _, v in classes]
   if len(set(values)) != len(values):
-    raise ConfigError(f'config.{key}={text!r}: two classes have the same label value')
+    raise ConfigError(f'{key}={text!r}: two classes have the same label value')
   return classes
 
 
-def parse_regions(text: str, key: str = 'data.regions') -> tuple[tuple[str, tuple[int, ...]], ...]:
+def parse_regions(
+  text: str, key: str = 'config.data.regions'
+) -> tuple[tuple[str, tuple[int, ...]], ...]:
   """'kidney_and_tumour:1+2' -> (('kidney_and_tumour', (1, 2)),); '' -> ()."""
   regions = []
   for name, value in _items(text, key, 'name:value+value,...'):
@@ -91,7 +91,7 @@ def scored(config: ml_collections.ConfigDict) -> tuple[tuple[str, tuple[int, ...
   """(name, label values) of everything a run scores: the classes then the regions, or
   the one merged foreground of a binary run."""
   if not is_multiclass(config):
-    return ((BINARY_NAME, tuple(int(v) for v in config.data.foreground_labels)),)
+    return ((BINARY_NAME, tuple(int(v) for v in config.data.foreground_labels or ())),)
   classes = tuple((name, (value,)) for name, value in classes_of(config))
   return classes + parse_regions(config.data.regions)
 
@@ -114,22 +114,24 @@ def output_label_values(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 def membership(config: ml_collections.ConfigDict) -> np.ndarray:
   """bool [C, K + 1]: row c says which output indices belong to scored item c (a class is
   its own index, a region the indices of its values). Binary: [[False, True]]."""
+  if not is_multiclass(config):
+    return np.array([[False, True]])
   outputs = output_label_values(config)
   rows = [[i > 0 and v in values for i, v in enumerate(outputs)] for _, values in scored(config)]
   return np.asarray(rows, bool)
 
 
-def index_lookup(config: ml_collections.ConfigDict, label_values) -> np.ndarray:
+def index_lookup(data_config: ml_collections.ConfigDict, label_values) -> np.ndarray:
   """uint8 [max label value + 1]: raw label value -> training target (binary: 1 for a
-  foreground label; multi-class: the class's output index; else 0)."""
+  value in data.foreground_labels; multi-class: the class's output index; else 0)."""
   top = max([0, *(int(v) for v in label_values)])
   lookup = np.zeros(top + 1, np.uint8)
-  if is_multiclass(config):
-    for index, (_, value) in enumerate(classes_of(config), start=1):
-      if value <= top:
-        lookup[value] = index
-  else:
-    lookup[[int(v) for v in config.data.foreground_labels if int(v) <= top]] = 1
+  if data_config.merge_foreground:
+    lookup[[int(v) for v in data_config.foreground_labels if int(v) <= top]] = 1
+    return lookup
+  for index, (_, value) in enumerate(parse_classes(data_config.classes), start=1):
+    if value <= top:
+      lookup[value] = index
   return lookup
 
 

@@ -103,6 +103,9 @@ INTEGERS = {
 # Number keys and the interval their value must lie in ('[' includes the end, '(' not).
 INTERVALS = {
   'data.foreground_oversample': '[0, 1)',
+  'data.phantom_lesion_prob': '[0, 1]',
+  'data.phantom_lesion_scale': '(0, inf)',
+  'data.phantom_lesion_drop_hu': '[0, inf)',
   'augment.flip_prob': '[0, 1]',
   'augment.blur_prob': '[0, 1]',
   'augment.rotate_degrees': '[0, 180]',
@@ -202,8 +205,6 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
         f'config.data.foreground_labels has {undeclared}, not among '
         f'config.data.label_values={label_values}'
       )
-  if not isinstance(data.merge_foreground, bool):
-    raise ConfigError(f'config.data.merge_foreground={data.merge_foreground!r}; expected a bool')
   from ecam_jax import classes  # it imports ConfigError from here
 
   classes.parse_classes(data.classes)  # ConfigError naming the key and the item

@@ -3,6 +3,7 @@ spacing, slices along the axial axis), for two sources of segmentations:
 
 - a folder of NIfTI predictions against a folder of labels, without a model:
     python -m ecam_jax.evaluate --predictions=DIR --labels=DIR [--output=DIR] [--foreground=1,2]
+    python -m ecam_jax.evaluate ... --classes=pancreas:1,tumour:2 [--regions=all:1+2]
 - the test split of a run (--mode=eval): a trained model segments each case from its
   original files, into WORKDIR/eval/{predictions,overlays}, scored into
   WORKDIR/eval/summary.{json,md}.
@@ -22,7 +23,7 @@ import nibabel as nib
 import numpy as np
 import tqdm
 
-from ecam_jax import overlay, scoring
+from ecam_jax import classes, overlay, scoring
 from ecam_jax.data import layouts, splits, volumes
 from ecam_jax.data.errors import DataError
 
@@ -63,19 +64,47 @@ def axial_axis(affine: np.ndarray) -> int:
   raise ValueError(f'affine has no axial (S/I) axis: axis codes {codes}')
 
 
+Items = Sequence[tuple[str, Sequence[int]]]
+
+
+def score_items(
+  pred: np.ndarray, label: np.ndarray, items: Items, spacing, slice_axis: int
+) -> dict[str, dict]:
+  """{name: scoring.score_case} for each scored (name, label values) item: its mask is
+  where a map holds one of the values, in the prediction and in the label alike."""
+  return {
+    name: scoring.score_case(np.isin(pred, values), np.isin(label, values), spacing, slice_axis)
+    for name, values in items
+  }
+
+
+def summarize(per_case: dict[str, dict[str, dict]], items: Items, class_names) -> dict:
+  """scoring.summarize of a binary run's one item, else scoring.summarize_classes."""
+  if len(items) == 1:
+    return scoring.summarize({case: scores[items[0][0]] for case, scores in per_case.items()})
+  per_item = {name: {case: s[name] for case, s in per_case.items()} for name, _ in items}
+  return scoring.summarize_classes(per_item, class_names)
+
+
 def evaluate_folders(
   pred_dir: str | os.PathLike,
   label_dir: str | os.PathLike,
   *,
   foreground_labels: Sequence[int] = (1, 2),
+  items: Items | None = None,
+  class_names: Sequence[str] | None = None,
   out_dir: str | os.PathLike | None = None,
 ) -> dict:
   """Scores every prediction in `pred_dir` against the label of the same name in
-  `label_dir` (.nii and .nii.gz match each other); foreground = a value in
-  `foreground_labels`, in both files. Spacing comes from the label's header; per-slice
-  scores run along the label's axial axis (`axial_axis`). Any unmatched file, or a pair
-  with different shapes or affines, is an error, as in nnU-Net (no partial scores).
-  Returns `scoring.summarize`'s dict, also written to `out_dir` when given."""
+  `label_dir` (.nii and .nii.gz match each other): foreground = a value in
+  `foreground_labels`, in both files; or, with `items` ((name, label values), ...), each
+  item apart, averaged over `class_names` (default: every item). Spacing comes from the
+  label's header; per-slice scores run along the label's axial axis (`axial_axis`). Any
+  unmatched file, or a pair with different shapes or affines, is an error, as in nnU-Net
+  (no partial scores). Returns `scoring.summarize`'s (or `summarize_classes`') dict, also
+  written to `out_dir` when given."""
+  items = list(items or [(classes.BINARY_NAME, tuple(foreground_labels))])
+  class_names = list(class_names or [name for name, _ in items])
   preds = _case_files(pathlib.Path(pred_dir), 'prediction')
   labels = _case_files(pathlib.Path(label_dir), 'label')
   for mine, theirs, what in ((preds, labels, 'label'), (labels, preds, 'prediction')):
@@ -100,10 +129,8 @@ def evaluate_folders(
       slice_axis = axial_axis(label_affine)
     except ValueError as e:
       raise ValueError(f'{labels[case_id]}: {e}') from None
-    cases[case_id] = scoring.score_case(
-      np.isin(pred, foreground_labels), np.isin(label, foreground_labels), spacing, slice_axis
-    )
-  summary = scoring.summarize(cases)
+    cases[case_id] = score_items(pred, label, items, spacing, slice_axis)
+  summary = summarize(cases, items, class_names)
   if out_dir is not None:
     scoring.write_summary(summary, out_dir)
   return summary
@@ -126,23 +153,44 @@ def evaluate_split(
   if not case_splits.get(split):
     raise DataError(f'{workdir / "splits.json"}: the {split!r} split has no cases to score')
   predictor = infer.Predictor(config, workdir, which)
+  items = classes.scored(config)
   out = workdir / 'eval'
   scores = {}
   for case_id in tqdm.tqdm(case_splits[split], desc=f'eval {split}', unit='case'):
     case = cases[case_id]
     image = volumes.load_nifti(case.image)
-    pred = predictor.segment_file(case.image, out / 'predictions' / f'{case_id}.nii.gz') > 0
+    pred = predictor.segment_file(case.image, out / 'predictions' / f'{case_id}.nii.gz')
     label_img = volumes.load_nifti(case.label)
-    label = np.isin(np.asanyarray(label_img.dataobj), config.data.foreground_labels)
+    label = volumes.integer_labels(label_img, case.label)
+    if not classes.is_multiclass(config):  # the written mask holds 1; the label its values
+      label = np.isin(label, config.data.foreground_labels).astype(np.uint8)
     axis = axial_axis(label_img.affine)
     spacing = tuple(float(z) for z in label_img.header.get_zooms()[:3])
-    scores[case_id] = scoring.score_case(pred, label, spacing, slice_axis=axis)
-    _case_overlay(image, label, pred, axis, config, out / 'overlays' / f'{case_id}.png')
-  summary = scoring.summarize(scores)
+    binary = [(classes.BINARY_NAME, (1,))] if not classes.is_multiclass(config) else items
+    scores[case_id] = score_items(pred, label, binary, spacing, axis)
+    fg = np.asarray(classes.output_label_values(config)[1:])
+    _case_overlay(
+      image,
+      np.isin(label, fg),
+      np.isin(pred, fg),
+      axis,
+      config,
+      out / 'overlays' / f'{case_id}.png',
+    )
+  summary = summarize(scores, items, classes.class_names(config))
   summary['checkpoint'] = {'which': which, **predictor.meta}
   scoring.write_summary(summary, out)
-  print(scoring.markdown_table(summary).splitlines()[-1])
+  print(headline(summary))
   return summary
+
+
+def headline(summary: dict) -> str:
+  """What the CLIs print of a summary: the header and mean row of a binary one (and its
+  count line), a multi-class one's table of classes and their mean."""
+  table = scoring.markdown_table(summary).splitlines()
+  if 'classes' in summary:
+    return '\n'.join(table[: len(summary['classes']) + 3])
+  return '\n'.join(table[:2] + table[-3:])
 
 
 def _case_overlay(
@@ -180,15 +228,26 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--labels', required=True, help='folder of NIfTI labels, same names')
   parser.add_argument('--output', help='folder for summary.json and summary.md')
   parser.add_argument('--foreground', type=_labels_arg, default=(1, 2), help='e.g. 1,2')
+  parser.add_argument('--classes', default='', help='score classes apart, e.g. pancreas:1,tumour:2')
+  parser.add_argument('--regions', default='', help='with --classes: unions, e.g. all:1+2')
   args = parser.parse_args(argv)
   try:
+    named = classes.parse_classes(args.classes, key='--classes')
+    regions = classes.parse_regions(args.regions, key='--regions')
+    if regions and not named:
+      raise ValueError('--regions needs --classes')
+    items = [(name, (value,)) for name, value in named] + list(regions)
     summary = evaluate_folders(
-      args.predictions, args.labels, foreground_labels=args.foreground, out_dir=args.output
+      args.predictions,
+      args.labels,
+      foreground_labels=args.foreground,
+      items=items or None,
+      class_names=[name for name, _ in named] or None,
+      out_dir=args.output,
     )
   except ValueError as e:
     parser.exit(1, f'error: {e}\n')
-  table = scoring.markdown_table(summary).splitlines()
-  print('\n'.join(table[:2] + table[-3:]))
+  print(headline(summary))
 
 
 if __name__ == '__main__':

@@ -2,10 +2,12 @@
 
 A volume goes: NIfTI -> canonical axial slices, normalized and resized (data/volumes.py)
 -> the model on batches of slices, spread over this process's devices (EC folded into
-single convs; optional flip TTA) -> probabilities resized back and thresholded at
-config.eval.threshold -> the file's orientation -> optionally only the largest 3-D
-connected components (config.eval.keep_components) -> a uint8 NIfTI with the input's
-exact shape and affine, written atomically, never over an input.
+single convs; optional flip TTA, averaging probabilities) -> probabilities resized back
+(linearly) and thresholded at config.eval.threshold, or, with several classes, the most
+probable class -> the file's orientation -> optionally only the largest 3-D connected
+components of each class (config.eval.keep_components) -> a NIfTI label map with the
+dataset's label values (`classes.output_label_values`; 1 for a binary run's foreground),
+the input's exact shape and affine, written atomically, never over an input.
 """
 
 import gzip
@@ -21,7 +23,7 @@ import tqdm
 from jax.sharding import Mesh
 from scipy import ndimage
 
-from ecam_jax import checkpoint, configuration, parallel, steps
+from ecam_jax import checkpoint, classes, configuration, parallel, steps
 from ecam_jax.atomic import write_bytes_atomic
 from ecam_jax.data import layouts, volumes
 from ecam_jax.data import source as data_source
@@ -73,6 +75,7 @@ class Predictor:
   ):
     configuration.check(config)  # config.eval.threshold and keep_components among the rest
     self.config = config
+    self.label_values = np.asarray(classes.output_label_values(config))
     self.mesh = parallel.data_mesh(jax.local_devices()) if mesh is None else mesh
     model = build_model(config.model)
     size = config.data.image_size
@@ -89,7 +92,8 @@ class Predictor:
     self._step = steps.make_predict_step(model, self.mesh, config.eval.tta_flip)
 
   def probabilities(self, slices: np.ndarray, progress: bool = False) -> np.ndarray:
-    """float32 [Z, S, S] preprocessed slices -> foreground probabilities [Z, S, S].
+    """float32 [Z, S, S] preprocessed slices -> foreground probabilities [Z, S, S] (one
+    logit) or each class's [Z, S, S, K + 1] (softmax).
 
     Batches of config.eval.batch_size slices rounded up to a multiple of the device count
     (`parallel.fit_batch`); the last batch is padded with zero slices to the same size (one
@@ -102,14 +106,26 @@ class Predictor:
       padded = parallel.pad_rows(chunk, batch)
       images = jax.device_put(padded, parallel.batch_sharded(self.mesh))
       out.append(np.asarray(self._step(self.variables, images))[: chunk.shape[0]])
-    return np.concatenate(out) if out else np.zeros_like(slices)
+    if not out:
+      k = self.config.model.num_classes
+      return np.zeros((*slices.shape, *((k,) if k > 1 else ())), np.float32)
+    return np.concatenate(out)
 
   def segment_image(self, image: nib.Nifti1Image, progress: bool = False) -> np.ndarray:
-    """A NIfTI image -> uint8 mask in the image's own voxel grid (same shape)."""
+    """A NIfTI image -> its label map in the image's own voxel grid (same shape): 1 where
+    foreground (binary), else each class's label value; 0 background."""
     slices, record = volumes.preprocess_image(image, self.config.data)
     prob = self.probabilities(slices, progress)
-    mask = volumes.restore(prob, record, order=1) > self.config.eval.threshold
-    return keep_components(mask, self.config.eval.keep_components).astype(np.uint8)
+    keep = self.config.eval.keep_components
+    if prob.ndim == 3:
+      mask = volumes.restore(prob, record, order=1) > self.config.eval.threshold
+      return keep_components(mask, keep).astype(np.uint8)
+    restored = [volumes.restore(prob[..., k], record, order=1) for k in range(prob.shape[-1])]
+    index = np.argmax(np.stack(restored, axis=-1), axis=-1)
+    for k in range(1, prob.shape[-1]):
+      mask = index == k
+      index[mask & ~keep_components(mask, keep)] = 0
+    return self.label_values[index].astype(label_dtype(self.label_values))
 
   def segment_array(self, volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """From Python: a 3-D array (in the voxel order `affine` describes) -> uint8 mask."""
@@ -126,11 +142,18 @@ class Predictor:
     return mask
 
 
+def label_dtype(values) -> type:
+  """uint8, or uint16 for label values past 255."""
+  return np.uint8 if int(np.max(values)) < 256 else np.uint16
+
+
 def write_mask(mask: np.ndarray, like: nib.Nifti1Image, path: pathlib.Path) -> None:
-  """uint8 NIfTI with `like`'s affine and header geometry, written atomically."""
+  """A label map (uint8, or uint16 for values past 255) with `like`'s affine and header
+  geometry, written atomically."""
+  dtype = label_dtype(mask) if mask.size else np.uint8
   header = like.header.copy()
-  header.set_data_dtype(np.uint8)
-  out = nib.Nifti1Image(mask.astype(np.uint8), like.affine, header)
+  header.set_data_dtype(dtype)
+  out = nib.Nifti1Image(mask.astype(dtype), like.affine, header)
   out.set_sform(like.get_sform(), int(like.header['sform_code']))
   out.set_qform(like.get_qform(), int(like.header['qform_code']))
   out.header['scl_slope'], out.header['scl_inter'] = 1.0, 0.0

@@ -1,5 +1,7 @@
 """The loss of docs/model.md (eq. 11-13, 17): soft Dice over the whole batch, BCE from
-logits, BCE on each side output.
+logits, BCE on each side output; and its multi-class form (K + 1 logits, softmax): the
+soft Dice of each foreground class over the whole batch, averaged, cross-entropy in place
+of BCE, on the main and the side outputs alike.
 
 Every term is a global quantity over the data-parallel batch: with `axis_name`, Dice's
 sums and BCE's sums and counts are reduced over that axis inside the per-device step, so
@@ -14,8 +16,10 @@ import optax
 from jax import lax
 
 
-def _sum(x: jax.Array, axis_name: str | None) -> jax.Array:
-  total = jnp.sum(x)
+def _sum(x: jax.Array, axis_name: str | None, keep_last: bool = False) -> jax.Array:
+  """The sum over every element (or, `keep_last`, over all axes but the last) of the
+  global batch."""
+  total = jnp.sum(x, axis=tuple(range(x.ndim - 1))) if keep_last else jnp.sum(x)
   return lax.psum(total, axis_name) if axis_name else total
 
 
@@ -44,18 +48,76 @@ def dice_loss(
   return 1.0 - (2.0 * intersection + smooth) / (total + smooth)
 
 
+def _weighted_mean(
+  values: jax.Array,
+  labels: jax.Array,
+  axis_name: str | None,
+  rows: jax.Array | None,
+  class_weights: tuple[float, ...] | None,
+) -> jax.Array:
+  """sum(w * values) / sum(w) over the global batch, w = the pixel's row weight times
+  class_weights[its label] (PyTorch's weighted cross-entropy mean); [B, H, W, 1] shapes."""
+  w = jnp.broadcast_to(_row_weights(values, rows), values.shape)
+  if class_weights is not None:
+    w = w * jnp.asarray(class_weights, jnp.float32)[labels.astype(jnp.int32)]
+  return _sum(values * w, axis_name) / _sum(w, axis_name)
+
+
 def bce_loss(
   logits: jax.Array,
   labels: jax.Array,
   axis_name: str | None = None,
   rows: jax.Array | None = None,
+  class_weights: tuple[float, float] | None = None,
 ) -> jax.Array:
   """Mean binary cross-entropy from logits over every pixel of the (global) batch
-  (eq. 12); `rows` [B] bool leaves padding rows out of the sum and the count."""
+  (eq. 12); `rows` [B] bool leaves padding rows out of the sum and the count;
+  `class_weights` (background, foreground) weigh each pixel by its label."""
   bce = optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), labels.astype(jnp.float32))
-  w = _row_weights(bce, rows)
-  count = jnp.sum(jnp.broadcast_to(w, bce.shape))
-  return _sum(bce * w, axis_name) / _sum(count, axis_name)
+  if class_weights is None:  # the paper's loss, summed exactly as it always was
+    w = _row_weights(bce, rows)
+    count = jnp.sum(jnp.broadcast_to(w, bce.shape))
+    return _sum(bce * w, axis_name) / _sum(count, axis_name)
+  return _weighted_mean(bce, labels, axis_name, rows, class_weights)
+
+
+def softmax_dice_loss(
+  logits: jax.Array,
+  labels: jax.Array,
+  smooth: float = 1.0,
+  axis_name: str | None = None,
+  rows: jax.Array | None = None,
+  class_weights: tuple[float, ...] | None = None,
+) -> jax.Array:
+  """logits [B, H, W, K + 1], labels [B, H, W, 1] class indices: for each foreground
+  class k, 1 - (2 sum(p_k y_k) + smooth) / (sum(p_k) + sum(y_k) + smooth), p = softmax,
+  sums over every pixel of the (global) batch; the mean over k = 1..K, weighted by
+  class_weights[1:] when given."""
+  classes = logits.shape[-1]
+  w = _row_weights(logits, rows)
+  p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1) * w
+  y = jax.nn.one_hot(labels[..., 0].astype(jnp.int32), classes, dtype=jnp.float32) * w
+  intersection = _sum(p * y, axis_name, keep_last=True)[1:]
+  total = _sum(p, axis_name, keep_last=True)[1:] + _sum(y, axis_name, keep_last=True)[1:]
+  per_class = 1.0 - (2.0 * intersection + smooth) / (total + smooth)
+  weights = jnp.ones(classes - 1) if class_weights is None else jnp.asarray(class_weights[1:])
+  return jnp.sum(per_class * weights) / jnp.sum(weights)
+
+
+def cross_entropy_loss(
+  logits: jax.Array,
+  labels: jax.Array,
+  axis_name: str | None = None,
+  rows: jax.Array | None = None,
+  class_weights: tuple[float, ...] | None = None,
+) -> jax.Array:
+  """Mean softmax cross-entropy over every pixel of the (global) batch; logits
+  [B, H, W, K + 1], labels [B, H, W, 1] class indices; `class_weights` weigh each pixel
+  by its label (a weighted mean)."""
+  index = labels.astype(jnp.int32)
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  ce = -jnp.take_along_axis(log_p, index, axis=-1)
+  return _weighted_mean(ce, index, axis_name, rows, class_weights)
 
 
 def loss_weights(config: ml_collections.ConfigDict) -> tuple[float, float, float]:
@@ -73,20 +135,31 @@ def total_loss(
   axis_name: str | None = None,
   rows: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """w_dice Dice(main) + w_bce BCE(main) + w_side mean_k BCE(side_k) and its parts.
+  """w_dice Dice(main) + w_bce BCE(main) + w_side mean_k BCE(side_k) and its parts; with
+  K + 1 > 1 logits, the per-class soft Dice mean and cross-entropy ('ce', 'side_ce') in
+  their places (w_bce weighs the cross-entropy).
 
-  outputs: the model's {'logits': [B, H, W, 1], 'side_logits': ([B, H, W, 1], ...)};
-  labels: [B, H, W, 1] in {0, 1}; rows: [B] bool, False for padding rows (None: all real).
+  outputs: the model's {'logits': [B, H, W, K], 'side_logits': ([B, H, W, K], ...)};
+  labels: [B, H, W, 1] in {0, 1} (K = 1) or class indices; rows: [B] bool, False for
+  padding rows (None: all real).
   """
   w_dice, w_bce, w_side = loss_weights(config)
+  weights = None if config.class_weights is None else tuple(map(float, config.class_weights))
   logits = outputs['logits']
-  parts = {
-    'dice': dice_loss(logits, labels, config.dice_smooth, axis_name, rows),
-    'bce': bce_loss(logits, labels, axis_name, rows),
-  }
-  total = w_dice * parts['dice'] + w_bce * parts['bce']
+  if logits.shape[-1] == 1:
+    dice, pixel, name = (
+      dice_loss(logits, labels, config.dice_smooth, axis_name, rows),
+      bce_loss,
+      'bce',
+    )
+  else:
+    dice = softmax_dice_loss(logits, labels, config.dice_smooth, axis_name, rows, weights)
+    pixel, name = cross_entropy_loss, 'ce'
+  parts = {'dice': dice, name: pixel(logits, labels, axis_name, rows, weights)}
+  total = w_dice * parts['dice'] + w_bce * parts[name]
   sides = outputs.get('side_logits', ())
   if sides:
-    parts['side_bce'] = sum(bce_loss(s, labels, axis_name, rows) for s in sides) / len(sides)
-    total = total + w_side * parts['side_bce']
+    side = sum(pixel(s, labels, axis_name, rows, weights) for s in sides) / len(sides)
+    parts[f'side_{name}'] = side
+    total = total + w_side * side
   return total, parts

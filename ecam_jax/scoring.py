@@ -189,6 +189,33 @@ def summarize(cases: Mapping[str, Mapping[str, float | int | str]]) -> dict:
   return {'cases': dict(cases), 'mean': mean, 'count': count, 'pooled': ratios(**totals)}
 
 
+def summarize_classes(
+  per_item: Mapping[str, Mapping[str, Mapping]], class_names: Sequence[str]
+) -> dict:
+  """A multi-class summary from {item name: {case: score_case(...)}} (every item scoring
+  the same cases): 'classes' holds each item's `summarize` (classes and regions alike);
+  'cases' and 'mean' the mean over `class_names` (the classes, not the regions) of each
+  numeric score, per case and of the per-class means (finite values only; 'count' says how
+  many classes entered each)."""
+  items = {name: summarize(cases) for name, cases in per_item.items()}
+  first = next(iter(per_item.values()))
+  keys = [k for k, v in next(iter(first.values()), {}).items() if not isinstance(v, str)]
+  cases = {
+    case: {k: _finite_mean([per_item[n][case][k] for n in class_names])[0] for k in keys}
+    for case in first
+  }
+  mean, count = {}, {'cases': len(first)}
+  for key in keys:
+    mean[key], count[key] = _finite_mean([items[n]['mean'][key] for n in class_names])
+  return {
+    'classes': items,
+    'averaged_over': list(class_names),
+    'cases': cases,
+    'mean': mean,
+    'count': count,
+  }
+
+
 def _json_safe(value):
   """Non-finite floats become null (strict JSON); `surface_status` says why."""
   if isinstance(value, dict):
@@ -207,7 +234,11 @@ def _cell(value: float | int, fmt: str) -> str:
 
 
 def markdown_table(summary: dict) -> str:
-  """One row per case and a mean row (means over finite values; see `count`)."""
+  """One row per case and a mean row (means over finite values; see `count`); a
+  multi-class summary: the mean of every class and region, their mean over the classes,
+  then each one's table."""
+  if 'classes' in summary:
+    return _markdown_classes(summary)
   lines = [
     '| case | ' + ' | '.join(header for _, header, _ in TABLE_COLUMNS) + ' |',
     '|---' * (len(TABLE_COLUMNS) + 1) + '|',
@@ -219,6 +250,24 @@ def markdown_table(summary: dict) -> str:
   excluded = ', '.join(f'{key}: {count["cases"] - count[key]}' for key, _, _ in TABLE_COLUMNS)
   lines += ['', f'{count["cases"]} cases; left out of a mean (NaN or inf): {excluded}']
   return '\n'.join(lines) + '\n'
+
+
+def _markdown_classes(summary: dict) -> str:
+  items = summary['classes']
+  names = summary['averaged_over']
+  lines = [
+    '| class | ' + ' | '.join(header for _, header, _ in TABLE_COLUMNS) + ' |',
+    '|---' * (len(TABLE_COLUMNS) + 1) + '|',
+  ]
+  rows = [(name if name in names else f'{name} (region)', s['mean']) for name, s in items.items()]
+  rows.append((f'**mean of {", ".join(names)}**', summary['mean']))
+  for name, scores in rows:
+    cells = [_cell(scores[key], fmt) for key, _, fmt in TABLE_COLUMNS]
+    lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  lines += ['', f'{summary["count"]["cases"]} cases; each value is a mean over cases.', '']
+  for name, item in items.items():
+    lines += [f'## {name}', '', markdown_table(item)]
+  return '\n'.join(lines)
 
 
 def write_summary(summary: dict, out_dir: str | os.PathLike) -> None:

@@ -14,12 +14,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from ecam_jax import losses, metrics, parallel
+from ecam_jax import classes, losses, metrics, parallel
 from ecam_jax.data.augment import augment_batch
 from ecam_jax.models import dropout
 from ecam_jax.models.norm import real_rows
@@ -60,6 +61,7 @@ def make_train_step(
   4 on 3 or 8 devices trains as on one. Without padding the step ignores 'valid'.
   """
   augment, threshold = config.augment, config.eval.threshold
+  members = classes.membership(config)
   padded = parallel.fit_batch(config.train.batch_size, mesh, 'config.train.batch_size')
   masked = padded != config.train.batch_size
 
@@ -101,11 +103,11 @@ def make_train_step(
         (state.first_nonfinite < 0) & ~finite, state.step, state.first_nonfinite
       ),
     )
-    # TP, FP, FN summed over the global batch: the host sums them over its log window and
-    # makes the DSC once (never an average of per-batch ratios).
-    counts = metrics.slice_counts(logits, labels, threshold)
+    # TP, FP, FN of each scored item summed over the global batch: the host sums them over
+    # its log window and makes the DSCs once (never an average of per-batch ratios).
+    counts = metrics.slice_counts(logits, labels, threshold, members)
     if masked:
-      counts = counts * rows[:, None]
+      counts = counts * rows[:, None, None]
     counts = lax.psum(jnp.sum(counts, axis=0), AXIS)
     out = {
       'loss': loss,
@@ -122,23 +124,38 @@ def make_train_step(
 
 
 def make_eval_step(
-  model: Any, mesh: Mesh, threshold: float = 0.5
+  model: Any,
+  mesh: Mesh,
+  threshold: float = 0.5,
+  members: np.ndarray | None = None,
+  class_weights: tuple[float, ...] | None = None,
 ) -> Callable[[dict, Batch], dict[str, jax.Array]]:
-  """(variables, batch) -> per slice (batch-sharded): 'counts' int32 [B, 3] (TP, FP, FN
-  at the probability `threshold`) and 'loss_sums' float32 [B, 4] (sum of p * y, of p, of
-  y, and of the pixels' BCE; p = sigmoid(logits)), from which the host makes the scores
-  and the validation loss of the whole split."""
+  """(variables, batch) -> per slice (batch-sharded): 'counts' int32 [B, C, 3] (TP, FP, FN
+  of each scored item, `metrics.slice_counts`) and 'loss_sums', from which the host makes
+  the scores and the validation loss of the whole split: for one logit float32 [B, 4] (sum
+  of p * y, of p, of y, and of the pixels' BCE; p = sigmoid(logits)); for K + 1 logits
+  [B, 3K + 2] (per foreground class sums of p_k * y_k, of p_k, of y_k (p = softmax, y one-hot),
+  then of w * CE and of w, w the pixel's class weight)."""
 
   def per_device(variables: dict, batch: Batch) -> dict[str, jax.Array]:
     logits = model.apply(variables, batch['image'], train=False)['logits']
-    labels = batch['label'].astype(jnp.float32)
-    p = jax.nn.sigmoid(logits)
-    bce = optax.sigmoid_binary_cross_entropy(logits, labels)
-    sums = [jnp.sum(x, axis=(1, 2, 3)) for x in (p * labels, p, labels, bce)]
-    return {
-      'counts': metrics.slice_counts(logits, batch['label'], threshold),
-      'loss_sums': jnp.stack(sums, axis=-1),
-    }
+    counts = metrics.slice_counts(logits, batch['label'], threshold, members)
+    if logits.shape[-1] == 1:
+      labels = batch['label'].astype(jnp.float32)
+      p = jax.nn.sigmoid(logits)
+      bce = optax.sigmoid_binary_cross_entropy(logits, labels)
+      sums = [jnp.sum(x, axis=(1, 2, 3)) for x in (p * labels, p, labels, bce)]
+      return {'counts': counts, 'loss_sums': jnp.stack(sums, axis=-1)}
+    index = batch['label'].astype(jnp.int32)
+    p = jax.nn.softmax(logits, axis=-1)[..., 1:]
+    y = jax.nn.one_hot(index[..., 0], logits.shape[-1], dtype=jnp.float32)[..., 1:]
+    ce = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), index, axis=-1)[..., 0]
+    w = jnp.ones_like(ce)
+    if class_weights is not None:
+      w = jnp.asarray(class_weights, jnp.float32)[index[..., 0]]
+    per_class = [jnp.sum(x, axis=(1, 2)) for x in (p * y, p, y)]
+    pixel = [jnp.sum(x, axis=(1, 2))[:, None] for x in (w * ce, w)]
+    return {'counts': counts, 'loss_sums': jnp.concatenate(per_class + pixel, axis=-1)}
 
   sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS))
   return jax.jit(sharded)
@@ -147,14 +164,20 @@ def make_eval_step(
 def make_predict_step(
   model: Any, mesh: Mesh, tta_flip: bool = False
 ) -> Callable[[dict, jax.Array], jax.Array]:
-  """(variables, images [B,S,S,1]) -> foreground probabilities [B,S,S] (batch-sharded);
-  with `tta_flip`, the mean of the image's and its horizontal mirror's probabilities."""
+  """(variables, images [B,S,S,1]) -> probabilities (batch-sharded): of the foreground
+  [B,S,S] for one logit, of each class [B,S,S,K+1] (softmax) for K + 1; with `tta_flip`,
+  the mean of the image's and its horizontal mirror's probabilities."""
+
+  def probabilities(variables: dict, images: jax.Array) -> jax.Array:
+    logits = model.apply(variables, images, train=False)['logits']
+    if logits.shape[-1] == 1:
+      return jax.nn.sigmoid(logits[..., 0])
+    return jax.nn.softmax(logits, axis=-1)
 
   def per_device(variables: dict, images: jax.Array) -> jax.Array:
-    prob = jax.nn.sigmoid(model.apply(variables, images, train=False)['logits'][..., 0])
+    prob = probabilities(variables, images)
     if tta_flip:
-      flipped = model.apply(variables, images[:, :, ::-1], train=False)['logits'][..., 0]
-      prob = 0.5 * (prob + jax.nn.sigmoid(flipped)[:, :, ::-1])
+      prob = 0.5 * (prob + probabilities(variables, images[:, :, ::-1])[:, :, ::-1])
     return prob
 
   sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS))

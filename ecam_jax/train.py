@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ecam_jax import configuration, parallel, resume, scoring, steps, validate
+from ecam_jax import classes, configuration, parallel, resume, scoring, steps, validate
 from ecam_jax.atomic import write_json_atomic
 from ecam_jax.checkpoint import Checkpoints
 from ecam_jax.data import cache as data_cache
@@ -98,10 +98,12 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path):
 
 class Window:
   """The train metrics of the steps since the last log: means of the losses, sums of the
-  TP/FP/FN counts (the DSC is made from those once, never averaged over batches)."""
+  TP/FP/FN counts (the DSC is made from those once, never averaged over batches). With
+  several scored items (`names`), 'dsc/<name>' for each and 'dsc' the mean over `classes`."""
 
-  def __init__(self):
+  def __init__(self, names: tuple[str, ...] = ('foreground',), classes: tuple[str, ...] = ()):
     self.pending: list[dict] = []
+    self.names, self.classes = names, classes
 
   def add(self, metrics: dict) -> None:
     self.pending.append(metrics)
@@ -111,8 +113,14 @@ class Window:
     self.pending = []
     keys = [k for k in values[0] if k not in ('finite', 'counts')]
     out = {k: float(np.mean([v[k] for v in values])) for k in keys}
-    tp, fp, fn = np.sum([v['counts'] for v in values], axis=0, dtype=np.int64)
-    out['dsc'] = float(scoring.ratios(tp, fp, fn)['dsc'])  # NaN: no foreground, none predicted
+    counts = np.sum([v['counts'] for v in values], axis=0, dtype=np.int64)  # [C, 3]
+    dsc = scoring.ratios(counts[:, 0], counts[:, 1], counts[:, 2])['dsc']
+    if len(self.names) == 1:
+      out['dsc'] = float(dsc[0])  # NaN: no foreground, none predicted
+      return out
+    out.update({f'dsc/{name}': float(d) for name, d in zip(self.names, dsc, strict=True)})
+    averaged = [d for name, d in zip(self.names, dsc, strict=True) if name in self.classes]
+    out['dsc'] = float(np.nanmean(averaged)) if np.isfinite(averaged).any() else float('nan')
     return out
 
 
@@ -126,12 +134,15 @@ def _nonfinite_error(state, ckpts: Checkpoints) -> NonFiniteLossError:
   )
 
 
-def _selection(val: dict[str, float]) -> tuple[str, float]:
+def _selection(val: dict[str, float], best_by: str = 'mean') -> tuple[str, float]:
   """(metric, value) that picks the best checkpoint, higher is better: the validation DSC
-  per volume, or, when it is undefined (the validation cases hold no foreground and
-  nothing was predicted), minus the validation loss."""
-  if np.isfinite(val['dsc']) and val['label_voxels'] > 0:
-    return 'val_dsc', float(val['dsc'])
+  per volume (config.train.best_by: 'mean', a binary run's one DSC or the mean over the
+  classes; or the named class's or region's), or, when it is undefined (the validation
+  cases hold none of it and none was predicted), minus the validation loss."""
+  suffix = '' if best_by == 'mean' else f'/{best_by}'
+  dsc, voxels = val[f'dsc{suffix}'], val[f'label_voxels{suffix}']
+  if np.isfinite(dsc) and voxels > 0:
+    return f'val_dsc{suffix}', float(dsc)
   return 'neg_val_loss', -float(val['loss'])
 
 
@@ -215,8 +226,12 @@ def train_and_evaluate(
     .compile()
   )
   eval_rows = parallel.fit_batch(config.eval.batch_size, mesh)
+  class_weights = config.loss.class_weights and tuple(map(float, config.loss.class_weights))
+  scored_names = tuple(name for name, _ in classes.scored(config))
   eval_step = (
-    steps.make_eval_step(eval_model, mesh, config.eval.threshold)
+    steps.make_eval_step(
+      eval_model, mesh, config.eval.threshold, classes.membership(config), class_weights
+    )
     .lower(
       state.variables(), parallel.batch_spec(mesh, eval_rows, {'image': image, 'label': label})
     )
@@ -237,7 +252,8 @@ def train_and_evaluate(
     if changed:
       monitor.note('with config changes: ' + ', '.join(f'{k}={b!r}' for k, _, b in changed))
       monitor.write(start_step, 'resume', {'changed': [k for k, _, _ in changed]})
-  window, step, last_save = Window(), start_step, time.monotonic()
+  window = Window(scored_names, classes.class_names(config))
+  step, last_save = start_step, time.monotonic()
   summary: dict[str, Any] = {'total_steps': total_steps, 'steps_per_epoch': steps_per_epoch}
   sync_every = 1 if jax.process_count() == 1 else config.train.sync_every_steps
   stop_on_nonfinite = config.train.nonfinite == 'stop'
@@ -283,23 +299,26 @@ def train_and_evaluate(
           table, sums = validate.slice_table(
             eval_step, state.variables(), cache, val_cases, config.eval.batch_size, mesh
           )
-          val = validate.scores(table, val_cases)
+          val = validate.scores(table, val_cases, scored_names, classes.class_names(config))
           val['loss'] = validate.loss(sums, val_pixels, config.loss)
-          val['label_voxels'] = int(table[:, 2].sum() + table[:, 4].sum())
-          metric, value = _selection(val)
+          metric, value = _selection(val, config.train.best_by)
           if best is None or metric != best['metric'] or value > best['value']:
             best = {'metric': metric, 'value': value}
             ckpts.save_best(checked(state), {'selection': best, 'val_dsc': val['dsc']})
-          if metric != 'val_dsc':
+          if metric == 'neg_val_loss':
+            what = 'foreground' if config.train.best_by == 'mean' else config.train.best_by
             monitor.note(
-              f'WARNING: the {len(val_cases)} validation case(s) hold no foreground voxel, so '
+              f'WARNING: the {len(val_cases)} validation case(s) hold no {what} voxel, so '
               'the validation DSC is undefined; the best checkpoint is chosen by the '
               'validation loss instead. Put cases with foreground in the val split '
               '(config.data.splits_file) for a DSC-based choice.'
             )
           monitor.write(step, 'val', {**val, 'selected_by': metric, 'epoch': epoch})
+          per_class = ''.join(
+            f', {name} {val[f"dsc/{name}"]:.4f}' for name in scored_names if len(scored_names) > 1
+          )
           monitor.note(
-            f'epoch {epoch} step {step}: val DSC {val["dsc"]:.4f} (per slice '
+            f'epoch {epoch} step {step}: val DSC {val["dsc"]:.4f}{per_class} (per slice '
             f'{val["slice_dsc"]:.4f}), loss {val["loss"]:.4f}; best {metric} {best["value"]:.4f}'
           )
           validate.write_overlay_png(

@@ -19,11 +19,12 @@ def slice_table(
   eval_step: Callable, variables: dict, cache, case_ids: list[str], batch_size: int, mesh: Mesh
 ) -> tuple[np.ndarray, np.ndarray]:
   """Every slice of `case_ids` through the model, on every process, in case and slice order:
-  (int64 [N, 5] rows of (case position in case_ids, z, TP, FP, FN), float64 [4] sums over
-  the slices of p * y, p, y and the pixels' BCE). `batch_size` is rounded up to fit any
-  device and process count; the padding rows are never counted."""
+  (int64 [N, 2 + 3C] rows of (case position in case_ids, z, then TP, FP, FN of each of the
+  C scored items), float64 sums over the slices of the eval step's 'loss_sums').
+  `batch_size` is rounded up to fit any device and process count; the padding rows are
+  never counted."""
   batch_size = parallel.fit_batch(batch_size, mesh)
-  rows, sums = [], np.zeros(4, np.float64)
+  rows, sums = [], 0.0
   batches = eval_batches(
     cache,
     case_ids,
@@ -34,41 +35,77 @@ def slice_table(
   for batch in batches:
     arrays = parallel.global_batch(mesh, {'image': batch['image'], 'label': batch['label']})
     out = eval_step(variables, arrays)
-    counts = parallel.local_rows(out['counts'])
+    counts = parallel.local_rows(out['counts']).reshape(len(batch['valid']), -1)
     loss_sums = parallel.local_rows(out['loss_sums'])
     sums += loss_sums[batch['valid']].astype(np.float64).sum(axis=0)
     rows.append(
       np.column_stack([batch['valid'], batch['case'], batch['z'], counts]).astype(np.int64)
     )
   table = parallel.gather_rows(np.concatenate(rows))
-  sums = parallel.gather_rows(sums[None]).sum(axis=0)
+  sums = parallel.gather_rows(np.asarray(sums, np.float64)[None]).sum(axis=0)
   return table[table[:, 0] > 0, 1:], sums
 
 
 def loss(sums: np.ndarray, pixels: int, loss_config) -> float:
   """The training loss's main terms on the whole split (eq. 11, 12, with the run's
-  weights; side outputs left out): soft Dice over every pixel of the split and the mean
-  BCE, from slice_table's sums. Defined whether or not the split holds foreground, so it
-  can select the best checkpoint when the DSC cannot."""
-  py, p, y, bce = (float(x) for x in sums)
+  weights; side outputs left out), from slice_table's sums: soft Dice over every pixel of
+  the split (for K classes, each class's, averaged with the class weights) and the mean
+  BCE (cross-entropy). Defined whether or not the split holds foreground, so it can select
+  the best checkpoint when the DSC cannot."""
   w_dice, w_bce, _ = loss_weights(loss_config)
   smooth = float(loss_config.dice_smooth)
-  dice = 1.0 - (2.0 * py + smooth) / (p + y + smooth)
-  return w_dice * dice + w_bce * bce / max(pixels, 1)
+  sums = np.asarray(sums, np.float64)
+  if len(sums) == 4:  # one logit
+    py, p, y, bce = sums
+    dice = 1.0 - (2.0 * py + smooth) / (p + y + smooth)
+    return float(w_dice * dice + w_bce * bce / max(pixels, 1))
+  k = (len(sums) - 2) // 3
+  py, p, y = sums[:k], sums[k : 2 * k], sums[2 * k : 3 * k]
+  weights = loss_config.class_weights
+  weights = np.ones(k) if weights is None else np.asarray(weights[1:], np.float64)
+  dice = np.sum(weights * (1.0 - (2.0 * py + smooth) / (p + y + smooth))) / weights.sum()
+  return float(w_dice * dice + w_bce * sums[-2] / max(sums[-1], 1e-12))
 
 
-def scores(table: np.ndarray, case_ids: list[str]) -> dict[str, float]:
-  """Per volume: ratios from each case's summed counts, mean over cases (val_dsc: the
-  model-selection metric); per slice: the mean over slices of the slice ratios."""
+def _mean(values: np.ndarray) -> float:
+  return float(np.nanmean(values)) if np.isfinite(values).any() else float('nan')
+
+
+def item_scores(table: np.ndarray, case_ids: list[str], item: int = 0) -> dict[str, float]:
+  """Scored item `item`'s (columns 2 + 3 item ..): per volume, ratios from each case's
+  summed counts, mean over cases (undefined cases left out); per slice, the mean over
+  slices of the slice ratios; and the label voxels."""
+  counts = table[:, 2 + 3 * item : 5 + 3 * item]
   per_case = np.zeros((len(case_ids), 3), np.int64)
-  np.add.at(per_case, table[:, 0], table[:, 2:])
+  np.add.at(per_case, table[:, 0], counts)
   volume = scoring.ratios(per_case[:, 0], per_case[:, 1], per_case[:, 2])
-  out = {
-    f'{k}': float(np.nanmean(v)) if np.isfinite(v).any() else float('nan')
-    for k, v in volume.items()
-  }
-  slices = scoring.slice_scores_from_counts(table[:, 2], table[:, 3], table[:, 4])
+  out = {k: _mean(v) for k, v in volume.items()}
+  slices = scoring.slice_scores_from_counts(counts[:, 0], counts[:, 1], counts[:, 2])
   out.update({k: float(v) for k, v in slices.items()})
+  out['label_voxels'] = int(counts[:, 0].sum() + counts[:, 2].sum())
+  return out
+
+
+# The scores that are averaged over the classes into a multi-class run's headline values.
+AVERAGED = ('dsc', 'sensitivity', 'precision', 'slice_dsc', 'slice_sensitivity', 'slice_precision')
+
+
+def scores(
+  table: np.ndarray, case_ids: list[str], names: tuple[str, ...] = ('foreground',), classes=None
+) -> dict[str, float]:
+  """val_dsc (the model-selection metric) and the rest: a binary run's scores (one item) as
+  `item_scores` gives them; with several scored items (`names`, in the table's order),
+  '<score>/<name>' for each, and each of AVERAGED as the mean over the classes (`classes`:
+  the names averaged, not the regions) where defined, label_voxels their sum."""
+  if len(names) == 1:
+    return item_scores(table, case_ids)
+  out: dict[str, float] = {}
+  for item, name in enumerate(names):
+    out.update({f'{k}/{name}': v for k, v in item_scores(table, case_ids, item).items()})
+  classes = names if classes is None else classes
+  for key in AVERAGED:
+    out[key] = _mean(np.array([out[f'{key}/{c}'] for c in classes]))
+  out['label_voxels'] = sum(out[f'label_voxels/{c}'] for c in classes)
   return out
 
 
@@ -97,7 +134,8 @@ def write_overlay_png(
   threshold: float = 0.5,
 ) -> None:
   """Runs the model on the picked slices and writes image + label/prediction contours
-  (foreground where the probability is > `threshold`, config.eval.threshold)."""
+  (foreground where the probability is > `threshold`, config.eval.threshold; with several
+  classes, where the most probable class is not background: the classes' union)."""
   if not picks:
     return
   images = np.stack([np.asarray(cache.image(c)[z]) for c, z in picks])[..., None]
@@ -105,10 +143,11 @@ def write_overlay_png(
   padded = parallel.pad_rows(images, mesh.devices.size)
   batch = parallel.global_batch_from_full(mesh, {'image': padded})
   prob = parallel.to_host(predict_step(variables, batch['image']))[: len(picks)]
+  pred = prob > threshold if prob.ndim == 3 else prob.argmax(axis=-1) > 0
   if jax.process_index() == 0:
     tiles = [
-      overlay.overlay(img[..., 0], lab > 0, p > threshold)
-      for img, lab, p in zip(images, labels, prob, strict=True)
+      overlay.overlay(img[..., 0], lab > 0, p)
+      for img, lab, p in zip(images, labels, pred, strict=True)
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     overlay.write_png(path, overlay.tile(tiles, columns=min(4, len(tiles))))

@@ -38,7 +38,9 @@ def batches(config, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
   out = []
   for _ in range(n):
     image = rng.random((b, s, s, 1), dtype=np.float32)
-    out.append({'image': image, 'label': (image > 0.6).astype(np.uint8)})
+    # One foreground, or the class indices 1..K - 1 (K logits) in bands of intensity.
+    edges = np.linspace(0.6, 1.0, max(1, config.model.num_classes - 1), endpoint=False)
+    out.append({'image': image, 'label': np.digitize(image, edges).astype(np.uint8)})
   return out
 
 

@@ -86,6 +86,11 @@ TRAINED = {
 # Traced, not run: (variant, changes, why). The network tests named train the same values
 # in their sharded-step tests (tests/step_equivalence.py).
 TRACED = {
+  'three_classes': (
+    'unet_dws',
+    {'data.merge_foreground': False, 'data.classes': 'a:1,b:2', 'model.num_classes': 3},
+    'tests/test_multiclass.py trains it (sharded against one device, and a phantom run)',
+  ),
   'unetpp_deep_supervision': ('unetpp', {}, 'tests/test_unetpp.py trains it'),
   'cenet_resnet18': (
     'cenet',
@@ -190,7 +195,7 @@ def _walked() -> dict[str, tuple]:
   walked.update({key: (False, True) for key in _switches()})
   walked['model.side_outputs'] = SIDES  # each entry
   walked['model.attention_scale'] = ('number', 'rsqrt')
-  walked['model.num_classes'] = (1,)
+  walked['model.num_classes'] = (1, 3)  # one merged foreground; two classes
   return walked
 
 

@@ -120,9 +120,12 @@ def test_bad_value_names_its_key(key, value):
     check(_with(key, value))
 
 
-def test_multiclass_is_refused_until_it_is_trained():
-  with pytest.raises(ConfigError, match=r'num_classes=3; only 1 .*foreground_labels'):
+def test_several_logits_need_merge_foreground_off():
+  with pytest.raises(ConfigError, match=r'num_classes=3 with config.data.merge_foreground=True'):
     check(_with('model.num_classes', 3))
+  config = _with('model.num_classes', 3)
+  config.data.merge_foreground = False
+  check(config)
 
 
 def test_foreground_must_be_among_explicit_label_values():
@@ -203,6 +206,10 @@ CHECKED_ELSEWHERE = {
   'model.side_outputs',
   'eval.checkpoint',
   'eval.keep_components',
+  'data.classes',  # parsed by check; the values against the dataset by classes.resolve
+  'data.regions',
+  'loss.class_weights',
+  'train.best_by',  # a string by check; a scored name by classes.resolve
 }
 # Keys whose every value works: paths, labels, switches and names.
 FREE = {

@@ -23,6 +23,8 @@ from ecam_jax.data.errors import DataError
 from ecam_jax.models import build_model, init_variables
 from ecam_jax.scoring import ratios
 
+import tiny_runs
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -83,6 +85,7 @@ def trained(tmp_path_factory):
   records = [json.loads(x) for x in (workdir / 'metrics.jsonl').read_text().splitlines()]
   best = max(r['dsc'] for r in records if r['kind'] == 'val')
   assert best > 0.3, records[-1]
+  tiny_runs.assert_binary_unchanged(workdir, 'demo_unet_ec')
   return _config(workdir), workdir, workdir / 'phantom'
 
 

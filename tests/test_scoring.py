@@ -215,3 +215,27 @@ def test_write_summary_writes_strict_json_and_a_markdown_table(tmp_path):
   assert table[3] == '| missed | 0.0000 | 0.0000 | n/a | 0.0000 | inf | inf | 0 | 2 |'
   assert table[4] == '| **mean** | 0.5000 | 0.5000 | 1.0000 | 0.5000 | 0.00 | 0.00 | 0.0 | 1.0 |'
   assert 'hd95_mm: 1' in table[-1]
+
+
+def test_multiclass_summary_by_hand():
+  # Two cases, classes A and B and a region: hand-picked scores of score_case's keys.
+  def case(dsc, hd95):
+    scores = {key: 0.5 for key, _, _ in scoring.TABLE_COLUMNS}
+    scores.update(dsc=dsc, hd95_mm=hd95, tp=1, fp=0, fn=0, surface_status='ok')
+    return scores
+
+  per_item = {
+    'A': {'c1': case(0.8, 2.0), 'c2': case(0.6, 4.0)},
+    'B': {'c1': case(0.2, np.inf), 'c2': case(np.nan, np.nan)},  # c2: B absent from both
+    'AB': {'c1': case(0.9, 1.0), 'c2': case(0.7, 3.0)},
+  }
+  summary = scoring.summarize_classes(per_item, ['A', 'B'])
+  assert summary['classes']['B']['mean']['dsc'] == pytest.approx(0.2)  # c2 left out
+  assert summary['classes']['B']['count']['dsc'] == 1
+  assert summary['mean']['dsc'] == pytest.approx((0.7 + 0.2) / 2)  # the region is not in it
+  assert summary['mean']['hd95_mm'] == pytest.approx(3.0)  # B's HD95 is inf in its one case
+  assert summary['count']['hd95_mm'] == 1
+  assert summary['cases']['c1']['dsc'] == pytest.approx(0.5)
+  assert summary['cases']['c2']['dsc'] == pytest.approx(0.6)
+  text = scoring.markdown_table(summary)
+  assert '| AB (region) |' in text and '**mean of A, B**' in text and '## B' in text

@@ -35,6 +35,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tiny_phantom, tmp_path, mo
   config = _config(tiny_phantom)
   straight = train.train_and_evaluate(config, tmp_path / 'straight')
   assert not straight.get('interrupted')
+  tiny_runs.assert_binary_unchanged(tmp_path / 'straight', 'tiny_unet')
   total = straight['total_steps']
 
   original_write = train.Monitor.write

@@ -2,9 +2,11 @@
 on 32x32 slices of a 3-case phantom (1/1/1 split). What those tests check does not depend
 on the variant, and every run then shares one compiled program (JAX's compilation cache)."""
 
+import json
 import pathlib
 
 import jax
+import numpy as np
 
 from ecam_jax import checkpoint, parallel
 from ecam_jax.configuration import load_config
@@ -37,3 +39,23 @@ def variables(workdir, which='latest'):
   sharding = parallel.replicated(parallel.data_mesh(jax.local_devices()))
   target = parallel.abstract(abstract_variables(model, 32), sharding)
   return checkpoint.restore_variables(workdir, which, target)
+
+
+def assert_binary_unchanged(workdir, name: str) -> None:
+  """The run's metrics.jsonl (train and validation records, times aside) equals what the
+  same run logged before multi-class support (tests/binary_golden.json, recorded at commit
+  ee04f47): the paper's binary setting computes the same numbers. Equal to the last bit on
+  the machine that recorded them; rtol 1e-6 allows another CPU's instruction set."""
+  golden = json.loads((ROOT / 'tests' / 'binary_golden.json').read_text())[name]
+  records = [
+    json.loads(x) for x in (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()
+  ]
+  assert len(records) == len(golden)
+  for record, expected in zip(records, golden, strict=True):
+    record.pop('time')
+    assert record.keys() == expected.keys(), (record, expected)
+    for key, value in expected.items():
+      if isinstance(value, float):
+        np.testing.assert_allclose(record[key], value, rtol=1e-6, err_msg=f'{key} of {record}')
+      else:
+        assert record[key] == value, (key, record, expected)

@@ -8,7 +8,7 @@ millisecond. The folder:
     cache/manifest.json          written last: the cache is complete iff it exists
     cache/index.npz              per slice: case position, z, foreground flag
     cache/cases/<id>/image.npy   float32 [Z, S, S]
-    cache/cases/<id>/label.npy   uint8 [Z, S, S]: 1 where the raw label is foreground
+    cache/cases/<id>/label.npy   uint8 [Z, S, S]: 1 where foreground (or the class index)
     cache/cases/<id>/meta.json   sources, settings, the undo record, foreground slices
 
 A case is reused when its source files (path, size, mtime) and the preprocessing settings
@@ -87,7 +87,8 @@ class SliceCache:
     return self._array(case_id, 'image')
 
   def label(self, case_id: str) -> np.memmap:
-    """uint8 [Z, S, S]: 1 where the raw label is in data.foreground_labels."""
+    """uint8 [Z, S, S] targets: 1 where the raw label is in data.foreground_labels, or each
+    class's output index (`classes.index_lookup`)."""
     return self._array(case_id, 'label')
 
   def record(self, case_id: str) -> volumes.VolumeRecord:
@@ -122,6 +123,8 @@ def _settings(data: ml_collections.ConfigDict, declared: tuple[int, ...]) -> dic
     'foreground_labels': sorted(int(v) for v in data.foreground_labels),
     'declared_labels': list(declared),
   }
+  if not data.merge_foreground:  # a binary cache keeps its key (and its files) as before
+    settings['classes'] = data.classes
   if data.modality == 'CT':
     settings['hu_window'] = [float(v) for v in data.hu_window]
   else:

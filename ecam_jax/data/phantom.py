@@ -17,6 +17,9 @@ Difficulty knobs (keyword arguments of `generate`, flags of the CLI):
   noise_sigma      white noise in HU at the generated resolution; default 15.
   target_scale     multiplies the target's thickness (1.0: at most ~2-3% of a slice's area).
   lesion_prob      chance that a case has a lesion (label 2) inside the target.
+  lesion_scale     multiplies the lesion's radius and its extent along z (1.0: a few
+                   slices, about a third of the target's thickness).
+  lesion_drop_hu   how much darker than the target a lesion is; default 35.
 """
 
 import argparse
@@ -33,7 +36,6 @@ from ecam_jax.data.errors import DataError
 
 VERSION = 1  # bump when the generator changes what a seed gives: old folders are not reused
 BED_HU = 40.0  # soft tissue around the target
-LESION_DROP_HU = 35.0  # a lesion is this much darker than the target
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +44,17 @@ class Knobs:
   noise_sigma: float = 15.0
   target_scale: float = 1.0
   lesion_prob: float = 0.5
+  lesion_scale: float = 1.0
+  lesion_drop_hu: float = 35.0
+
+  def params(self) -> dict[str, float]:
+    """What phantom.json records: the lesion's size and contrast only where they are not
+    the defaults, so that folders generated before they existed are reused."""
+    out = dataclasses.asdict(self)
+    for name in ('lesion_scale', 'lesion_drop_hu'):
+      if out[name] == getattr(Knobs, name):
+        del out[name]
+    return out
 
 
 def _ellipse(grid, cu, cv, au, av):
@@ -175,13 +188,13 @@ def _case(rng, size: int, num_slices: int, knobs: Knobs) -> tuple[np.ndarray, np
   if rng.uniform() < knobs.lesion_prob:
     k = rng.integers(3, 20)  # near the head, where the target is thickest
     zl = rng.uniform(t_c[k] - 0.3 * t_h, t_c[k] + 0.3 * t_h)
-    lr = rng.uniform(0.45, 0.7) * radius[k]
+    lr = rng.uniform(0.45, 0.7) * radius[k] * knobs.lesion_scale
     lesion = np.zeros_like(target)
     box, inside = _ellipse(grid, cu[k], cv[k], lr, lr)
-    for z in np.flatnonzero(abs(t - zl) < 0.08):
+    for z in np.flatnonzero(abs(t - zl) < 0.08 * knobs.lesion_scale):
       lesion[z][box] = inside
     lesion &= target
-    hu[lesion] -= LESION_DROP_HU
+    hu[lesion] -= knobs.lesion_drop_hu
     label[lesion] = 2
   # Texture inside the body, partial-volume blur, then noise.
   texture = rng.normal(0, 8, (num_slices, -(-size // 8), -(-size // 8))).astype(np.float32)
@@ -230,6 +243,8 @@ def generate(
   noise_sigma: float = Knobs.noise_sigma,
   target_scale: float = Knobs.target_scale,
   lesion_prob: float = Knobs.lesion_prob,
+  lesion_scale: float = Knobs.lesion_scale,
+  lesion_drop_hu: float = Knobs.lesion_drop_hu,
 ) -> list[pathlib.Path]:
   """Writes `cases` phantom cases to `out_dir` (MSD layout); returns the image paths.
 
@@ -237,9 +252,11 @@ def generate(
   same arguments it is reused as it is; if it holds anything else, DataError.
   """
   out = pathlib.Path(out_dir)
-  knobs = Knobs(target_contrast, noise_sigma, target_scale, lesion_prob)
+  knobs = Knobs(
+    target_contrast, noise_sigma, target_scale, lesion_prob, lesion_scale, lesion_drop_hu
+  )
   params = {'version': VERSION, 'cases': cases, 'seed': seed, 'size': size}
-  params.update(dataclasses.asdict(knobs))
+  params.update(knobs.params())
   ids = [f'phantom_{i:03d}' for i in range(cases)]
   images = [out / 'imagesTr' / f'{i}.nii.gz' for i in ids]
   if out.exists():

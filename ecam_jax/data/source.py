@@ -29,7 +29,15 @@ def resolve_root(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> No
   if not data.root and data.phantom_cases > 0:
     root = workdir / 'phantom'
     if jax.process_index() == 0:
-      phantom.generate(root, data.phantom_cases, config.seed, size=data.phantom_size)
+      phantom.generate(
+        root,
+        data.phantom_cases,
+        config.seed,
+        size=data.phantom_size,
+        lesion_prob=data.phantom_lesion_prob,
+        lesion_scale=data.phantom_lesion_scale,
+        lesion_drop_hu=data.phantom_lesion_drop_hu,
+      )
     parallel.barrier('phantom')
     data.root = str(root)
   root = pathlib.Path(data.root).expanduser() if data.root else None

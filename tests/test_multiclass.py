@@ -1,0 +1,185 @@
+"""Several classes end to end: integer labels carried unchanged (nearest neighbour) through
+orientation, caching and augmentation; the sharded train step with K = 3 equals the
+one-device step; a tiny multi-class phantom trains, validates per class and predicts the
+dataset's label values in the input's geometry; the evaluator scores per class."""
+
+import json
+
+import jax
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ecam_jax import classes, evaluate, infer, train
+from ecam_jax.data import augment, cache, phantom, source, volumes
+
+import nifti_fixtures as fx
+import step_equivalence
+import tiny_runs
+
+# Label values chosen apart from the output indices, and listed out of order, so that a
+# value passed through where an index is meant (or the reverse) shows.
+VALUES = {'organ': 5, 'tumour': 2}
+
+
+def _multiclass(config, classes_text='organ:5,tumour:2', regions='all:2+5'):
+  config.data.merge_foreground = False
+  config.data.classes = classes_text
+  config.data.regions = regions
+  return config
+
+
+def _label_volume(shape=(20, 16, 6), seed=0):
+  """uint8 label with values 0, 2, 5 and 3 (3: named by no class, background)."""
+  rng = np.random.default_rng(seed)
+  label = np.zeros(shape, np.uint8)
+  label[3:15, 2:12, 1:5] = 5
+  label[6:9, 4:7, 2:4] = 2
+  label[rng.random(shape) > 0.97] = 3
+  return label
+
+
+@pytest.mark.parametrize('affine', [fx.LPS, fx.RAS, fx.KITS], ids=['lps', 'ras', 'kits'])
+def test_orientation_and_cache_label_are_the_class_indices_by_nearest_neighbour(affine):
+  label = _label_volume()
+  config = _multiclass(fx.config(label_values=(0, 2, 3, 5), image_size=32))
+  canonical, record = volumes.to_canonical(label, affine)
+  assert sorted(np.unique(canonical)) == [0, 2, 3, 5]  # a permutation: nothing blended
+  np.testing.assert_array_equal(volumes.from_canonical(canonical, record), label)
+  y = volumes.preprocess_label(nib.Nifti1Image(label, affine), config.data)
+  # organ (5) is index 1, tumour (2) index 2, 3 is background; resized by nearest neighbour
+  # exactly as an independent zoom of the raw values, then mapped.
+  expected = volumes.resize_inplane(canonical, 32, order=0)
+  np.testing.assert_array_equal(y, np.select([expected == 5, expected == 2], [1, 2], 0))
+  assert y.dtype == np.uint8 and set(np.unique(y)) == {0, 1, 2}
+  # The restore of an index map is nearest too: values only from the map.
+  assert set(np.unique(volumes.restore(y, record))) <= {0, 1, 2}
+
+
+def test_multiclass_cache_keys_on_the_classes(tmp_path):
+  root = fx.write_msd(tmp_path / 'data', num_cases=2, shape=(24, 20, 6))
+  config = _multiclass(fx.config(root), 'organ:1,tumour:2', '')
+  source.resolve_data(config, tmp_path / 'work')
+  built = cache.prepare_cache(config, tmp_path / 'work', progress=False)
+  for case_id in built.case_ids:
+    raw = volumes.load_nifti(root / 'labelsTr' / f'{case_id}.nii.gz')
+    np.testing.assert_array_equal(built.label(case_id), volumes.preprocess_label(raw, config.data))
+    assert set(np.unique(built.label(case_id))) == {0, 1, 2}
+  config.data.classes = 'organ:2,tumour:1'  # swapped: other targets, so a rebuild
+  swapped = cache.prepare_cache(config, tmp_path / 'work', progress=False)
+  case = swapped.case_ids[0]
+  np.testing.assert_array_equal(
+    np.asarray(swapped.label(case)), np.array([0, 2, 1], np.uint8)[built.label(case)]
+  )
+
+
+def test_augmentation_resamples_class_labels_by_nearest_neighbour():
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(4, 24, 32, 1)).astype(np.float32)
+  labels = np.zeros((4, 24, 32, 1), np.uint8)
+  labels[:, 4:20, 6:26] = 1
+  labels[:, 9:14, 12:18] = 2
+  aug = fx.config().augment
+  aug.flip_prob, aug.rotate_degrees, aug.blur_prob = 0.5, 30.0, 0.0
+  keys = jax.random.split(jax.random.key(3), 4)
+  _, out = jax.jit(lambda k, i, lab: augment.augment_batch(k, i, lab, aug))(keys, images, labels)
+  params = jax.vmap(lambda k: augment.sample_params(k, aug))(keys)
+  for b in range(4):
+    lab = labels[b, :, ::-1, 0] if params.flip[b] else labels[b, ..., 0]
+    rows, cols = np.asarray(augment.rotation_coordinates(params.angle[b], 24, 32))
+    r, c = np.round(rows).astype(int), np.round(cols).astype(int)
+    inside = (r >= 0) & (r < 24) & (c >= 0) & (c < 32)
+    expected = np.where(inside, lab[np.clip(r, 0, 23), np.clip(c, 0, 31)], 0)
+    # Pixels whose sample point lies exactly between two (a rounding tie) may go either way.
+    tie = (np.abs(rows % 1 - 0.5) < 1e-4) | (np.abs(cols % 1 - 0.5) < 1e-4)
+    np.testing.assert_array_equal(np.asarray(out[b, ..., 0])[~tie], expected[~tie])
+    assert set(np.unique(out[b])) <= {0, 1, 2}
+
+
+def test_sharded_step_with_three_classes_equals_one_device():
+  config = _multiclass(
+    step_equivalence.config('unet_dws', base_channels=4), 'organ:1,tumour:2', 'all:1+2'
+  )
+  config.data.label_values = (0, 1, 2)
+  classes.resolve(config, {})
+  assert config.model.num_classes == 3
+  one, many = step_equivalence.assert_sharded_equals_single(config, devices=8, num_steps=2)
+  assert one[0]['counts'].shape == (3, 3) and one[0]['counts'].sum() > 0
+  assert {'dice', 'ce', 'side_ce'} <= set(one[0])
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """A tiny multi-class run on a phantom whose cases all have a lesion."""
+  tmp = tmp_path_factory.mktemp('multiclass')
+  phantom.generate(tmp / 'phantom', 3, seed=0, size=64, lesion_prob=1.0)
+  config = tiny_runs.config(tmp / 'phantom', epochs=3)
+  config.data.merge_foreground = False
+  config.train.lr = 5e-3
+  summary = train.train_and_evaluate(config, str(tmp / 'work'))
+  return config, tmp / 'work', tmp / 'phantom', summary
+
+
+def test_multiclass_run_validates_each_class(trained):
+  config, workdir, _, summary = trained
+  recorded = json.loads((workdir / 'config.json').read_text())
+  assert recorded['data']['classes'] == 'target:1,lesion:2'
+  assert recorded['model']['num_classes'] == 3
+  records = [json.loads(x) for x in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  val = [r for r in records if r['kind'] == 'val'][-1]
+  for name in ('target', 'lesion'):
+    assert val[f'label_voxels/{name}'] > 0
+    assert f'slice_dsc/{name}' in val and f'hd95_mm/{name}' not in val
+  target, lesion = val['dsc/target'], val['dsc/lesion']
+  assert val['dsc'] == pytest.approx(np.nanmean([target, lesion]))
+  assert summary['best']['metric'] == 'val_dsc' and target > 0.05
+  train_records = [r for r in records if r['kind'] == 'train']
+  assert {'ce', 'dice', 'dsc/target', 'dsc/lesion'} <= set(train_records[-1])
+
+
+def test_multiclass_predict_writes_label_values_in_the_input_geometry(trained, tmp_path):
+  config, workdir, root, _ = trained
+  case = json.loads((workdir / 'splits.json').read_text())['test'][0]
+  src = root / 'imagesTr' / f'{case}.nii.gz'
+  (out,) = infer.predict_paths(config, str(workdir), str(src), str(tmp_path / 'out'), 'best')
+  written, source_img = nib.load(out), nib.load(src)
+  assert written.shape == source_img.shape and written.get_data_dtype() == np.uint8
+  np.testing.assert_array_equal(written.affine, source_img.affine)
+  values = set(np.unique(np.asarray(written.dataobj)).tolist())
+  assert 1 in values and values <= {0, 1, 2}
+
+  # The written values are the classes' own: with the classes listed the other way round
+  # (index 1 is the lesion, value 2), a network whose head picks index 1 everywhere writes 2.
+  predictor = infer.Predictor(config, str(workdir), 'best')
+  head = predictor.variables['params']['head']['bias']
+  predictor.variables['params']['head']['bias'] = head.at[1].add(1e4)
+  assert set(np.unique(predictor.segment_file(src, tmp_path / 'one.nii.gz'))) == {1}
+  swapped = config.copy_and_resolve_references()
+  swapped.data.classes = 'lesion:2,target:1'
+  predictor.label_values = np.asarray(classes.output_label_values(swapped))
+  assert set(np.unique(predictor.segment_file(src, tmp_path / 'two.nii.gz'))) == {2}
+
+
+def test_eval_and_the_evaluator_score_each_class(trained, tmp_path):
+  config, workdir, root, _ = trained
+  summary = evaluate.evaluate_split(config, workdir, 'best')
+  assert set(summary['classes']) == {'target', 'lesion'}
+  assert summary['averaged_over'] == ['target', 'lesion']
+  text = (workdir / 'eval' / 'summary.md').read_text()
+  assert '## target' in text and '## lesion' in text
+  # The folder evaluator, given the same classes, scores the written predictions alike.
+  labels = tmp_path / 'labels'
+  labels.mkdir()
+  for pred in (workdir / 'eval' / 'predictions').iterdir():
+    (labels / pred.name).symlink_to(root / 'labelsTr' / pred.name)
+  folders = evaluate.evaluate_folders(
+    workdir / 'eval' / 'predictions',
+    labels,
+    items=[('target', (1,)), ('lesion', (2,)), ('both', (1, 2))],
+    class_names=['target', 'lesion'],
+  )
+  for name in ('target', 'lesion'):
+    assert folders['classes'][name]['mean']['dsc'] == pytest.approx(
+      summary['classes'][name]['mean']['dsc'], nan_ok=True
+    )
+  assert 'both' in folders['classes'] and folders['averaged_over'] == ['target', 'lesion']
