@@ -25,6 +25,10 @@ def get_config(arg: str | None = None):
   data.modality = 'CT'
   data.label_values = (0, 1, 2)
   data.foreground_labels = (1, 2)
+  # With --config.data.merge_foreground=False: kidney and tumour apart, and KiTS19's
+  # "kidney and tumour" region scored too (the paper merges them into one foreground).
+  data.classes = 'kidney:1,tumour:2'
+  data.regions = 'kidney_and_tumour:1+2'
   data.hu_window = (-79.0, 304.0)  # soft tissue and contrast-enhanced kidney
   data.image_size = 512
   config.train.weight_decay = 1e-4

@@ -23,6 +23,9 @@ def get_config(arg: str | None = None):
   data.dataset = 'msd_pancreas'
   data.modality = 'CT'
   data.foreground_labels = (1, 2)
+  # With --config.data.merge_foreground=False: pancreas and tumour apart (names from
+  # dataset.json: pancreas, cancer), and the whole pancreas (both) scored as a region.
+  data.regions = 'whole_pancreas:1+2'
   data.hu_window = (-100.0, 240.0)
   data.image_size = 512
   config.train.weight_decay = 1e-4

@@ -26,6 +26,7 @@ def get_config(arg: str | None = None):
   data.modality = 'CT'
   data.label_values = (0, 1)
   data.foreground_labels = (1,)
+  data.classes = 'pancreas:1'  # its name in multi-class summaries (merge_foreground=False)
   data.hu_window = (-100.0, 240.0)
   data.image_size = 512
   config.train.weight_decay = 2e-4

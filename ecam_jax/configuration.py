@@ -237,11 +237,6 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   m = config.model
   if m.name not in MODELS:
     raise ConfigError(f'config.model.name={m.name!r}; expected one of {sorted(MODELS)}')
-  if m.num_classes == 2:
-    raise ConfigError(
-      'config.model.num_classes=2; one foreground is 1 logit (sigmoid), several classes are '
-      'len(config.data.classes) + 1 >= 3 (set from the classes with merge_foreground=False)'
-    )
   if m.num_classes > 1 and config.data.merge_foreground:
     raise ConfigError(
       f'config.model.num_classes={m.num_classes} with config.data.merge_foreground=True (one '

@@ -116,16 +116,7 @@ class Predictor:
     foreground (binary), else each class's label value; 0 background."""
     slices, record = volumes.preprocess_image(image, self.config.data)
     prob = self.probabilities(slices, progress)
-    keep = self.config.eval.keep_components
-    if prob.ndim == 3:
-      mask = volumes.restore(prob, record, order=1) > self.config.eval.threshold
-      return keep_components(mask, keep).astype(np.uint8)
-    restored = [volumes.restore(prob[..., k], record, order=1) for k in range(prob.shape[-1])]
-    index = np.argmax(np.stack(restored, axis=-1), axis=-1)
-    for k in range(1, prob.shape[-1]):
-      mask = index == k
-      index[mask & ~keep_components(mask, keep)] = 0
-    return self.label_values[index].astype(label_dtype(self.label_values))
+    return label_map(prob, record, self.config.eval, self.label_values)
 
   def segment_array(self, volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """From Python: a 3-D array (in the voxel order `affine` describes) -> uint8 mask."""
@@ -140,6 +131,27 @@ class Predictor:
     mask = self.segment_image(image, progress)
     write_mask(mask, image, target)
     return mask
+
+
+def label_map(
+  prob: np.ndarray, record: volumes.VolumeRecord, eval_config, label_values: np.ndarray
+) -> np.ndarray:
+  """`Predictor.probabilities` of a volume -> its label map in the file's voxel grid.
+
+  Probabilities are resized back linearly (each class's apart), then thresholded at
+  eval.threshold (one logit) or reduced to the most probable class; each class then keeps
+  the 3-D components eval.keep_components selects (`keep_components`; the rest becomes
+  background), and output index k is written as label_values[k]."""
+  keep = eval_config.keep_components
+  if prob.ndim == 3:
+    mask = volumes.restore(prob, record, order=1) > eval_config.threshold
+    return keep_components(mask, keep).astype(np.uint8)
+  restored = [volumes.restore(prob[..., k], record, order=1) for k in range(prob.shape[-1])]
+  index = np.argmax(np.stack(restored, axis=-1), axis=-1)
+  for k in range(1, prob.shape[-1]):
+    mask = index == k
+    index[mask & ~keep_components(mask, keep)] = 0
+  return label_values[index].astype(label_dtype(label_values))
 
 
 def label_dtype(values) -> type:

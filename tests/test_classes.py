@@ -99,7 +99,6 @@ def test_resolve_refuses_what_does_not_fit_the_classes(changes, match):
   ('changes', 'match'),
   [
     ({'model.num_classes': 3}, 'merge_foreground=True'),
-    ({'model.num_classes': 2}, 'num_classes=2'),
     ({'loss.class_weights': (1.0, -1.0)}, 'class_weights'),
     ({'loss.class_weights': (1.0, 0.0)}, 'class_weights'),
   ],

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ecam_jax import evaluate, train
+from ecam_jax import evaluate, scoring, train
 from ecam_jax.configuration import ConfigError, load_config
 from ecam_jax.experiments import gradcam, lock, outputs, report, runner, tables
 
@@ -324,3 +324,29 @@ def test_fig4_plots_dsc_against_alpha(tmp_path):
   assert rows['alpha_0.1']['metrics']['dsc']['paper'] is None
   assert rows['alpha_0.9']['status'] == 'pending'
   assert rows['alpha_0.1']['wilcoxon']['n'] == 2  # against alpha = 0.5
+
+
+def test_multiclass_rows_list_each_class_beside_the_mean(tmp_path):
+  """Summaries of multi-class runs (scoring.summarize_classes): the headline values are the
+  mean over the classes, and each class and region has its own column."""
+  table = tables.get('1')
+  keys = ('dsc', 'sensitivity', 'precision', 'slice_dsc', 'slice_sensitivity', 'slice_precision')
+  for seed, (organ, tumour) in enumerate([(0.8, 0.4), (0.9, 0.6)]):
+    per_item = {
+      name: {c: {k: value for k in keys} | {'tp': 1, 'fp': 0, 'fn': 0} for c in ('c1', 'c2')}
+      for name, value in (('organ', organ), ('tumour', tumour), ('both', 0.85))
+    }
+    row_dir = tmp_path / f'table_1/unet_seed{seed}'
+    (row_dir / 'eval').mkdir(parents=True)
+    summary = scoring.summarize_classes(per_item, ['organ', 'tumour'])
+    (row_dir / 'eval' / 'summary.json').write_text(json.dumps(summary))
+  result = report.collect(table, tmp_path, 'msd', seeds=2)
+  unet = {r['id']: r for r in result['rows']}['unet']
+  assert unet['metrics']['dsc']['ours'] == pytest.approx((60 + 75) / 2)
+  tumour = unet['per_class']['tumour']['dsc']
+  assert tumour['ours'] == pytest.approx(50.0) and tumour['per_volume'] == pytest.approx(50.0)
+  assert tumour['ours_std'] == pytest.approx(np.std([40, 60], ddof=1))
+  md = report.markdown(result)
+  assert '| row | organ | tumour | both |' in md
+  assert '| U-Net | 85.00 ± 7.07 (85.00) | 50.00 ± 14.14 (50.00) | 85.00 ± 0.00 (85.00) |' in md
+  assert 'unet,U-Net,finished,dsc/tumour,50.0' in report.csv_text(result)

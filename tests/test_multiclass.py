@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 
 from ecam_jax import classes, evaluate, infer, train
+from ecam_jax.configuration import load_config
 from ecam_jax.data import augment, cache, phantom, source, volumes
+from ecam_jax.models import MODELS, build_model
+from ecam_jax.models.variants import NETWORKS
 
 import nifti_fixtures as fx
 import step_equivalence
@@ -183,3 +186,50 @@ def test_eval_and_the_evaluator_score_each_class(trained, tmp_path):
       summary['classes'][name]['mean']['dsc'], nan_ok=True
     )
   assert 'both' in folders['classes'] and folders['averaged_over'] == ['target', 'lesion']
+
+
+def test_label_map_keeps_components_per_class_and_writes_label_values():
+  """Class 1 (value 5) has a large and a small blob, class 2 (value 2) one small blob: with
+  keep_components=1 each class keeps its own largest, so class 2's blob survives although
+  it is smaller than class 1's second one."""
+  prob = np.zeros((8, 16, 16, 3), np.float32)
+  prob[..., 0] = 1.0
+  blobs = [(1, np.s_[1:7, 1:8, 1:8]), (1, np.s_[2:5, 11:15, 11:15]), (2, np.s_[3:5, 10:13, 2:5])]
+  for k, where in blobs:
+    prob[where] = np.eye(3)[k]
+  _, record = volumes.to_canonical(np.zeros((16, 16, 8)), fx.LPS)
+  config = fx.config()
+  config.eval.keep_components = 1
+  values = np.array([0, 5, 2])
+  out = infer.label_map(prob, record, config.eval, values)
+  canonical = volumes.to_canonical(out, fx.LPS)[0]
+  assert out.dtype == np.uint8 and out.shape == (16, 16, 8)
+  assert (canonical == 5).sum() == 6 * 7 * 7 and (canonical == 2).sum() == 2 * 3 * 3
+  assert (canonical[blobs[1][1]] == 0).all()
+  config.eval.keep_components = 0
+  assert (
+    volumes.to_canonical(infer.label_map(prob, record, config.eval, values), fx.LPS)[0] == 5
+  ).sum() == 6 * 7 * 7 + 3 * 4 * 4
+  assert infer.label_map(prob, record, config.eval, np.array([0, 300, 2])).dtype == np.uint16
+
+
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_every_network_gives_k_plus_1_logits(name):
+  """K + 1 = 3 logits (and side logits) from every network (traced, not compiled)."""
+  config = load_config('configs/default.py', f'variant={_variant(name)}')
+  config.model.update(
+    num_classes=3, base_channels=4, resnet_depth=18, hrnet_size='small_v2', segformer_size='b0'
+  )
+  model = build_model(config.model)
+  x = jax.ShapeDtypeStruct((2, 32, 32, 1), np.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  out = jax.eval_shape(model.apply, variables, x)
+  assert out['logits'].shape == (2, 32, 32, 3)
+  assert all(s.shape == (2, 32, 32, 3) for s in out['side_logits'])
+
+
+def _variant(model_name: str) -> str:
+  """A variant whose network is `model_name`."""
+  if model_name == 'ecam_unet':
+    return 'ec_cam_unet'
+  return next(v for v, (settings, *_) in NETWORKS.items() if settings.get('name') == model_name)

@@ -118,3 +118,23 @@ def test_cli_writes_a_dataset_the_cache_accepts(tmp_path, capsys):
   assert '2 cases' in capsys.readouterr().out
   sc = cache.prepare_cache(fx.config(tmp_path / 'ph'), tmp_path / 'work', progress=False)
   assert sc.case_ids == ['phantom_000', 'phantom_001'] and sc.index.foreground.any()
+
+
+def test_lesion_knobs_grow_and_darken_the_lesion_only(tmp_path):
+  """lesion_scale and lesion_drop_hu change the lesion; at their defaults phantom.json does
+  not name them (folders generated before they existed are reused)."""
+  default = phantom.generate(tmp_path / 'a', 1, seed=3, size=64, lesion_prob=1.0)
+  big = phantom.generate(
+    tmp_path / 'b', 1, seed=3, size=64, lesion_prob=1.0, lesion_scale=2.0, lesion_drop_hu=80.0
+  )
+  assert 'lesion_scale' not in json.loads((tmp_path / 'a' / 'phantom.json').read_text())
+  assert json.loads((tmp_path / 'b' / 'phantom.json').read_text())['lesion_scale'] == 2.0
+  labels = [
+    np.asanyarray(nib.load(p.parents[1] / 'labelsTr' / p.name).dataobj)
+    for p in (default[0], big[0])
+  ]
+  images = [np.asanyarray(nib.load(p).dataobj).astype(float) for p in (default[0], big[0])]
+  assert 0 < (labels[0] == 2).sum() < (labels[1] == 2).sum()
+  np.testing.assert_array_equal(labels[0] > 0, labels[1] > 0)  # the target is the same
+  drop = [np.median(x[y == 1]) - np.median(x[y == 2]) for x, y in zip(images, labels, strict=True)]
+  assert drop[1] > drop[0] + 20

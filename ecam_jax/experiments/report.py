@@ -2,7 +2,9 @@
 
 Our value of a metric is the test split's mean over cases of the per-slice score (the
 paper: "we evaluate the performance of the model on CT slice"); the per-volume mean is
-reported beside it. With several seeds a row shows mean ± sample std over its seeds.
+reported beside it. A multi-class run's values are the mean over its classes, and each
+class's and region's are listed apart (`per_class`); the paper's numbers are binary.
+With several seeds a row shows mean ± sample std over its seeds.
 Each row is compared with the table's reference row per case (Wilcoxon signed-rank on the
 per-case per-slice DSC, averaged over seeds first), which the paper does not report.
 """
@@ -157,6 +159,22 @@ def _collect_row(table, row: Row, workdir, column, seeds, ref_cases, ref_where) 
       'paper': theirs,
       'diff': None if slice_mean is None or theirs is None else slice_mean - theirs,
     }
+  names = [name for name in done[0].get('classes', {})] if done else []
+  if names:  # several classes: each class's and region's scores, as the headline ones
+    out['per_class'] = {
+      name: {
+        metric: dict(
+          zip(
+            ('ours', 'ours_std', 'per_volume', 'per_volume_std'),
+            mean_std([_pct(s['classes'][name]['mean'][f'slice_{metric}']) for s in done])
+            + mean_std([_pct(s['classes'][name]['mean'][metric]) for s in done]),
+            strict=True,
+          )
+        )
+        for metric in METRIC_NAMES
+      }
+      for name in names
+    }
   if done and ref_where and row.id != table.reference:
     out['wilcoxon'] = wilcoxon(case_means(done), ref_cases)
   return out
@@ -206,11 +224,37 @@ def markdown(result: dict) -> str:
     cells.append(_num(dsc['per_volume'], dsc['per_volume_std']))
     cells.append(_wilcoxon_cell(row.get('wilcoxon')))
     lines.append('| ' + ' | '.join(cells) + ' |')
+  lines += _per_class_markdown(result)
   notes = [e for e in result['errata'] if column and _about(e['where'], result['table'])]
   if notes:
     lines += ['', "The paper's numbers as printed; what we noticed in them:", '']
     lines += [f'- {e["where"]}: {e["note"]}' for e in notes]
   return '\n'.join(lines) + '\n'
+
+
+def _per_class_markdown(result: dict) -> list[str]:
+  """With several classes: each row's DSC per class and region (per slice, then per volume),
+  beside the headline values (their mean over the classes; the paper's are binary)."""
+  names = list(dict.fromkeys(n for row in result['rows'] for n in row.get('per_class', {})))
+  if not names:
+    return []
+  lines = [
+    '',
+    'DSC of each class and region (per slice; per volume in brackets). The values above are '
+    "their mean over the classes; the paper's numbers are of one merged foreground.",
+    '',
+    '| row | ' + ' | '.join(names) + ' |',
+    '|' + '---|' * (len(names) + 1),
+  ]
+  for row in result['rows']:
+    cells = []
+    for name in names:
+      v = row.get('per_class', {}).get(name, {}).get('dsc')
+      cells.append(
+        '–' if v is None else f'{_num(v["ours"], v["ours_std"])} ({_num(v["per_volume"])})'
+      )
+    lines.append(f'| {row["label"]} | ' + ' | '.join(cells) + ' |')
+  return lines
 
 
 def _about(where: str, table: str) -> bool:
@@ -247,6 +291,13 @@ def csv_text(result: dict) -> str:
         + [v['per_volume'], v['per_volume_std'], v['paper'], v['diff'], row['finished_runs']]
         + [test.get('n', ''), test.get('p', '')]
       )
+    for name, scores in row.get('per_class', {}).items():
+      for metric in result['metrics']:
+        v = scores[metric]
+        writer.writerow(
+          [row['id'], row['label'], row['status'], f'{metric}/{name}', v['ours'], v['ours_std']]
+          + [v['per_volume'], v['per_volume_std'], '', '', row['finished_runs'], '', '']
+        )
   return out.getvalue()
 
 
