@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ecam_jax import classes, evaluate, infer, train
+from ecam_jax import classes, evaluate, infer, losses, parallel, steps, train, validate
 from ecam_jax.configuration import load_config
 from ecam_jax.data import augment, cache, phantom, source, volumes
 from ecam_jax.models import MODELS, build_model
@@ -233,3 +233,66 @@ def _variant(model_name: str) -> str:
   if model_name == 'ecam_unet':
     return 'ec_cam_unet'
   return next(v for v, (settings, *_) in NETWORKS.items() if settings.get('name') == model_name)
+
+
+class _FixedLogits:
+  """A stand-in network whose logits are its `variables`: the eval step's sums alone."""
+
+  def apply(self, variables, images, train=False):
+    return {'logits': variables['logits'], 'side_logits': ()}
+
+
+@pytest.mark.parametrize('weights', [None, (0.5, 1.0, 3.0)])
+def test_validation_loss_from_eval_sums_equals_the_training_loss(weights):
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(4, 8, 8, 3)).astype(np.float32) * 2
+  labels = rng.integers(0, 3, (4, 8, 8, 1)).astype(np.uint8)
+  config = fx.config()
+  config.loss.class_weights = weights
+  config.loss.w_bce = 0.7
+  mesh = parallel.data_mesh(jax.devices()[:1])  # the logits are replicated, as variables are
+  members = np.array([[0, 1, 0], [0, 0, 1]], bool)
+  step = steps.make_eval_step(_FixedLogits(), mesh, 0.5, members, weights)
+  out = step({'logits': logits}, {'image': np.zeros((4, 8, 8, 1), np.float32), 'label': labels})
+  sums = np.asarray(out['loss_sums'], np.float64).sum(axis=0)
+  expected, _ = losses.total_loss({'logits': logits}, labels, config.loss)
+  assert validate.loss(sums, labels.size, config.loss) == pytest.approx(float(expected), rel=1e-5)
+  # The counts of the same step, made into scores by hand: class 1's TP, FP, FN.
+  pred, truth = logits.argmax(-1), labels[..., 0]
+  counts = np.asarray(out['counts'])
+  assert counts.shape == (4, 2, 3)
+  np.testing.assert_array_equal(
+    counts[:, 0].sum(0),
+    [
+      ((pred == 1) & (truth == 1)).sum(),
+      ((pred == 1) & (truth != 1)).sum(),
+      ((pred != 1) & (truth == 1)).sum(),
+    ],
+  )
+
+
+def test_validation_scores_per_class_by_hand():
+  """Rows (case, z, then TP, FP, FN of classes A and B): A present in both cases; B only
+  predicted in case 0 (absent from its label) and absent from everything in case 1."""
+  table = np.array([[0, 0, 3, 1, 0, 0, 2, 0], [0, 1, 1, 0, 2, 0, 0, 0], [1, 0, 4, 0, 0, 0, 0, 0]])
+  val = validate.scores(table, ['c0', 'c1'], ('A', 'B'), ('A', 'B'))
+  # A: case 0 TP 4 FP 1 FN 2 -> 8/11; case 1 TP 4 -> 1. B: case 0 DSC 0; case 1 undefined.
+  assert val['dsc/A'] == pytest.approx((8 / 11 + 1) / 2)
+  assert val['dsc/B'] == 0.0 and val['label_voxels/B'] == 0
+  assert val['dsc'] == pytest.approx(((8 / 11 + 1) / 2 + 0) / 2)
+  assert val['slice_dsc/A'] == pytest.approx((6 / 7 + 2 / 4 + 1) / 3)
+  assert np.isnan(val['sensitivity/B']) and np.isnan(val['slice_sensitivity/B'])
+  assert val['both_empty_slices/B'] == 2 and val['empty_label_slices/B'] == 1
+
+
+def test_flip_tta_averages_class_probabilities(trained):
+  config, workdir, root, _ = trained
+  slices, _ = volumes.preprocess_image(next((root / 'imagesTr').iterdir()), config.data)
+  slices = slices[:8]
+  plain = infer.Predictor(config, str(workdir), 'best')
+  tta_config = config.copy_and_resolve_references()
+  tta_config.eval.tta_flip = True
+  tta = infer.Predictor(tta_config, str(workdir), 'best')
+  p, p_flipped = plain.probabilities(slices), plain.probabilities(slices[:, :, ::-1])
+  assert p.shape == (8, 32, 32, 3)
+  np.testing.assert_allclose(tta.probabilities(slices), (p + p_flipped[:, :, ::-1]) / 2, atol=1e-6)
