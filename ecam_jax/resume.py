@@ -48,6 +48,29 @@ FREE = (
 )
 # Keys that decide the parameter tree (everything under model except FREE and these).
 NUMERICS_ONLY = ('model.dtype', 'model.bn_momentum', 'model.bn_epsilon', 'model.variant')
+# Keys added after checkpoints recorded their config, with the value that computes what
+# the code did before the key existed: a checkpoint whose config lacks one of them was
+# trained that way, so the key is unchanged while it keeps this value.
+LATER_KEYS = {
+  'data.merge_foreground': True,
+  'data.classes': '',
+  'data.regions': '',
+  'data.phantom_lesion_prob': 0.5,
+  'data.phantom_lesion_scale': 1.0,
+  'data.phantom_lesion_drop_hu': 35.0,
+  'loss.class_weights': None,
+  'train.best_by': 'mean',
+  'model.msunet_small_kernel': 3,
+  'model.msunet_large_kernel': 7,
+  'model.deep_supervision': True,
+  'model.unetpp_align_corners': True,
+  'model.resnet_depth': 34,
+  'model.output_stride': 16,
+  'model.dropout': 0.1,
+  'model.hrnet_size': 'full',
+  'model.segformer_size': 'b2',
+  'model.drop_path': 0.1,
+}
 
 
 def flatten(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
@@ -72,8 +95,10 @@ def is_architecture(key: str) -> bool:
 
 
 def changes(saved: dict[str, Any], current: ml_collections.ConfigDict) -> list[tuple]:
-  """(key, saved value, current value) for every key that differs, FREE keys left out."""
+  """(key, saved value, current value) for every key that differs, FREE keys left out; a
+  LATER_KEYS key the saved config lacks counts as its value before it existed."""
   old, new = flatten(saved), flatten(current)
+  old = {**{k: v for k, v in LATER_KEYS.items() if k in new}, **old}
   missing = object()
   return [
     (key, old.get(key, missing), new.get(key, missing))

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from ecam_jax import classes
+from ecam_jax import classes, resume
 from ecam_jax.configuration import ConfigError, check, load_config
 from ecam_jax.data import layouts, source
 
@@ -128,3 +128,15 @@ def test_predict_restores_the_classes_from_config_json(tmp_path):
   config = _config(merge_foreground=False)
   source.resolve_settings(config, tmp_path)
   assert config.data.classes == 'organ:1,lesion:2' and config.model.num_classes == 3
+
+
+def test_a_checkpoint_from_before_the_class_keys_resumes_as_binary():
+  """A checkpoint's config written before these keys existed lacks them; it was trained as
+  one merged foreground, so the binary config resumes it and a multi-class one does not."""
+  config = _config()
+  saved = resume.flatten(config)
+  for key in ('data.merge_foreground', 'data.classes', 'data.regions', 'loss.class_weights'):
+    del saved[key]
+  assert resume.changes(saved, config) == []
+  config.data.merge_foreground = False
+  assert [key for key, *_ in resume.changes(saved, config)] == ['data.merge_foreground']
