@@ -1,9 +1,10 @@
 """Entry point: python -m ecam_jax.main --config=configs/msd.py --workdir=runs/msd
 
 Modes: train (default; resumes when the workdir has a checkpoint), prepare (build the
-preprocessing cache only), eval (score the best checkpoint on the test split) and
-predict (segment NIfTI files). Config values are overridden as
---config.train.batch_size=8. Intentionally thin: the work lives in train.py / infer.py.
+preprocessing cache only), eval (score the best checkpoint on the test split), predict
+(segment NIfTI files) and export (ONNX and StableHLO for deployment, docs/export.md).
+Config values are overridden as --config.train.batch_size=8. Intentionally thin: the work
+lives in train.py / infer.py.
 """
 
 import logging
@@ -23,10 +24,17 @@ from ecam_jax.train import NonFiniteLossError
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, logs, cache and results go.')
-flags.DEFINE_enum('mode', 'train', ['train', 'prepare', 'eval', 'predict'], 'What to run.')
+flags.DEFINE_enum(
+  'mode', 'train', ['train', 'prepare', 'eval', 'predict', 'export'], 'What to run.'
+)
 flags.DEFINE_string('input', None, 'predict: a NIfTI file or a folder of them.')
-flags.DEFINE_string('output', None, 'predict: the output file or folder.')
-flags.DEFINE_string('checkpoint', None, "eval/predict: 'best', 'latest' or a checkpoint path.")
+flags.DEFINE_string(
+  'output', None, 'predict: the output file or folder; export: the folder (WORKDIR/export).'
+)
+flags.DEFINE_string(
+  'checkpoint', None, "eval/predict/export: 'best', 'latest' or a checkpoint path."
+)
+flags.DEFINE_bool('onnx_float16', False, 'export: also write model.float16.onnx.')
 flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.')
 flags.DEFINE_integer('num_processes', None, 'Multi-process: how many processes in all.')
 flags.DEFINE_integer('process_id', None, 'Multi-process: this process (0 .. n-1).')
@@ -97,6 +105,12 @@ def _run(config, workdir: str) -> None:
     from ecam_jax import evaluate
 
     evaluate.evaluate_split(config, workdir, FLAGS.checkpoint or config.eval.checkpoint)
+  elif FLAGS.mode == 'export':
+    from ecam_jax.export import folder
+
+    which = FLAGS.checkpoint or config.eval.checkpoint
+    path = folder.export(config, workdir, which, FLAGS.output, float16=FLAGS.onnx_float16)
+    parallel.print0(f'exported to {path}')
   else:
     from ecam_jax import infer
 

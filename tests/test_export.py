@@ -1,0 +1,398 @@
+"""--mode=export and python -m ecam_jax.export_check (docs/export.md).
+
+One tiny EC-CaM-UNet run (a saved checkpoint of random weights with random BatchNorm
+statistics, on a 1-case phantom at 32x32) is exported once through main; the folder, the
+StableHLO artifact in a fresh process and the check on the phantom volume share it. ONNX
+Runtime's logits are compared with the JAX model's (the training-time model: EC unfolded,
+side heads built) for the U-Net, the full model, each attention type and each SC form, on
+random and phantom slices. Every network of variants.py is exported in the slow test.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from ecam_jax import checkpoint, infer
+from ecam_jax.configuration import ConfigError, load_config
+from ecam_jax.data import phantom, volumes
+from ecam_jax.data.errors import DataError
+from ecam_jax.export import contract, conv_folding, folder, network, onnx_model, runtimes
+from ecam_jax.models import build_model, init_variables
+from ecam_jax.models.variants import NETWORKS, VARIANTS
+from ecam_jax.optim import make_optimizer
+from ecam_jax.state import create_train_state
+
+pytest.importorskip('jax2onnx', reason="the export extras: pip install -e '.[export]'")
+onnx = pytest.importorskip('onnx')
+ort = pytest.importorskip('onnxruntime')
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SIZE, BASE = 32, 4
+OVERRIDES = {
+  'data.image_size': SIZE,
+  'model.base_channels': BASE,
+  'data.phantom_cases': 0,
+  'eval.tta_flip': True,
+  'eval.keep_components': 1,
+  'eval.batch_size': 8,
+}
+
+
+def _tolerance(expected: np.ndarray) -> float:
+  return folder.TOLERANCE * max(1.0, float(np.abs(expected).max()))
+
+
+def _perturbed(variables: dict, seed: int = 0) -> dict:
+  """Random BatchNorm statistics and biases: a fresh model's (mean 0, var 1, bias 0) would
+  make folding them trivially exact."""
+  rng = np.random.default_rng(seed)
+
+  def change(path, x):
+    x = np.asarray(x)
+    if "'var'" in jax.tree_util.keystr(path):
+      return rng.uniform(0.5, 2.0, x.shape).astype(np.float32)
+    return (x + rng.normal(0, 0.2, x.shape)).astype(np.float32) if x.ndim == 1 else x
+
+  return jax.tree_util.tree_map_with_path(change, variables)
+
+
+def _config(variant: str, root: pathlib.Path | None = None, **model):
+  config = load_config(ROOT / 'configs/demo.py', f'variant={variant}')
+  for key, value in OVERRIDES.items():
+    section, name = key.split('.')
+    config[section][name] = value
+  config.model.update(model)
+  if root is not None:
+    config.data.root = str(root)
+  return config
+
+
+def _phantom_slices(root: pathlib.Path, count: int = 6) -> np.ndarray:
+  """The middle slices of the phantom's first case, preprocessed: [count, S, S, 1]."""
+  image = sorted((root / 'imagesTr').glob('*.nii.gz'))[0]
+  config = _config('unet')
+  slices, _ = volumes.preprocess_image(image, config.data)
+  mid = len(slices) // 2
+  return slices[mid - count // 2 : mid + count - count // 2, ..., None]
+
+
+def _save_run(workdir: pathlib.Path, config, variables: dict, step: int = 7) -> None:
+  """A workdir as training leaves it: the best checkpoint (these variables) and config.json."""
+  model = build_model(config.model)
+  tx, _ = make_optimizer(config.train, 1)
+  state = jax.jit(lambda: create_train_state(model, tx, 0, SIZE))()
+  state = state.replace(step=state.step + step, **variables)
+  ckpts = checkpoint.Checkpoints(workdir)
+  ckpts.save_best(state, {'selection': {'metric': 'val_dsc', 'value': 0.5}, 'val_dsc': 0.5})
+  ckpts.close()
+  (workdir / 'config.json').write_text(config.to_json_best_effort())
+
+
+@pytest.fixture(scope='module')
+def phantom_root(tmp_path_factory) -> pathlib.Path:
+  root = tmp_path_factory.mktemp('phantom') / 'data'
+  phantom.generate(root, 1, 0, size=32)
+  return root
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory, phantom_root):
+  """An exported tiny EC-CaM-UNet: (workdir, config, its variables, the main command's
+  output)."""
+  workdir = tmp_path_factory.mktemp('export') / 'run'
+  config = _config('ec_cam_unet', phantom_root)
+  variables = _perturbed(init_variables(build_model(config.model), 0, SIZE))
+  _save_run(workdir, config, variables)
+  command = [
+    sys.executable,
+    '-m',
+    'ecam_jax.main',
+    f'--config={ROOT}/configs/demo.py:variant=ec_cam_unet',
+    f'--workdir={workdir}',
+    '--mode=export',
+    '--onnx_float16',
+    f'--config.data.root={phantom_root}',
+  ]
+  command += [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
+  done = subprocess.run(command, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return workdir, config, variables, done.stdout
+
+
+def test_export_writes_the_folder_and_its_contract(run):
+  workdir, config, _, stdout = run
+  out = workdir / 'export'
+  assert f'exported to {out}' in stdout
+  names = {p.name for p in out.iterdir()}
+  assert names == {'model.onnx', 'model.float16.onnx', 'model.stablehlo', 'preprocessing.json'}
+  assert not [p for p in workdir.iterdir() if p.name.startswith(('.tmp-', '.old-'))]
+  terms = contract.read(out)
+  assert terms['input']['intensity'] == {
+    'modality': 'CT',
+    'hu_window': [-160.0, 240.0],
+    'formula': terms['input']['intensity']['formula'],
+  }
+  assert terms['input']['orientation']['axcodes'] == ['S', 'P', 'L']
+  assert terms['input']['resize']['size'] == [SIZE, SIZE]
+  output = terms['output']
+  assert (output['channels'], output['activation']) == (1, 'sigmoid')
+  assert output['decision']['threshold'] == 0.5
+  assert output['label_values'] == [0, 1]
+  assert output['tta_flip'] is True and output['keep_components']['value'] == 1
+  onnx_entry = terms['artifacts']['model.onnx']
+  assert onnx_entry['layout'] == 'NCHW'
+  assert onnx_entry['input']['shape'] == ['batch', 1, SIZE, SIZE]
+  assert onnx_entry['output']['shape'] == ['batch', 1, SIZE, SIZE]
+  assert terms['artifacts']['model.stablehlo']['input']['shape'] == ['batch', SIZE, SIZE, 1]
+  provenance = terms['provenance']
+  assert provenance['checkpoint'] == {
+    'which': 'best',
+    'step': 7,
+    'selection': {'metric': 'val_dsc', 'value': 0.5},
+    'val_dsc': 0.5,
+  }
+  assert provenance['network']['ec_folded'] is True
+  assert provenance['versions']['jax'] == jax.__version__
+  assert provenance['config']['model']['variant'] == 'ec_cam_unet'
+  differences = terms['verification']['max_abs_difference']
+  scale = max(1.0, terms['verification']['max_abs_logit'])
+  assert differences['model.onnx'] <= folder.TOLERANCE * scale
+  assert differences['model.stablehlo'] <= folder.TOLERANCE * scale
+  assert differences['model.float16.onnx'] <= 1e-2 * scale  # half precision
+
+
+def test_shipped_onnx_has_batchnorm_folded_and_a_dynamic_batch(run):
+  workdir = run[0]
+  model = onnx.load(str(workdir / 'export' / 'model.onnx'))
+  assert conv_folding.unfolded(model) == []
+  terms = contract.read(workdir / 'export')
+  # The encoder's EC convs are folded by fold_ec already; every other conv unit had a BN.
+  assert terms['artifacts']['model.onnx']['batchnorm_folded_into_convs'] > 0
+  assert {n.domain for n in model.graph.node} == {''}  # standard ONNX operators only
+  (image,) = model.graph.input
+  assert image.type.tensor_type.shape.dim[0].dim_param == 'batch'
+  run_onnx = runtimes.onnx_runtime(workdir / 'export' / 'model.onnx')
+  for batch in (1, 5):
+    assert run_onnx(np.zeros((batch, SIZE, SIZE, 1), np.float32)).shape == (batch, SIZE, SIZE, 1)
+
+
+# Each attention type and each SC form; the plain U-Net; CE-Net for both converter
+# workarounds (its ResNet stem's padded max-pool, its RMP's positional max-pools and its
+# input-dilated transposed convs).
+NETWORK_CASES = {
+  'unet': ('unet', {}),
+  'ec_cam_unet': ('ec_cam_unet', {}),
+  'coa_chunked': ('ec_cam_unet', {'attention_impl': 'chunked', 'attention_chunk': 16}),
+  'coa_naive': ('unet_coa', {'attention_impl': 'naive'}),
+  'se': ('unet_se', {}),
+  'cbam': ('unet_cbam', {}),
+  'cenet': ('cenet', {'resnet_depth': 18, 'base_channels': 2}),
+}
+
+
+@pytest.mark.parametrize('case', sorted(NETWORK_CASES))
+def test_onnx_runtime_equals_jax_on_random_and_phantom_slices(case, phantom_root):
+  variant, model = NETWORK_CASES[case]
+  config = _config(variant, **model)
+  full = build_model(config.model)
+  variables = _perturbed(init_variables(full, 0, SIZE), seed=1)
+  rng = np.random.default_rng(2)
+  images = np.concatenate(
+    [rng.uniform(size=(2, SIZE, SIZE, 1)).astype(np.float32), _phantom_slices(phantom_root)]
+  )
+  expected = np.asarray(jax.jit(lambda x: full.apply(variables, x, train=False)['logits'])(images))
+  net = network.from_variables(config, variables)
+  model, folded = onnx_model.optimize(onnx_model.convert(net))
+  assert folded > 0 and conv_folding.unfolded(model) == []
+  session = ort.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
+  (logits,) = session.run(None, {'image': images.transpose(0, 3, 1, 2)})
+  np.testing.assert_allclose(
+    logits.transpose(0, 2, 3, 1), expected, rtol=0, atol=_tolerance(expected)
+  )
+
+
+def test_stablehlo_in_a_fresh_process_without_ecam_jax(run, tmp_path, phantom_root):
+  workdir, config, variables, _ = run
+  images = np.concatenate(
+    [np.random.default_rng(3).normal(size=(2, SIZE, SIZE, 1)), _phantom_slices(phantom_root)]
+  ).astype(np.float32)
+  np.save(tmp_path / 'images.npy', images)
+  script = (
+    'import sys, jax, numpy as np\n'
+    "assert not any(m.startswith('ecam_jax') for m in sys.modules)\n"
+    'exported = jax.export.deserialize(bytearray(open(sys.argv[1], "rb").read()))\n'
+    'logits = exported.call(np.load(sys.argv[2]))\n'
+    "assert not any(m.startswith('ecam_jax') for m in sys.modules)\n"
+    'np.save(sys.argv[3], np.asarray(logits))\n'
+  )
+  hlo, out = workdir / 'export' / 'model.stablehlo', tmp_path / 'logits.npy'
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  done = subprocess.run(
+    [sys.executable, '-c', script, str(hlo), str(tmp_path / 'images.npy'), str(out)],
+    cwd=tmp_path,  # not the repository root: `import ecam_jax` would not even resolve there
+    env=env,
+    capture_output=True,
+    text=True,
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  full = build_model(config.model)
+  expected = np.asarray(jax.jit(lambda x: full.apply(variables, x, train=False)['logits'])(images))
+  np.testing.assert_allclose(np.load(out), expected, rtol=0, atol=_tolerance(expected))
+
+
+def test_export_check_on_the_phantom_agrees_and_matches_the_predictor(run, phantom_root, capsys):
+  from ecam_jax import export_check
+
+  workdir, config, variables, _ = run
+  volume = sorted((phantom_root / 'imagesTr').glob('*.nii.gz'))[0]
+  assert export_check.main(['--export', str(workdir / 'export'), '--input', str(volume)]) == 0
+  report = json.loads(capsys.readouterr().out)
+  assert report['within_tolerance'] and report['max_abs_logit_difference'] <= 1e-5
+  assert report['label_agreement'] == 1.0 and report['foreground_dice'] == 1.0
+  # The contract alone reproduces the project's own pipeline (infer.Predictor).
+  terms = contract.read(workdir / 'export')
+  image = volumes.load_nifti(volume)
+  from_contract = export_check.segment.segment(
+    terms, image, runtimes.stablehlo_runtime(workdir / 'export' / 'model.stablehlo')
+  )
+  predictor = infer.Predictor(config, None, variables=variables)
+  expected = predictor.segment_image(image)
+  assert from_contract.labels.shape == expected.shape
+  assert np.count_nonzero(from_contract.labels != expected) <= 2  # rounding at the threshold
+
+
+def test_missing_parts_are_clear_errors(run, tmp_path):
+  from ecam_jax import export_check
+
+  workdir, config, _, _ = run
+  with pytest.raises(ConfigError, match=r"pip install -e '\.\[export\]'"):
+    onnx_model.require('ecam_jax_no_such_module')
+  with pytest.raises(checkpoint.CheckpointError, match='no best checkpoint'):
+    folder.export(config, tmp_path / 'empty', 'best')
+  assert not (tmp_path / 'empty' / 'export').exists()
+  with pytest.raises(DataError, match='preprocessing.json does not exist'):
+    export_check.check(tmp_path, tmp_path / 'x.nii.gz')
+  with pytest.raises(DataError, match=r'x\.nii\.gz does not exist'):
+    export_check.check(workdir / 'export', tmp_path / 'x.nii.gz')
+
+
+def _tiny(name: str):
+  """`name` at the smallest size its network takes (model and image size)."""
+  settings = {
+    'cenet': {'resnet_depth': 18},
+    'deeplabv3plus': {'resnet_depth': 18},
+    'danet': {'resnet_depth': 18, 'base_channels': 8},
+    'hrnet': {'hrnet_size': 'small_v2', 'base_channels': 2},
+    'segformer': {'segformer_size': 'b0'},
+  }.get(name, {})
+  config = _config(name, **settings)
+  config.data.image_size = (
+    64 if name in ('cenet', 'deeplabv3plus', 'danet', 'hrnet', 'segformer') else SIZE
+  )
+  return config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', sorted(VARIANTS) + sorted(NETWORKS))
+def test_every_network_exports(name):
+  """Every network of the paper's tables converts, folds and agrees with JAX (the default
+  run covers the mechanics on the networks of NETWORK_CASES)."""
+  config = _tiny(name)
+  size = config.data.image_size
+  full = build_model(config.model)
+  variables = _perturbed(init_variables(full, 0, size))
+  images = np.random.default_rng(4).uniform(size=(2, size, size, 1)).astype(np.float32)
+  expected = np.asarray(jax.jit(lambda x: full.apply(variables, x, train=False)['logits'])(images))
+  model, _ = onnx_model.optimize(onnx_model.convert(network.from_variables(config, variables)))
+  assert conv_folding.unfolded(model) == []
+  session = ort.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
+  (logits,) = session.run(None, {'image': images.transpose(0, 3, 1, 2)})
+  np.testing.assert_allclose(
+    logits.transpose(0, 2, 3, 1), expected, rtol=0, atol=_tolerance(expected)
+  )
+
+
+def test_fold_into_convs_on_a_hand_made_graph():
+  """Conv -> Sub -> Mul -> Add, and Conv -> Transpose -> Div -> Add (NHWC constants), fold;
+  c - x, and a conv output the graph returns, do not; equal weights shared by two convs
+  stay as they are for each."""
+  from onnx import TensorProto, helper, numpy_helper
+
+  rng = np.random.default_rng(5)
+
+  def const(name, shape):
+    return numpy_helper.from_array(rng.uniform(0.5, 1.5, shape).astype(np.float32), name)
+
+  def value(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+  def run(m):
+    return ort.InferenceSession(m.SerializeToString()).run(None, {'x': x})
+
+  inits = [
+    const('W', (2, 2, 3, 3)),
+    const('c1', (1, 2, 1, 1)),
+    const('c2', (2, 1, 1)),
+    const('c3', (1, 2, 1, 1)),
+    const('c4', (2,)),
+    const('c5', (1, 1, 1, 2)),
+    const('c6', (1, 2, 1, 1)),
+  ]
+  nodes = [
+    helper.make_node('Conv', ['x', 'W'], ['a0'], pads=[1, 1, 1, 1], name='first'),
+    helper.make_node('Sub', ['a0', 'c1'], ['a1']),
+    helper.make_node('Mul', ['c2', 'a1'], ['a2']),
+    helper.make_node('Add', ['a2', 'c3'], ['a3']),
+    helper.make_node('Relu', ['a3'], ['a4']),
+    helper.make_node('Conv', ['a4', 'W'], ['b0'], pads=[1, 1, 1, 1], name='second'),
+    helper.make_node('Transpose', ['b0'], ['b1'], perm=[0, 2, 3, 1]),
+    helper.make_node('Div', ['b1', 'c4'], ['b2']),
+    helper.make_node('Add', ['b2', 'c5'], ['y']),
+    helper.make_node('Conv', ['x', 'W'], ['d0'], pads=[1, 1, 1, 1], name='third'),
+    helper.make_node('Sub', ['c6', 'd0'], ['z']),  # c - x: not an affine op of the conv's
+    helper.make_node('Conv', ['x', 'W'], ['e0'], pads=[1, 1, 1, 1], name='fourth'),
+    helper.make_node('Mul', ['e0', 'c6'], ['e1']),
+  ]
+  outputs = [value('y', [None, 5, 5, 2]), *(value(n, [None, 2, 5, 5]) for n in ('z', 'e0', 'e1'))]
+  graph = helper.make_graph(nodes, 'g', [value('x', [None, 2, 5, 5])], outputs, inits)
+  model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', onnx_model.OPSET)])
+  assert conv_folding.unfolded(model) == ['first', 'second']
+  folded, count = conv_folding.fold_into_convs(model)
+  assert count == 2 and conv_folding.unfolded(folded) == []
+  onnx.checker.check_model(folded)
+  ops = [n.op_type for n in folded.graph.node]
+  assert ops == ['Conv', 'Relu', 'Conv', 'Transpose', 'Conv', 'Sub', 'Conv', 'Mul']
+  x = rng.normal(size=(3, 2, 5, 5)).astype(np.float32)
+  for got, want in zip(run(folded), run(model), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_converter_workarounds_are_exact():
+  """onnx_model's two reformulations equal what they replace, bit for bit (outside the
+  converter they wrap flax's own functions)."""
+  import flax.linen as nn
+  from jax import lax
+
+  rng = np.random.default_rng(6)
+  x = rng.normal(size=(2, 5, 7, 3)).astype(np.float32)
+  zeros = onnx_model._insert_zeros(x, (2, 3))
+  reference = lax.pad(x, np.float32(0), [(0, 0, 0), (0, 0, 1), (0, 0, 2), (0, 0, 0)])
+  np.testing.assert_array_equal(zeros, reference)
+
+  pool = lambda: nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # noqa: E731
+  expected = pool()
+  with onnx_model._max_pool_as_the_converter_takes_it():
+    np.testing.assert_array_equal(pool(), expected)
+
+  conv = nn.Conv(4, (3, 3), input_dilation=2, padding=((1, 2), (1, 2)))
+  params = conv.init(jax.random.key(0), x)
+  expected = conv.apply(params, x)
+  with onnx_model._input_dilation_as_zeros():
+    np.testing.assert_allclose(conv.apply(params, x), expected, rtol=0, atol=1e-6)
+  assert conv.input_dilation == 2
