@@ -21,8 +21,17 @@ import pytest
 from ecam_jax import checkpoint, infer
 from ecam_jax.configuration import ConfigError, load_config
 from ecam_jax.data import phantom, volumes
+from ecam_jax.data import source as data_source
 from ecam_jax.data.errors import DataError
-from ecam_jax.export import contract, conv_folding, folder, network, onnx_model, runtimes
+from ecam_jax.export import (
+  contract,
+  conv_folding,
+  folder,
+  network,
+  onnx_model,
+  runtimes,
+  segment,
+)
 from ecam_jax.models import build_model, init_variables
 from ecam_jax.models.variants import NETWORKS, VARIANTS
 from ecam_jax.optim import make_optimizer
@@ -258,13 +267,46 @@ def test_export_check_on_the_phantom_agrees_and_matches_the_predictor(run, phant
   # The contract alone reproduces the project's own pipeline (infer.Predictor).
   terms = contract.read(workdir / 'export')
   image = volumes.load_nifti(volume)
-  from_contract = export_check.segment.segment(
+  from_contract = segment.segment(
     terms, image, runtimes.stablehlo_runtime(workdir / 'export' / 'model.stablehlo')
   )
   predictor = infer.Predictor(config, None, variables=variables)
   expected = predictor.segment_image(image)
   assert from_contract.labels.shape == expected.shape
   assert np.count_nonzero(from_contract.labels != expected) <= 2  # rounding at the threshold
+
+
+def test_multiclass_export_contract_and_labels(phantom_root, tmp_path):
+  """K + 1 logits (configs/demo_multiclass.py: the phantom's target and lesion): the
+  contract says softmax, argmax and the label values; ONNX Runtime's logits equal JAX's;
+  the contract reproduces the Predictor's label map."""
+  config = load_config(ROOT / 'configs/demo_multiclass.py', 'variant=unet')
+  for key, value in OVERRIDES.items():
+    section, name = key.split('.')
+    config[section][name] = value
+  config.data.root = str(phantom_root)
+  data_source.resolve_settings(config, tmp_path)
+  assert config.model.num_classes == 3
+  terms = contract.build(config, {}, {}, {})
+  assert terms['output']['activation'].startswith('softmax')
+  assert terms['output']['decision']['rule'] == 'argmax'
+  assert terms['output']['label_values'] == [0, 1, 2]
+  full = build_model(config.model)
+  variables = _perturbed(init_variables(full, 0, SIZE), seed=7)
+  net = network.from_variables(config, variables)
+  images = _phantom_slices(phantom_root)
+  expected = np.asarray(jax.jit(net.logits)(images))
+  model, _ = onnx_model.optimize(onnx_model.convert(net))
+  session = ort.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
+  (logits,) = session.run(None, {'image': images.transpose(0, 3, 1, 2)})
+  assert logits.shape == (len(images), 3, SIZE, SIZE)
+  np.testing.assert_allclose(
+    logits.transpose(0, 2, 3, 1), expected, rtol=0, atol=_tolerance(expected)
+  )
+  image = volumes.load_nifti(sorted((phantom_root / 'imagesTr').glob('*.nii.gz'))[0])
+  labels = segment.segment(terms, image, jax.jit(net.logits)).labels
+  expected_labels = infer.Predictor(config, None, variables=variables).segment_image(image)
+  assert np.count_nonzero(labels != expected_labels) <= 2  # rounding at a tie
 
 
 def test_missing_parts_are_clear_errors(run, tmp_path):
@@ -280,6 +322,18 @@ def test_missing_parts_are_clear_errors(run, tmp_path):
     export_check.check(tmp_path, tmp_path / 'x.nii.gz')
   with pytest.raises(DataError, match=r'x\.nii\.gz does not exist'):
     export_check.check(workdir / 'export', tmp_path / 'x.nii.gz')
+
+
+def test_an_export_that_fails_verification_leaves_the_earlier_one(run, tmp_path, monkeypatch):
+  workdir, config, _, _ = run
+  target = tmp_path / 'export'
+  target.mkdir()
+  (target / 'earlier').write_text('kept')
+  monkeypatch.setattr(folder, 'TOLERANCE', -1.0)  # no difference passes
+  with pytest.raises(folder.ExportMismatch, match='model.onnx: its logits differ'):
+    folder.export(config, workdir, 'best', target)
+  assert [p.name for p in tmp_path.iterdir()] == ['export']
+  assert [p.name for p in target.iterdir()] == ['earlier']
 
 
 def _tiny(name: str):

@@ -166,6 +166,15 @@ def read(folder: str | pathlib.Path) -> dict[str, Any]:
   return contract
 
 
+def eval_settings(contract: dict[str, Any]) -> ml_collections.ConfigDict:
+  """The config.eval values `infer.label_map` reads, from the contract alone."""
+  out = contract['output']
+  threshold = out['decision'].get('threshold')  # none for argmax
+  return ml_collections.ConfigDict(
+    {'threshold': threshold, 'keep_components': out['keep_components']['value']}
+  )
+
+
 def data_settings(contract: dict[str, Any]) -> ml_collections.ConfigDict:
   """The config.data values `volumes.preprocess_image` reads, from the contract alone."""
   intensity = contract['input']['intensity']

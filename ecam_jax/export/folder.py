@@ -16,6 +16,7 @@ import numpy as np
 
 from ecam_jax import configuration
 from ecam_jax.atomic import atomic_path, write_bytes_atomic, write_json_atomic
+from ecam_jax.configuration import ConfigError
 from ecam_jax.data import source as data_source
 from ecam_jax.export import contract, network, onnx_model, runtimes, stablehlo
 
@@ -90,6 +91,8 @@ def export(
   float16: bool = False,
 ) -> pathlib.Path:
   """Writes the export folder of checkpoint `which` of the run in `workdir`; returns it."""
+  if jax.process_count() > 1:
+    raise ConfigError('--mode=export runs in one process; start it without a cluster')
   for name in ('jax2onnx', 'onnx', 'onnxruntime'):  # before any slow step
     onnx_model.require(name)
   workdir = pathlib.Path(workdir)

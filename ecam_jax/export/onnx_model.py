@@ -24,6 +24,7 @@ Converter workarounds (jax2onnx 0.17.1), applied while tracing only:
 
 import contextlib
 import importlib
+import logging
 import pathlib
 import tempfile
 from collections.abc import Iterator
@@ -40,6 +41,11 @@ from ecam_jax.export.network import Network
 INPUT, OUTPUT, BATCH = 'image', 'logits', 'batch'
 OPSET = 21  # ONNX Runtime >= 1.20, TensorRT 10 read it
 INSTALL = "pip install -e '.[export]'"
+
+
+# ONNX Runtime's log level for the sessions made here: errors only (its warnings about
+# initializers it drops from a Loop body say nothing about the model's correctness).
+ORT_LOG_ERRORS = 3
 
 
 def require(name: str) -> ModuleType:
@@ -115,16 +121,29 @@ def convert(network: Network, name: str = 'ecam_jax'):
       return network.logits(images)
 
   s = network.image_size
-  model = jax2onnx.to_onnx(
-    logits,
-    inputs=[(BATCH, s, s, 1)],
-    model_name=name,
-    opset=OPSET,
-    inputs_as_nchw=[0],
-    outputs_as_nchw=[0],
-    input_names=[INPUT],
-    output_names=[OUTPUT],
-  )
+  # jax2onnx logs its settings and optional plugins it skips, onnx_ir every shape tensor
+  # of the traced graph it leaves untyped: quiet while converting.
+  logs = {
+    logging.getLogger('jax2onnx'): logging.WARNING,
+    logging.getLogger('onnx_ir'): logging.ERROR,
+  }
+  levels = {log: log.level for log in logs}
+  for log, level in logs.items():
+    log.setLevel(level)
+  try:
+    model = jax2onnx.to_onnx(
+      logits,
+      inputs=[(BATCH, s, s, 1)],
+      model_name=name,
+      opset=OPSET,
+      inputs_as_nchw=[0],
+      outputs_as_nchw=[0],
+      input_names=[INPUT],
+      output_names=[OUTPUT],
+    )
+  finally:
+    for log, level in levels.items():
+      log.setLevel(level)
   onnx.checker.check_model(model)
   return model
 
@@ -135,6 +154,7 @@ def optimize(model):
   with tempfile.TemporaryDirectory() as tmp:
     path = pathlib.Path(tmp) / 'basic.onnx'
     options = ort.SessionOptions()
+    options.log_severity_level = ORT_LOG_ERRORS
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(path)
     ort.InferenceSession(model.SerializeToString(), options, providers=['CPUExecutionProvider'])

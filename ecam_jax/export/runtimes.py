@@ -19,7 +19,10 @@ Run = Callable[[np.ndarray], np.ndarray]
 def onnx_runtime(path: str | pathlib.Path, providers: list[str] | None = None) -> Run:
   """model.onnx (or its float16 variant) in ONNX Runtime; by default its CPU provider."""
   ort = onnx_model.require('onnxruntime')
-  session = ort.InferenceSession(str(path), providers=providers or ['CPUExecutionProvider'])
+  options = ort.SessionOptions()
+  options.log_severity_level = onnx_model.ORT_LOG_ERRORS
+  providers = providers or ['CPUExecutionProvider']
+  session = ort.InferenceSession(str(path), options, providers=providers)
 
   def run(images: np.ndarray) -> np.ndarray:
     nchw = np.ascontiguousarray(np.asarray(images, np.float32).transpose(0, 3, 1, 2))

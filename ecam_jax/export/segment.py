@@ -2,7 +2,7 @@
 `python -m ecam_jax.export_check` compares, and what a deployment has to reproduce.
 
 The numbers come from preprocessing.json (never from a config); the steps are the
-project's own (data/volumes.py, infer.keep_components), so a contract that omitted a
+project's own (data/volumes.py, infer.label_map), so a contract that omitted a
 number the pipeline needs would fail here.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 from ecam_jax.data import volumes
 from ecam_jax.export import contract as contract_lib
 from ecam_jax.export.runtimes import Run
-from ecam_jax.infer import keep_components
+from ecam_jax.infer import label_map
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,28 +46,10 @@ def _probabilities(logits: np.ndarray) -> np.ndarray:
   return e / e.sum(axis=-1, keepdims=True)
 
 
-def labels_from_probabilities(
-  contract: dict, prob: np.ndarray, record: volumes.VolumeRecord
-) -> np.ndarray:
-  """Probabilities [Z, S, S] or [Z, S, S, K] -> the label map (contract['output'])."""
-  out = contract['output']
-  keep = out['keep_components']['value']
-  values = np.asarray(out['label_values'])
-  dtype = np.uint8 if values.max() < 256 else np.uint16
-  if prob.ndim == 3:
-    mask = volumes.restore(prob, record, order=1) > out['decision']['threshold']
-    return values[keep_components(mask, keep).astype(np.int64)].astype(dtype)
-  restored = [volumes.restore(prob[..., k], record, order=1) for k in range(prob.shape[-1])]
-  index = np.argmax(np.stack(restored, axis=-1), axis=-1)
-  for k in range(1, prob.shape[-1]):
-    mask = index == k
-    index[mask & ~keep_components(mask, keep)] = 0
-  return values[index].astype(dtype)
-
-
 def segment(contract: dict, image: nib.Nifti1Image, run: Run, batch: int = 8) -> Segmentation:
   """One volume through one runtime, as the contract says."""
   slices, record = volumes.preprocess_image(image, contract_lib.data_settings(contract))
+  run(np.zeros((batch, *slices.shape[1:], 1), np.float32))  # compiles: not in `seconds`
   start = time.perf_counter()
   views = [_logits(run, slices, batch)]
   if contract['output']['tta_flip']:
@@ -76,4 +58,6 @@ def segment(contract: dict, image: nib.Nifti1Image, run: Run, batch: int = 8) ->
   prob = _probabilities(views[0])
   if len(views) == 2:
     prob = 0.5 * (prob + _probabilities(views[1])[:, :, ::-1])
-  return Segmentation(views, labels_from_probabilities(contract, prob, record), seconds)
+  values = np.asarray(contract['output']['label_values'])
+  labels = label_map(prob, record, contract_lib.eval_settings(contract), values)
+  return Segmentation(views, labels, seconds)
