@@ -135,12 +135,20 @@ def test_train_dsc_comes_from_counts_summed_over_the_log_window():
   undefined, or 1.0 by the old convention), one with TP 1, FP 1, FN 0. The window's DSC is
   2 * 1 / (2 * 1 + 1) from the summed counts, not the mean of per-batch ratios."""
   window = train.Window()
-  window.add({'loss': np.float32(1.0), 'counts': np.array([0, 0, 0]), 'finite': True})
-  window.add({'loss': np.float32(3.0), 'counts': np.array([1, 1, 0]), 'finite': True})
+  window.add({'loss': np.float32(1.0), 'counts': np.array([[0, 0, 0]]), 'finite': True})
+  window.add({'loss': np.float32(3.0), 'counts': np.array([[1, 1, 0]]), 'finite': True})
   values = window.flush()
   assert values['loss'] == 2.0 and abs(values['dsc'] - 2 / 3) < 1e-12
-  window.add({'loss': np.float32(1.0), 'counts': np.array([0, 0, 0]), 'finite': True})
+  window.add({'loss': np.float32(1.0), 'counts': np.array([[0, 0, 0]]), 'finite': True})
   assert np.isnan(window.flush()['dsc'])  # undefined, never 1.0
+  # Several classes and a region: each item's DSC from its summed counts; 'dsc' is the
+  # mean over the classes where defined (class b: nothing labelled, nothing predicted).
+  window = train.Window(('a', 'b', 'ab'), ('a', 'b'))
+  window.add({'loss': np.float32(1.0), 'counts': np.array([[1, 1, 0], [0, 0, 0], [1, 1, 0]])})
+  window.add({'loss': np.float32(1.0), 'counts': np.array([[1, 0, 1], [0, 0, 0], [2, 0, 1]])})
+  values = window.flush()
+  assert values['dsc/a'] == 4 / 6 and np.isnan(values['dsc/b']) and values['dsc/ab'] == 6 / 8
+  assert values['dsc'] == 4 / 6
 
 
 def test_without_foreground_in_val_the_best_is_chosen_by_the_val_loss(tiny_phantom, tmp_path):
