@@ -23,7 +23,7 @@ from ecam_jax.export import contract, folder, runtimes, segment
 
 
 def check(export: str | pathlib.Path, source: str | pathlib.Path, batch: int = 8) -> dict[str, Any]:
-  """The report of module docstring for one volume, as a dict."""
+  """The report the command prints (module docstring) for one volume, as a dict."""
   export = pathlib.Path(export)
   terms = contract.read(export)
   image = volumes.load_nifti(source)

@@ -244,7 +244,7 @@ def test_stablehlo_in_a_fresh_process_without_ecam_jax(run, tmp_path, phantom_ro
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
   done = subprocess.run(
     [sys.executable, '-c', script, str(hlo), str(tmp_path / 'images.npy'), str(out)],
-    cwd=tmp_path,  # not the repository root: `import ecam_jax` would not even resolve there
+    cwd=tmp_path,  # away from the repository; the script checks that ecam_jax is never imported
     env=env,
     capture_output=True,
     text=True,
