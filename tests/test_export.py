@@ -37,7 +37,7 @@ from ecam_jax.models.variants import NETWORKS, VARIANTS
 from ecam_jax.optim import make_optimizer
 from ecam_jax.state import create_train_state
 
-pytest.importorskip('jax2onnx', reason="the export extras: pip install -e '.[export]'")
+pytest.importorskip('jax2onnx', reason=f'the export dependencies: {onnx_model.INSTALL}')
 onnx = pytest.importorskip('onnx')
 ort = pytest.importorskip('onnxruntime')
 

@@ -40,7 +40,8 @@ from ecam_jax.export.network import Network
 
 INPUT, OUTPUT, BATCH = 'image', 'logits', 'batch'
 OPSET = 21  # ONNX Runtime >= 1.20, TensorRT 10 read it
-INSTALL = "pip install -e '.[export]'"
+# jax2onnx without its declared dependencies: docs/export.md says why.
+INSTALL = "pip install -e '.[export]' && pip install --no-deps 'jax2onnx==0.17.1'"
 
 
 # ONNX Runtime's log level for the sessions made here: errors only (its warnings about
@@ -55,7 +56,7 @@ def require(name: str) -> ModuleType:
   except ImportError as e:
     raise ConfigError(
       f'exporting to ONNX needs the optional package {name!r} ({e}); install the export '
-      f'extras: {INSTALL} (README, Exporting for deployment)'
+      f'dependencies: {INSTALL} (README, Exporting for deployment)'
     ) from None
 
 
