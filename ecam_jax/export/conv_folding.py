@@ -14,6 +14,7 @@ BatchNorm's statistics into such constants (onnx_model.optimize).
 import numpy as np
 
 _AFFINE = ('Add', 'Sub', 'Mul', 'Div')
+_REMOVED = ''  # the op type that marks a folded node until it is dropped
 
 
 def _per_channel(value: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarray | None:
@@ -88,14 +89,14 @@ def fold_into_convs(model):
   model = type(model).FromString(model.SerializeToString())
   graph = model.graph
   g = _Graph(graph)
-  removed, count = set(), 0
+  count = 0
   for conv in list(graph.node):
     if not _foldable(g, conv) or not (chain := _chain(g, conv)):
       continue
     weight = g.constants[conv.input[1]].astype(np.float64)
     has_bias = len(conv.input) > 2 and conv.input[2] != ''
     bias = g.constants[conv.input[2]].astype(np.float64) if has_bias else np.zeros(len(weight))
-    took_over = {}  # a removed op -> the node that now writes its output
+    took_over = {}  # a removed op's output -> the node that now writes it
     for node, op, v, tail in chain:
       if op == 'Add':
         bias = bias + v
@@ -105,11 +106,11 @@ def fold_into_convs(model):
         factor = v if op == 'Mul' else 1.0 / v
         weight = weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))
         bias = bias * factor
-      while id(tail) in took_over:
-        tail = took_over[id(tail)]
+      while tail.op_type == _REMOVED:
+        tail = took_over[tail.output[0]]
       tail.output[0] = node.output[0]
-      took_over[id(node)] = tail
-      removed.add(id(node))
+      took_over[node.output[0]] = tail
+      node.op_type = _REMOVED
     count += 1
     # New initializers: ONNX Runtime shares equal constants between convolutions.
     base = conv.name or conv.output[0]
@@ -118,7 +119,7 @@ def fold_into_convs(model):
       graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
     del conv.input[1:]
     conv.input.extend(names)
-  kept = [n for n in graph.node if id(n) not in removed]
+  kept = [n for n in graph.node if n.op_type != _REMOVED]
   del graph.node[:]
   graph.node.extend(kept)
   _drop_unused(graph)
