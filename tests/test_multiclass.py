@@ -1,7 +1,7 @@
 """Several classes end to end: integer labels carried unchanged (nearest neighbour) through
-orientation, caching and augmentation; the sharded train step with K = 3 equals the
-one-device step; a tiny multi-class phantom trains, validates per class and predicts the
-dataset's label values in the input's geometry; the evaluator scores per class."""
+orientation, caching and augmentation; a tiny multi-class phantom trains, validates per
+class and predicts the dataset's label values in the input's geometry; the evaluator
+scores per class. (The sharded step with K = 3 against one device: test_steps.py.)"""
 
 import json
 
@@ -17,7 +17,6 @@ from ecam_jax.models import MODELS, build_model
 from ecam_jax.models.variants import NETWORKS
 
 import nifti_fixtures as fx
-import step_equivalence
 import tiny_runs
 
 # Label values chosen apart from the output indices, and listed out of order, so that a
@@ -97,18 +96,6 @@ def test_augmentation_resamples_class_labels_by_nearest_neighbour():
     tie = (np.abs(rows % 1 - 0.5) < 1e-4) | (np.abs(cols % 1 - 0.5) < 1e-4)
     np.testing.assert_array_equal(np.asarray(out[b, ..., 0])[~tie], expected[~tie])
     assert set(np.unique(out[b])) <= {0, 1, 2}
-
-
-def test_sharded_step_with_three_classes_equals_one_device():
-  config = _multiclass(
-    step_equivalence.config('unet_dws', base_channels=4), 'organ:1,tumour:2', 'all:1+2'
-  )
-  config.data.label_values = (0, 1, 2)
-  classes.resolve(config, {})
-  assert config.model.num_classes == 3
-  one, many = step_equivalence.assert_sharded_equals_single(config, devices=8, num_steps=2)
-  assert one[0]['counts'].shape == (3, 3) and one[0]['counts'].sum() > 0
-  assert {'dice', 'ce', 'side_ce'} <= set(one[0])
 
 
 @pytest.fixture(scope='module')

@@ -1,11 +1,12 @@
-"""The sharded train step equals the single-device step on the global batch; BatchNorm
-statistics are the global batch's; non-finite steps leave the state unchanged."""
+"""The sharded train step equals the single-device step on the global batch (one merged
+foreground, and several classes on a padded batch); BatchNorm statistics are the global
+batch's; non-finite steps leave the state unchanged."""
 
 import chex
 import jax
 import numpy as np
 
-from ecam_jax import parallel
+from ecam_jax import classes, parallel
 
 import numpy_ref as ref
 import step_equivalence as se
@@ -79,24 +80,32 @@ def _padded(batch, rows):
 
 
 def test_a_batch_that_does_not_split_over_the_devices_is_padded_and_trains_as_one():
-  """Global batch 4 on 3 devices (padded to 6) and on 8 (padded to 8, half padding) equals
-  batch 4 on 1 device over two steps, with the paper's augmentation and the full model:
-  padding rows count in neither the loss, the BatchNorm statistics nor the counts."""
+  """Global batch 4 on 3 devices (padded to 6) equals batch 4 on 1 device over two steps,
+  with the paper's augmentation and the full model with two classes and a region (K = 3
+  logits: per-class soft Dice, cross-entropy, side cross-entropy, per-item counts):
+  padding rows count in neither the loss, the BatchNorm statistics nor the counts. (A
+  device that holds only padding: test_masked_batch_statistics_equal_numpy, and
+  test_train's batch smaller than the device count.)"""
   config = _config()
+  config.data.merge_foreground = False
+  config.data.classes, config.data.regions = 'organ:1,tumour:2', 'both:1+2'
+  config.data.label_values = (0, 1, 2)
+  classes.resolve(config, {})
   config.train.batch_size = 4
-  batches = [{k: v[:4] for k, v in b.items()} for b in _batches(2, seed=5)]
+  batches = [{k: v[:4] for k, v in b.items()} for b in se.batches(config, 2, seed=5)]
+  assert {0, 1, 2} <= set(np.unique(batches[0]['label']))
   initial = _initial_state(config)
   one, hist_one = _run(config, 1, batches, initial)
-  for devices, rows in ((3, 6), (8, 8)):
-    assert parallel.fit_batch(4, parallel.data_mesh(jax.devices()[:devices])) == rows
-    state, hist = _run(config, devices, [_padded(b, rows) for b in batches], initial)
-    for key in ('loss', 'dice', 'bce', 'side_bce', 'grad_norm'):
-      chex.assert_trees_all_close(
-        [h[key] for h in hist], [h[key] for h in hist_one], rtol=1e-5, atol=1e-7
-      )
-    chex.assert_trees_all_equal([h['counts'] for h in hist], [h['counts'] for h in hist_one])
-    chex.assert_trees_all_close(state.batch_stats, one.batch_stats, atol=1e-5, rtol=1e-4)
-    chex.assert_trees_all_close(state.params, one.params, atol=0.1 * LR, rtol=0)
+  assert parallel.fit_batch(4, parallel.data_mesh(jax.devices()[:3])) == 6
+  state, hist = _run(config, 3, [_padded(b, 6) for b in batches], initial)
+  for key in ('loss', 'dice', 'ce', 'side_ce', 'grad_norm'):
+    chex.assert_trees_all_close(
+      [h[key] for h in hist], [h[key] for h in hist_one], rtol=1e-5, atol=1e-7
+    )
+  assert hist_one[0]['counts'].shape == (3, 3) and hist_one[0]['counts'][1].sum() > 0
+  chex.assert_trees_all_equal([h['counts'] for h in hist], [h['counts'] for h in hist_one])
+  chex.assert_trees_all_close(state.batch_stats, one.batch_stats, atol=1e-5, rtol=1e-4)
+  chex.assert_trees_all_close(state.params, one.params, atol=0.1 * LR, rtol=0)
 
 
 def test_masked_batch_statistics_equal_numpy():
