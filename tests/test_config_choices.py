@@ -35,20 +35,15 @@ SIDES = ('bottleneck', 'decoder1', 'decoder2', 'decoder3')
 # (CoA's halves alone, Table II's unet_cc and unet_sc, are checked block by block in
 # test_attention.py; here use_cc and use_sc are values like the others.)
 TRAINED = {
-  'plain_ec_constant_skip': (
-    'unet_ec',
-    {
-      'train.schedule': 'constant',
-      'train.nonfinite': 'skip',
-      'train.decoupled_weight_decay': True,
-    },
-  ),
-  'sc_chunked_rsqrt': (
+  'sc_chunked_rsqrt_constant_skip': (
     'unet_sc',
     {
       'model.attention_impl': 'chunked',
       'model.attention_chunk': 3,  # 2x2 = 4 bottleneck rows: a ragged last block
       'model.attention_scale': 'rsqrt',
+      'train.schedule': 'constant',
+      'train.nonfinite': 'skip',
+      'train.decoupled_weight_decay': True,
     },
   ),
   'coa_fused_conv_aspp_options': (
@@ -71,7 +66,6 @@ TRAINED = {
   ),
   'cbam_serial': ('unet_cbam', {'model.use_mus': True, 'model.fusion': 'serial'}),
   # The compared networks' own choices (each network's default is trained in its tests too).
-  'cenet_resnet50': ('cenet', {'model.resnet_depth': 50}),  # the only ResNet-50 step
   'unetpp_single_head_half_pixel': (
     'unetpp',
     {'model.deep_supervision': False, 'model.unetpp_align_corners': False},
@@ -89,7 +83,18 @@ TRACED = {
   'three_classes': (
     'unet_dws',
     {'data.merge_foreground': False, 'data.classes': 'a:1,b:2', 'model.num_classes': 3},
-    'tests/test_multiclass.py trains it (sharded against one device, and a phantom run)',
+    'test_steps.py trains K = 3 on the full model (3 devices against 1), '
+    'test_multiclass.py a phantom run',
+  ),
+  'plain_ec': (
+    'unet_ec',
+    {},
+    "EC convs: test_steps.py trains them in the full model, test_infer.py's run in unet_ec",
+  ),
+  'cenet_resnet50': (
+    'cenet',
+    {'model.resnet_depth': 50},
+    "ResNet-50's Bottlenecks: DA-Net trains them (TRAINED danet_os16_no_aux, its ResNet-50)",
   ),
   'unetpp_deep_supervision': ('unetpp', {}, 'tests/test_unetpp.py trains it'),
   'cenet_resnet18': (
