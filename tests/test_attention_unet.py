@@ -155,7 +155,9 @@ def test_decoder_level_against_numpy():
 
 
 def test_sharded_step_equals_single_device():
-  """One train step on 8 devices against 1 (step_equivalence's batches and weights).
+  """One train step on 8 devices against 1 (step_equivalence's batches and weights); the
+  8-device run recomputes every level in the backward pass (model.remat), which must not
+  change the result either.
 
   step_equivalence.assert_sharded_equals_single's tolerances do not hold for this network
   in float32, without any bug: with 34 batch-normalized layers on the path (6 per decoder
@@ -168,7 +170,9 @@ def test_sharded_step_equals_single_device():
   config = se.config(NAME, size=32, base_channels=4)
   data, initial = se.batches(config, 1), se.initial_state(config)
   one, (h_one,) = se.run(config, 1, data, initial)
-  many, (h_many,) = se.run(config, 8, data, initial)
+  rematerialized = config.copy_and_resolve_references()
+  rematerialized.model.remat = True
+  many, (h_many,) = se.run(rematerialized, 8, data, initial)
   np.testing.assert_allclose(h_many['loss'], h_one['loss'], rtol=1e-6)  # measured 2e-7
   np.testing.assert_allclose(h_many['grad_norm'], h_one['grad_norm'], rtol=1e-3)  # 1.3e-4
   assert h_one['grad_norm'] > 0
@@ -201,19 +205,13 @@ def small():
   return config, variables
 
 
-def test_remat_gives_the_same_logits_and_gradients(small):
+def test_remat_rematerializes_the_levels(small):
+  """model.remat puts the levels in remat blocks (traced only; that the results are the
+  same is test_sharded_step_equals_single_device's, whose 8-device run uses remat)."""
   config, variables = small
-  x = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
-
-  def run(remat):
-    m = config.model.copy_and_resolve_references()
-    m.remat = remat
-    return _train_logits_and_grads(build_model(m), variables, x)
-
-  plain, remat = run(False), run(True)
-  chex.assert_trees_all_close(plain, remat, atol=1e-5, rtol=1e-5)
+  x = np.zeros((2, 32, 32, 1), np.float32)
   m = config.model.copy_and_resolve_references()
-  m.remat = True  # and the levels are rematerialized: the program holds remat blocks
+  m.remat = True
   jaxpr = jax.make_jaxpr(lambda: _train_logits_and_grads(build_model(m), variables, x))()
   assert 'remat' in str(jaxpr)
 
