@@ -74,10 +74,6 @@ def bce_loss(
   (eq. 12); `rows` [B] bool leaves padding rows out of the sum and the count;
   `class_weights` (background, foreground) weigh each pixel by its label."""
   bce = optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), labels.astype(jnp.float32))
-  if class_weights is None:  # the paper's loss, summed exactly as it always was
-    w = _row_weights(bce, rows)
-    count = jnp.sum(jnp.broadcast_to(w, bce.shape))
-    return _sum(bce * w, axis_name) / _sum(count, axis_name)
   return _weighted_mean(bce, labels, axis_name, rows, class_weights)
 
 
@@ -114,10 +110,15 @@ def cross_entropy_loss(
   """Mean softmax cross-entropy over every pixel of the (global) batch; logits
   [B, H, W, K + 1], labels [B, H, W, 1] class indices; `class_weights` weigh each pixel
   by its label (a weighted mean)."""
-  index = labels.astype(jnp.int32)
+  ce = pixel_cross_entropy(logits, labels)
+  return _weighted_mean(ce, labels, axis_name, rows, class_weights)
+
+
+def pixel_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """-log softmax(logits)[label] of each pixel: [B, H, W, K + 1] logits and [B, H, W, 1]
+  class indices -> [B, H, W, 1] (the training loss's and the eval step's)."""
   log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  ce = -jnp.take_along_axis(log_p, index, axis=-1)
-  return _weighted_mean(ce, index, axis_name, rows, class_weights)
+  return -jnp.take_along_axis(log_p, labels.astype(jnp.int32), axis=-1)
 
 
 def loss_weights(config: ml_collections.ConfigDict) -> tuple[float, float, float]:

@@ -149,7 +149,7 @@ def make_eval_step(
     index = batch['label'].astype(jnp.int32)
     p = jax.nn.softmax(logits, axis=-1)[..., 1:]
     y = jax.nn.one_hot(index[..., 0], logits.shape[-1], dtype=jnp.float32)[..., 1:]
-    ce = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), index, axis=-1)[..., 0]
+    ce = losses.pixel_cross_entropy(logits, index)[..., 0]
     w = jnp.ones_like(ce)
     if class_weights is not None:
       w = jnp.asarray(class_weights, jnp.float32)[index[..., 0]]

@@ -120,7 +120,7 @@ class Window:
       return out
     out.update({f'dsc/{name}': float(d) for name, d in zip(self.names, dsc, strict=True)})
     averaged = [d for name, d in zip(self.names, dsc, strict=True) if name in self.classes]
-    out['dsc'] = float(np.nanmean(averaged)) if np.isfinite(averaged).any() else float('nan')
+    out['dsc'] = validate.defined_mean(averaged)
     return out
 
 

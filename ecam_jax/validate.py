@@ -67,7 +67,9 @@ def loss(sums: np.ndarray, pixels: int, loss_config) -> float:
   return float(w_dice * dice + w_bce * sums[-2] / max(sums[-1], 1e-12))
 
 
-def _mean(values: np.ndarray) -> float:
+def defined_mean(values) -> float:
+  """The mean of the defined (not NaN) ratios; NaN, without a warning, when none is."""
+  values = np.asarray(values, np.float64)
   return float(np.nanmean(values)) if np.isfinite(values).any() else float('nan')
 
 
@@ -79,7 +81,7 @@ def item_scores(table: np.ndarray, case_ids: list[str], item: int = 0) -> dict[s
   per_case = np.zeros((len(case_ids), 3), np.int64)
   np.add.at(per_case, table[:, 0], counts)
   volume = scoring.ratios(per_case[:, 0], per_case[:, 1], per_case[:, 2])
-  out = {k: _mean(v) for k, v in volume.items()}
+  out = {k: defined_mean(v) for k, v in volume.items()}
   slices = scoring.slice_scores_from_counts(counts[:, 0], counts[:, 1], counts[:, 2])
   out.update({k: float(v) for k, v in slices.items()})
   out['label_voxels'] = int(counts[:, 0].sum() + counts[:, 2].sum())
@@ -104,7 +106,7 @@ def scores(
     out.update({f'{k}/{name}': v for k, v in item_scores(table, case_ids, item).items()})
   classes = names if classes is None else classes
   for key in AVERAGED:
-    out[key] = _mean(np.array([out[f'{key}/{c}'] for c in classes]))
+    out[key] = defined_mean([out[f'{key}/{c}'] for c in classes])
   out['label_voxels'] = sum(out[f'label_voxels/{c}'] for c in classes)
   return out
 

@@ -6,6 +6,8 @@ StableHLO artifact in a fresh process and the check on the phantom volume share 
 Runtime's logits are compared with the JAX model's (the training-time model: EC unfolded,
 side heads built) for the U-Net, the full model, each attention type and each SC form, on
 random and phantom slices. Every network of variants.py is exported in the slow test.
+The graph pass and the converter's workarounds alone: test_conv_folding.py,
+test_onnx_model.py.
 """
 
 import json
@@ -370,83 +372,3 @@ def test_every_network_exports(name):
   np.testing.assert_allclose(
     logits.transpose(0, 2, 3, 1), expected, rtol=0, atol=_tolerance(expected)
   )
-
-
-def test_fold_into_convs_on_a_hand_made_graph():
-  """Conv -> Sub -> Mul -> Add, and Conv -> Transpose -> Div -> Add (NHWC constants), fold;
-  c - x, and a conv output the graph returns, do not; equal weights shared by two convs
-  stay as they are for each."""
-  from onnx import TensorProto, helper, numpy_helper
-
-  rng = np.random.default_rng(5)
-
-  def const(name, shape):
-    return numpy_helper.from_array(rng.uniform(0.5, 1.5, shape).astype(np.float32), name)
-
-  def value(name, shape):
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
-
-  def run(m):
-    return ort.InferenceSession(m.SerializeToString()).run(None, {'x': x})
-
-  inits = [
-    const('W', (2, 2, 3, 3)),
-    const('c1', (1, 2, 1, 1)),
-    const('c2', (2, 1, 1)),
-    const('c3', (1, 2, 1, 1)),
-    const('c4', (2,)),
-    const('c5', (1, 1, 1, 2)),
-    const('c6', (1, 2, 1, 1)),
-  ]
-  nodes = [
-    helper.make_node('Conv', ['x', 'W'], ['a0'], pads=[1, 1, 1, 1], name='first'),
-    helper.make_node('Sub', ['a0', 'c1'], ['a1']),
-    helper.make_node('Mul', ['c2', 'a1'], ['a2']),
-    helper.make_node('Add', ['a2', 'c3'], ['a3']),
-    helper.make_node('Relu', ['a3'], ['a4']),
-    helper.make_node('Conv', ['a4', 'W'], ['b0'], pads=[1, 1, 1, 1], name='second'),
-    helper.make_node('Transpose', ['b0'], ['b1'], perm=[0, 2, 3, 1]),
-    helper.make_node('Div', ['b1', 'c4'], ['b2']),
-    helper.make_node('Add', ['b2', 'c5'], ['y']),
-    helper.make_node('Conv', ['x', 'W'], ['d0'], pads=[1, 1, 1, 1], name='third'),
-    helper.make_node('Sub', ['c6', 'd0'], ['z']),  # c - x: not an affine op of the conv's
-    helper.make_node('Conv', ['x', 'W'], ['e0'], pads=[1, 1, 1, 1], name='fourth'),
-    helper.make_node('Mul', ['e0', 'c6'], ['e1']),
-  ]
-  outputs = [value('y', [None, 5, 5, 2]), *(value(n, [None, 2, 5, 5]) for n in ('z', 'e0', 'e1'))]
-  graph = helper.make_graph(nodes, 'g', [value('x', [None, 2, 5, 5])], outputs, inits)
-  model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', onnx_model.OPSET)])
-  assert conv_folding.unfolded(model) == ['first', 'second']
-  folded, count = conv_folding.fold_into_convs(model)
-  assert count == 2 and conv_folding.unfolded(folded) == []
-  onnx.checker.check_model(folded)
-  ops = [n.op_type for n in folded.graph.node]
-  assert ops == ['Conv', 'Relu', 'Conv', 'Transpose', 'Conv', 'Sub', 'Conv', 'Mul']
-  x = rng.normal(size=(3, 2, 5, 5)).astype(np.float32)
-  for got, want in zip(run(folded), run(model), strict=True):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-
-def test_converter_workarounds_are_exact():
-  """onnx_model's two reformulations equal what they replace, bit for bit (outside the
-  converter they wrap flax's own functions)."""
-  import flax.linen as nn
-  from jax import lax
-
-  rng = np.random.default_rng(6)
-  x = rng.normal(size=(2, 5, 7, 3)).astype(np.float32)
-  zeros = onnx_model._insert_zeros(x, (2, 3))
-  reference = lax.pad(x, np.float32(0), [(0, 0, 0), (0, 0, 1), (0, 0, 2), (0, 0, 0)])
-  np.testing.assert_array_equal(zeros, reference)
-
-  pool = lambda: nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # noqa: E731
-  expected = pool()
-  with onnx_model._max_pool_as_the_converter_takes_it():
-    np.testing.assert_array_equal(pool(), expected)
-
-  conv = nn.Conv(4, (3, 3), input_dilation=2, padding=((1, 2), (1, 2)))
-  params = conv.init(jax.random.key(0), x)
-  expected = conv.apply(params, x)
-  with onnx_model._input_dilation_as_zeros():
-    np.testing.assert_allclose(conv.apply(params, x), expected, rtol=0, atol=1e-6)
-  assert conv.input_dilation == 2

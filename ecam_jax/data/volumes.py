@@ -226,12 +226,8 @@ def preprocess_label(img: nib.Nifti1Image, data_config: ml_collections.ConfigDic
   """uint8 [Z, S, S] training targets (`classes.index_lookup`): with data.merge_foreground
   1 where the label value is in data.foreground_labels, else each class's output index
   (0 for a value no class names). Nearest neighbour only: no value is ever blended."""
-  if data_config.merge_foreground:  # the paper's binary target, computed as it always was
-    data = np.asanyarray(img.dataobj)
-    target = np.isin(data, np.asarray(data_config.foreground_labels, data.dtype)).astype(np.uint8)
-  else:
-    data = integer_labels(img, img.get_filename() or 'label')
-    target = classes.index_lookup(data_config, (int(data.max(initial=0)),))[np.maximum(data, 0)]
+  data = integer_labels(img, img.get_filename() or 'label')
+  target = classes.index_lookup(data_config, (int(data.max(initial=0)),))[np.maximum(data, 0)]
   canonical, _ = to_canonical(target, img.affine)
   return resize_inplane(canonical, data_config.image_size, 0)
 
