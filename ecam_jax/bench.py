@@ -31,6 +31,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from ecam_jax import configuration, parallel, steps
+from ecam_jax.errors import ConfigError
 from ecam_jax.models import build_model, fold_ec, has_ec_blocks
 from ecam_jax.optim import make_optimizer
 from ecam_jax.state import create_train_state
@@ -177,7 +178,7 @@ def bench_loader(config: ml_collections.ConfigDict, workdir: str) -> float | Non
 
   try:
     cache, case_splits = prepare_data(config, prepare_workdir(workdir))
-  except (configuration.ConfigError, ValueError) as e:
+  except (ConfigError, ValueError) as e:
     print(f'loader not measured: {e}', flush=True)
     return None
   iterator = pipeline.train_iterator(cache, case_splits['train'], config, seed=0)

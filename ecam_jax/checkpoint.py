@@ -26,6 +26,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from ecam_jax import parallel
+from ecam_jax.errors import CheckpointError
 from ecam_jax.state import TrainState
 
 BEST, LATEST = 'best', 'latest'
@@ -43,10 +44,6 @@ def _manager(folder: pathlib.Path, keep: int, writer: bool = True) -> ocp.Checkp
     read_only=not writer,
   )
   return ocp.CheckpointManager(folder, options=options)
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint could not be written or read; the message names the folder."""
 
 
 def _state_target(state: TrainState) -> Any:

@@ -20,7 +20,7 @@ import re
 import ml_collections
 import numpy as np
 
-from ecam_jax.configuration import ConfigError
+from ecam_jax.errors import ConfigError
 
 BINARY_NAME = 'foreground'
 _NAME = re.compile(r'^[A-Za-z][A-Za-z0-9_-]*$')

@@ -11,9 +11,8 @@ from typing import Any
 
 import ml_collections
 
-
-class ConfigError(ValueError):
-  """A config value that cannot work; the message names the key."""
+from ecam_jax import classes
+from ecam_jax.errors import ConfigError
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:
@@ -205,8 +204,6 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
         f'config.data.foreground_labels has {undeclared}, not among '
         f'config.data.label_values={label_values}'
       )
-  from ecam_jax import classes  # it imports ConfigError from here
-
   classes.parse_classes(data.classes)  # ConfigError naming the key and the item
   classes.parse_regions(data.regions)
   sizes = data.split_sizes

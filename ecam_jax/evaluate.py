@@ -25,7 +25,7 @@ import tqdm
 
 from ecam_jax import classes, overlay, scoring
 from ecam_jax.data import layouts, splits, volumes
-from ecam_jax.data.errors import DataError
+from ecam_jax.errors import DataError
 
 # Affines of a prediction and its label must agree to this tolerance (float32 headers).
 AFFINE_ATOL = 1e-4

@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ecam_jax.configuration import ConfigError
 from ecam_jax.data import volumes
-from ecam_jax.data.errors import DataError
+from ecam_jax.errors import ConfigError, DataError
 from ecam_jax.export import contract, folder, runtimes, segment
 
 

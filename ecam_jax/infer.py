@@ -27,8 +27,8 @@ from ecam_jax import checkpoint, classes, configuration, parallel, steps
 from ecam_jax.atomic import write_bytes_atomic
 from ecam_jax.data import layouts, volumes
 from ecam_jax.data import source as data_source
-from ecam_jax.data.errors import DataError
 from ecam_jax.data.layouts import NIFTI_SUFFIXES, case_id_of
+from ecam_jax.errors import DataError
 from ecam_jax.models import abstract_variables, build_model, fold_ec, has_ec_blocks
 
 

@@ -16,10 +16,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from ecam_jax import parallel
-from ecam_jax.checkpoint import CheckpointError
-from ecam_jax.configuration import ConfigError
-from ecam_jax.data.errors import DataError
-from ecam_jax.train import NonFiniteLossError
+from ecam_jax.errors import USER_ERRORS
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
@@ -54,10 +51,6 @@ flags.DEFINE_bool(
   'run continues under the new values from where it stopped (see README, Resume).',
 )
 flags.mark_flags_as_required(['config', 'workdir'])
-
-# What a user can get wrong (a config value, a data file, a checkpoint that does not fit):
-# the message names the key or file and says what was expected, so it is printed alone.
-USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError)
 
 
 def main(argv: list[str]) -> None:

@@ -16,7 +16,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from orbax.checkpoint import multihost as ocp_multihost
 
-from ecam_jax.configuration import ConfigError
+from ecam_jax.errors import ConfigError
 
 AXIS = 'data'
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import ml_collections
 
-from ecam_jax.configuration import ConfigError
+from ecam_jax.errors import ConfigError
 
 # Keys that never change the trajectory (dotted paths; a section name covers its keys).
 FREE = (

@@ -7,9 +7,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ecam_jax.configuration import ConfigError, load_config
+from ecam_jax.configuration import load_config
 from ecam_jax.data import cache, source, splits, volumes
-from ecam_jax.data.errors import DataError
+from ecam_jax.errors import ConfigError, DataError
 
 import nifti_fixtures as fx
 

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ecam_jax.configuration import ConfigError, check, load_config
+from ecam_jax.configuration import check, load_config
+from ecam_jax.errors import ConfigError
 from ecam_jax.models import abstract_variables, build_model
 from ecam_jax.models.baselines.cenet import DAC, RMP, transposed_conv
 

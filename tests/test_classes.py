@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from ecam_jax import classes, resume
-from ecam_jax.configuration import ConfigError, check, load_config
+from ecam_jax.configuration import check, load_config
 from ecam_jax.data import layouts, source
+from ecam_jax.errors import ConfigError
 
 
 def _config(**data):

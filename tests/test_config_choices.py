@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from ecam_jax import configuration, parallel, state, steps
-from ecam_jax.configuration import ConfigError, load_config
+from ecam_jax.configuration import load_config
+from ecam_jax.errors import ConfigError
 from ecam_jax.models import abstract_variables, build_model
 from ecam_jax.optim import make_optimizer
 

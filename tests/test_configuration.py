@@ -6,7 +6,8 @@ import pathlib
 import pytest
 
 from ecam_jax import configuration
-from ecam_jax.configuration import ConfigError, check, load_config
+from ecam_jax.configuration import check, load_config
+from ecam_jax.errors import ConfigError
 
 CONFIGS = pathlib.Path(__file__).parents[1] / 'configs'
 DEFAULT = CONFIGS / 'default.py'

@@ -14,7 +14,8 @@ import pytest
 from scipy import stats
 
 from ecam_jax import evaluate, scoring, train
-from ecam_jax.configuration import ConfigError, load_config
+from ecam_jax.configuration import load_config
+from ecam_jax.errors import ConfigError
 from ecam_jax.experiments import gradcam, lock, outputs, report, runner, tables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 
 from ecam_jax import checkpoint, infer
-from ecam_jax.configuration import ConfigError, load_config
+from ecam_jax.configuration import load_config
 from ecam_jax.data import phantom, volumes
 from ecam_jax.data import source as data_source
-from ecam_jax.data.errors import DataError
+from ecam_jax.errors import CheckpointError, ConfigError, DataError, ExportMismatch
 from ecam_jax.export import (
   contract,
   conv_folding,
@@ -317,7 +317,7 @@ def test_missing_parts_are_clear_errors(run, tmp_path):
   workdir, config, _, _ = run
   with pytest.raises(ConfigError, match=r"pip install -e '\.\[export\]'"):
     onnx_model.require('ecam_jax_no_such_module')
-  with pytest.raises(checkpoint.CheckpointError, match='no best checkpoint'):
+  with pytest.raises(CheckpointError, match='no best checkpoint'):
     folder.export(config, tmp_path / 'empty', 'best')
   assert not (tmp_path / 'empty' / 'export').exists()
   with pytest.raises(DataError, match='preprocessing.json does not exist'):
@@ -332,7 +332,7 @@ def test_an_export_that_fails_verification_leaves_the_earlier_one(run, tmp_path,
   target.mkdir()
   (target / 'earlier').write_text('kept')
   monkeypatch.setattr(folder, 'TOLERANCE', -1.0)  # no difference passes
-  with pytest.raises(folder.ExportMismatch, match='model.onnx: its logits differ'):
+  with pytest.raises(ExportMismatch, match='model.onnx: its logits differ'):
     folder.export(config, workdir, 'best', target)
   assert [p.name for p in tmp_path.iterdir()] == ['export']
   assert [p.name for p in target.iterdir()] == ['earlier']

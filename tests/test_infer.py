@@ -16,10 +16,9 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from ecam_jax import infer, parallel
-from ecam_jax.checkpoint import CheckpointError
-from ecam_jax.configuration import ConfigError, load_config
+from ecam_jax.configuration import load_config
 from ecam_jax.data import volumes
-from ecam_jax.data.errors import DataError
+from ecam_jax.errors import CheckpointError, ConfigError, DataError
 from ecam_jax.models import build_model, init_variables
 from ecam_jax.scoring import ratios
 

@@ -5,9 +5,8 @@ import json
 
 import pytest
 
-from ecam_jax.configuration import ConfigError
 from ecam_jax.data import layouts
-from ecam_jax.data.errors import DataError
+from ecam_jax.errors import ConfigError, DataError
 
 import nifti_fixtures as fx
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ecam_jax.data import cache, layouts, phantom, volumes
-from ecam_jax.data.errors import DataError
+from ecam_jax.errors import DataError
 
 import nifti_fixtures as fx
 

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 from absl import flags
 
-from ecam_jax.configuration import ConfigError
 from ecam_jax.data import cache, pipeline
-from ecam_jax.data.errors import DataError
+from ecam_jax.errors import ConfigError, DataError
 
 import nifti_fixtures as fx
 

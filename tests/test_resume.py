@@ -19,8 +19,8 @@ import chex
 import pytest
 
 from ecam_jax import train
-from ecam_jax.configuration import ConfigError
 from ecam_jax.data import phantom
+from ecam_jax.errors import ConfigError, NonFiniteLossError
 
 import tiny_runs
 
@@ -214,9 +214,9 @@ def test_nonfinite_stop_never_checkpoints_past_the_bad_step(data, tmp_path):
   image = np.load(cache.path / 'cases' / case / 'image.npy', mmap_mode='r+')
   image[:, 3, 3] = np.nan
   image.flush()
-  with pytest.raises(train.NonFiniteLossError, match='not finite at step 1;'):
+  with pytest.raises(NonFiniteLossError, match='not finite at step 1;'):
     train.train_and_evaluate(config, tmp_path)
   latest = tmp_path / 'checkpoints' / 'latest'
   assert not latest.exists() or not _steps(latest)
-  with pytest.raises(train.NonFiniteLossError, match='not finite at step 1;'):
+  with pytest.raises(NonFiniteLossError, match='not finite at step 1;'):
     train.train_and_evaluate(config, tmp_path)  # the rerun meets the same batch again

@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from ecam_jax.configuration import ConfigError, load_config
+from ecam_jax.configuration import load_config
 from ecam_jax.data import source, splits
+from ecam_jax.errors import ConfigError
 
 import nifti_fixtures as fx
 

@@ -5,9 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from ecam_jax.configuration import ConfigError
 from ecam_jax.data import splits
-from ecam_jax.data.errors import DataError
+from ecam_jax.errors import ConfigError, DataError
 
 import nifti_fixtures as fx
 

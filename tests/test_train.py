@@ -12,8 +12,9 @@ import pytest
 from absl import flags
 
 from ecam_jax import train
-from ecam_jax.configuration import ConfigError, load_config
+from ecam_jax.configuration import load_config
 from ecam_jax.data import phantom
+from ecam_jax.errors import ConfigError
 
 import nifti_fixtures as fx
 import tiny_runs

@@ -7,9 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ecam_jax.configuration import ConfigError
 from ecam_jax.data import volumes
-from ecam_jax.data.errors import DataError
+from ecam_jax.errors import ConfigError, DataError
 
 import nifti_fixtures as fx
 

@@ -32,7 +32,7 @@ import tqdm
 
 from ecam_jax.atomic import TEMP_PREFIXES, atomic_path, remove, write_json_atomic
 from ecam_jax.data import layouts, volumes
-from ecam_jax.data.errors import DataError
+from ecam_jax.errors import DataError
 
 CACHE_VERSION = 1
 IMAGE_DTYPE = np.float32

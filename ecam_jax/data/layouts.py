@@ -21,8 +21,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from ecam_jax.configuration import ConfigError
-from ecam_jax.data.errors import DataError
+from ecam_jax.errors import ConfigError, DataError
 
 LAYOUTS = {
   'msd': 'dataset.json with a training list, imagesTr/ and labelsTr/',

@@ -32,7 +32,7 @@ import numpy as np
 import scipy.ndimage
 
 from ecam_jax.atomic import atomic_path
-from ecam_jax.data.errors import DataError
+from ecam_jax.errors import DataError
 
 VERSION = 1  # bump when the generator changes what a seed gives: old folders are not reused
 BED_HU = 40.0  # soft tissue around the target

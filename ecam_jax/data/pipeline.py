@@ -22,9 +22,8 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from ecam_jax.configuration import ConfigError
 from ecam_jax.data.cache import SliceCache
-from ecam_jax.data.errors import DataError
+from ecam_jax.errors import ConfigError, DataError
 
 
 class SliceSource:

@@ -15,8 +15,8 @@ import jax
 import ml_collections
 
 from ecam_jax import classes, parallel
-from ecam_jax.configuration import ConfigError
 from ecam_jax.data import layouts, phantom
+from ecam_jax.errors import ConfigError
 
 # The config.data keys resolve_settings fills in when they are unset.
 DATASET_SETTINGS = ('modality', 'label_values', 'foreground_labels', 'classes')

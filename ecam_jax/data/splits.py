@@ -17,8 +17,7 @@ import ml_collections
 import numpy as np
 
 from ecam_jax.atomic import write_json_atomic
-from ecam_jax.configuration import ConfigError
-from ecam_jax.data.errors import DataError
+from ecam_jax.errors import ConfigError, DataError
 
 SPLITS = ('train', 'val', 'test')
 # config.data.dataset -> (train, val, test) case counts used in the paper.

@@ -23,8 +23,7 @@ import numpy as np
 import scipy.ndimage
 
 from ecam_jax import classes
-from ecam_jax.configuration import ConfigError
-from ecam_jax.data.errors import DataError
+from ecam_jax.errors import ConfigError, DataError
 
 CANONICAL_AXCODES = ('S', 'P', 'L')
 AFFINE_TOLERANCE_MM = 1e-3  # image and label affines may differ by rounding, not more

@@ -24,9 +24,8 @@ from ml_collections import config_flags
 
 from ecam_jax import parallel
 from ecam_jax.atomic import write_json_atomic
-from ecam_jax.checkpoint import CheckpointError
-from ecam_jax.configuration import ConfigError, load_config
-from ecam_jax.data.errors import DataError
+from ecam_jax.configuration import load_config
+from ecam_jax.errors import CheckpointError, ConfigError, DataError
 from ecam_jax.experiments import paper, runner, tables
 from ecam_jax.experiments.outputs import write_outputs
 

@@ -20,7 +20,7 @@ import ml_collections
 
 from ecam_jax import classes
 from ecam_jax.data import volumes
-from ecam_jax.data.errors import DataError
+from ecam_jax.errors import DataError
 
 FILE = 'preprocessing.json'
 FORMAT, VERSION = 'ecam-jax export', 1

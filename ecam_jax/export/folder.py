@@ -16,8 +16,8 @@ import numpy as np
 
 from ecam_jax import configuration
 from ecam_jax.atomic import atomic_path, write_bytes_atomic, write_json_atomic
-from ecam_jax.configuration import ConfigError
 from ecam_jax.data import source as data_source
+from ecam_jax.errors import ConfigError, ExportMismatch
 from ecam_jax.export import contract, network, onnx_model, runtimes, stablehlo
 
 ONNX, ONNX_FLOAT16, STABLEHLO = 'model.onnx', 'model.float16.onnx', 'model.stablehlo'
@@ -25,10 +25,6 @@ ONNX, ONNX_FLOAT16, STABLEHLO = 'model.onnx', 'model.float16.onnx', 'model.stabl
 # differences measured are about 1e-6 of that scale (docs/export.md).
 TOLERANCE = 1e-4
 VERIFY_SLICES, VERIFY_SEED = 2, 0
-
-
-class ExportMismatch(RuntimeError):
-  """An artifact's logits differ from the JAX model's by more than TOLERANCE."""
 
 
 def _artifacts(net: network.Network, folded_convs: int, float16: bool) -> dict[str, Any]:

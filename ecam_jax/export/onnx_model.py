@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ecam_jax.configuration import ConfigError
+from ecam_jax.errors import ConfigError
 from ecam_jax.export import conv_folding
 from ecam_jax.export.network import Network
 
