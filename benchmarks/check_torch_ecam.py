@@ -43,7 +43,7 @@ JAX_COUNT_SCRIPT = """
 import json, sys
 import jax
 from ecam_jax.configuration import load_config
-from ecam_jax.models import abstract_variables, build_model
+from ecam_jax.models.build import abstract_variables, build_model
 out = {}
 for item in sys.argv[1:]:
   variant, base = item.split(':')
@@ -62,7 +62,8 @@ import jax, jax.numpy as jnp, numpy as np
 from flax import traverse_util
 from ecam_jax.configuration import load_config
 from ecam_jax.losses import total_loss
-from ecam_jax.models import build_model, fold_ec, init_variables
+from ecam_jax.models.build import build_model, init_variables
+from ecam_jax.models.layers import fold_ec
 path, variant, base, size, batch = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
 config = load_config('configs/default.py', f'variant={variant}')
 config.model.base_channels = base

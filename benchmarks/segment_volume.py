@@ -24,7 +24,7 @@ import numpy as np
 from ecam_jax.configuration import load_config
 from ecam_jax.data import phantom
 from ecam_jax.infer import Predictor
-from ecam_jax.models import build_model, init_variables
+from ecam_jax.models.build import build_model, init_variables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

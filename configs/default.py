@@ -5,7 +5,7 @@ Usage:
       --config.data.root=/data/Task07_Pancreas
   python -m ecam_jax.main --config=configs/default.py:variant=unet_coa ...
 
-`get_config(arg)` takes `variant=NAME` (one of `ecam_jax.models.variants.VARIANTS`,
+`get_config(arg)` takes `variant=NAME` (one of `ecam_jax.models.registry.VARIANTS`,
 default `ec_cam_unet`). Dataset configs (msd.py, tcia.py, kits.py, cardiac.py, demo.py)
 start from this one and change only what their dataset needs.
 """
@@ -14,7 +14,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from ecam_jax.configuration import parse_arg
-from ecam_jax.models.variants import apply_variant
+from ecam_jax.models.registry import apply_variant
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -73,66 +73,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   aug.blur_prob = 0.5
   aug.blur_sigma = (0.1, 2.0)  # sigma uniform in this range (pixels)
 
-  # --- model (docs/model.md) ----------------------------------------------------
-  config.model = model = ml_collections.ConfigDict()
-  model.name = 'ecam_unet'  # key of ecam_jax.models.MODELS
-  model.variant = ''  # set by apply_variant; a label for logs
-  model.base_channels = 64  # width of the first encoder level; the next ones are 2x, 4x, 8x, 16x
-  # Logits per pixel: 1 = one merged foreground (sigmoid); set to len(classes) + 1 (softmax)
-  # from data.classes when data.merge_foreground is False
-  model.num_classes = 1
-  model.use_cc = True  # CoA's channel correlation (eq. 5-7); needs attention='coa'
-  model.use_sc = True  # CoA's spatial correlation (eq. 8-9); needs attention='coa'
-  model.use_mus = True  # MuS: the ASPP block of the bottleneck
-  model.use_ec = True  # EC: asymmetric (3x3 + 1x3 + 3x1) encoder convs
-  model.use_dws = True  # DWS: side outputs (deep supervision), at model.side_outputs
-  model.attention = 'coa'  # bottleneck attention: 'coa' | 'se' | 'cbam' | 'none'
-  model.fusion = 'conv'  # attention + MuS: 'conv' (eq. 10) | 'add' | 'serial'
-  # SC's logit scale: the paper's 1.0 (any number > 0), or 'rsqrt' = 1/sqrt(channels)
-  model.attention_scale = config_dict.FieldReference(1.0, field_type=object)
-  model.attention_impl = 'fused'  # 'fused' (jax.nn.dot_product_attention) | 'chunked' | 'naive'
-  model.attention_chunk = 256  # 'chunked': query rows per block (smaller: less memory, slower)
-  model.cc_hidden = 1  # features of CC's 1-D conv autoencoder
-  model.aspp_rates = (6, 12, 18)  # MuS: dilation rates of its 3x3 branches
-  model.aspp_1x1_branch = False  # MuS: DeepLabV3's extra 1x1 branch (not in the paper)
-  model.aspp_image_pool = False  # MuS: DeepLabV3's image-pooling branch (not in the paper)
-  model.side_outputs = ('bottleneck',)  # also 'decoder1'..'decoder3' (H/8..H/2)
-  model.reduction = 16  # SE and CBAM: hidden width = channels / reduction
-  model.cbam_kernel = 7  # CBAM: spatial attention conv size
-  model.bn_momentum = 0.9  # BatchNorm running statistics: new = m * old + (1 - m) * batch
-  model.bn_epsilon = 1e-5  # BatchNorm: added to the variance
-  model.dtype = 'float32'  # compute dtype, 'float32' | 'bfloat16'; parameters stay float32
-  model.remat = False  # jax.checkpoint per U-Net level
-  # --- compared networks (Table I) ---
-  # MSU-Net (docs/networks/msunet.md): kernel sizes of the two branches of every
-  # multi-kernel block (odd; the reference's 3 and 7)
-  model.msunet_small_kernel = 3
-  model.msunet_large_kernel = 7
-  # UNet++ (docs/networks/unetpp.md): heads on X(0,1), X(0,2), X(0,3) as side outputs
-  # (loss.w_side); X(0,4)'s head is the prediction either way (the paper: "supervises each scale").
-  # DA-Net (docs/networks/danet.md): its position and channel branches' auxiliary heads
-  model.deep_supervision = True
-  # UNet++: bilinear x2 upsampling with align_corners=True (4uiiurz1) or False (half-pixel)
-  model.unetpp_align_corners = True
-  # CE-Net, DeepLabV3+, DA-Net (docs/networks/resnet.md): depth of the ResNet encoder,
-  # 18 | 34 | 50 | 101 (the variants set CE-Net's 34 and DeepLabV3+'s and DA-Net's 50;
-  # 50 and 101 use Bottlenecks, 4x wider features)
-  model.resnet_depth = 34
-  # DeepLabV3+ and DA-Net: the ResNet's output stride, 8 | 16 (the stages past it dilate
-  # instead of striding): DeepLabV3+'s 16, DA-Net's 8. DeepLabV3+'s ASPP rates are
-  # model.aspp_rates at stride 16, doubled at 8 (the DeepLab papers' rule)
-  model.output_stride = 16
-  # Dropout rate in training: DeepLabV3+ after ASPP, DA-Net (Dropout2d) before each head,
-  # SegFormer before its classifier (0.1 in all three references)
-  model.dropout = 0.1
-  # HRNet (docs/networks/hrnet.md), its width is model.base_channels (48: W48, 18: W18):
-  # 'full' (HRNetV2: 4 Bottlenecks in stage 1, 1/4/3 modules in stages 2-4, 4 BasicBlocks
-  # per branch) | 'small_v2' (HRNet-W18-Small-v2's depths: 2 Bottlenecks, 1/3/2 modules, 2)
-  model.hrnet_size = 'full'
-  # SegFormer (docs/networks/segformer.md): the MiT encoder and decoder, 'b0' | 'b2'
-  model.segformer_size = 'b2'
-  # SegFormer: stochastic depth, rising linearly over the blocks from 0 to this rate
-  model.drop_path = 0.1
+  # --- model -----------------------------------------------------------------------------
+  # config.model is the variant's network (`name`), the variant's name and every option of
+  # that network, set by the variant: ecam_jax/models/registry.py lists the networks, and
+  # each network's options (defaults, allowed values, what they do) are declared beside it
+  # (the U-Net's in ecam_jax/models/unet_options.py; docs/networks/). Override any of them,
+  # e.g. --config.model.base_channels=32; a key that is not an option of the network is
+  # refused, naming the network's options.
 
   # --- loss (eq. 11-13, 17) ---------------------------------------------------
   config.loss = loss = ml_collections.ConfigDict()

@@ -26,7 +26,8 @@ def get_config(arg: str | None = None):
   data.split_sizes = (8, 2, 2)
   data.prepare_workers = 2
 
-  config.model.base_channels = 16
+  if 'base_channels' in config.model:  # every network but SegFormer (whose model.size sets it)
+    config.model.base_channels = 16
   config.train.batch_size = 4
   config.train.epochs = 6
   config.train.lr = 2e-3

@@ -32,7 +32,9 @@ from ml_collections import config_flags
 
 from ecam_jax import configuration, parallel, steps
 from ecam_jax.errors import ConfigError
-from ecam_jax.models import build_model, fold_ec, has_ec_blocks
+from ecam_jax.models import registry
+from ecam_jax.models.build import build_model, has_ec_blocks
+from ecam_jax.models.layers import fold_ec
 from ecam_jax.optim import make_optimizer
 from ecam_jax.state import create_train_state
 
@@ -218,31 +220,32 @@ def bench(
   out['device'] = f'{mesh.devices.size} x {jax.local_devices()[0].device_kind}'
   out['config'] = {
     'variant': config.model.variant,
-    'base_channels': config.model.base_channels,
+    'base_channels': config.model.get('base_channels'),
     'image_size': config.data.image_size,
     'batch_size': config.train.batch_size,
     'dtype': config.model.dtype,
     'remat': config.model.remat,
-    'attention_impl': config.model.attention_impl,
+    'attention_impl': config.model.get('attention_impl'),
   }
   return out
 
 
 def _suite_rows(config: ml_collections.ConfigDict) -> list[dict]:
-  from ecam_jax.models.variants import apply_variant
-
   on_cpu = jax.local_devices()[0].platform == 'cpu'
   sizes = [int(s) for s in (FLAGS.sizes or (['128', '256'] if on_cpu else ['512', '1024']))]
   rows = []
+  changed = registry.changed_options(config.model)  # e.g. the demo's base width
   for variant in FLAGS.variants:
     for size in sizes:
       for batch, remat, impl in itertools.product(
         (int(b) for b in FLAGS.batches), (r == 'true' for r in FLAGS.remats), FLAGS.impls
       ):
         c = ml_collections.ConfigDict(config.to_dict())
-        apply_variant(c, variant)
+        registry.apply_variant(c, variant)
+        c.model.update({k: v for k, v in changed.items() if k in c.model})
         c.data.image_size, c.train.batch_size, c.model.remat = size, batch, remat
-        c.model.attention_impl = impl
+        if 'attention_impl' in c.model:
+          c.model.attention_impl = impl
         row = bench(c, None, loader=False, timed=FLAGS.time)
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -283,4 +286,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=configuration.parse_flags)

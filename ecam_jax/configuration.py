@@ -6,13 +6,17 @@ before anything is built, so that a wrong key fails with a message naming it.
 
 import importlib.util
 import pathlib
+import sys
 from types import ModuleType
 from typing import Any
 
 import ml_collections
+from absl import flags
 
-from ecam_jax import classes
+from ecam_jax import classes, former_keys
 from ecam_jax.errors import ConfigError
+from ecam_jax.models import registry
+from ecam_jax.models.options import in_interval
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:
@@ -46,6 +50,48 @@ def load_config(path: str | pathlib.Path, arg: str | None = None) -> ml_collecti
   return load_module(path).get_config(arg)
 
 
+def _argv_config(argv: list[str]) -> ml_collections.ConfigDict | None:
+  """The config the last --config=PATH[:ARG] in `argv` names (the one absl keeps), or None
+  (config_flags then reports the problem)."""
+  for i, item in reversed(list(enumerate(argv))):
+    value = None
+    if item.startswith('--config='):
+      value = item.split('=', 1)[1]
+    elif item == '--config' and i + 1 < len(argv):
+      value = argv[i + 1]
+    if value is not None:
+      path, _, arg = value.partition(':')
+      try:
+        return load_config(path, arg or None)
+      except ConfigError:
+        return None
+  return None
+
+
+def _has(config: ml_collections.ConfigDict, key: str) -> bool:
+  node = config
+  for part in key.split('.'):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing (`app.run(main, flags_parser=parse_flags)` in the commands that
+  take --config), with a --config.KEY override of a key the config does not have refused
+  by a message that names it: its new name if it was renamed, else the network's options."""
+  config = _argv_config(argv)
+  for item in argv:
+    for prefix in ('--config.', '--noconfig.'):
+      if config is not None and item.startswith(prefix):
+        key = item[len(prefix) :].split('=', 1)[0]
+        if not _has(config, key):
+          model = config.model.to_dict() if 'model' in config else {}
+          sys.exit(f'error: {former_keys.explain(key, model)}')
+  return flags.FLAGS(argv)
+
+
 def sibling_config(this_file: str, name: str, arg: str | None = None):
   """Loads configs/NAME next to `this_file`: how dataset configs derive from default.py."""
   return load_config(pathlib.Path(this_file).with_name(name), arg)
@@ -55,14 +101,6 @@ def sibling_config(this_file: str, name: str, arg: str | None = None):
 CHOICES = {
   'data.layout': ('msd', 'kits19', 'paired'),
   'data.modality': ('', 'CT', 'MR'),  # '': what dataset.json declares (msd), else CT
-  'model.attention': ('coa', 'se', 'cbam', 'none'),
-  'model.fusion': ('conv', 'add', 'serial'),
-  'model.attention_impl': ('fused', 'chunked', 'naive'),
-  'model.dtype': ('float32', 'bfloat16'),
-  'model.resnet_depth': (18, 34, 50, 101),  # models/baselines/resnet.py DEPTHS
-  'model.output_stride': (8, 16),
-  'model.hrnet_size': ('full', 'small_v2'),
-  'model.segformer_size': ('b0', 'b2'),
   'train.schedule': ('cosine', 'constant'),
   'train.nonfinite': ('stop', 'skip'),
 }
@@ -77,14 +115,6 @@ INTEGERS = {
   'data.num_workers': 0,
   'data.prefetch_batches': 0,
   'data.prepare_workers': 1,
-  'model.base_channels': 1,
-  'model.num_classes': 1,
-  'model.cc_hidden': 1,
-  'model.reduction': 1,
-  'model.cbam_kernel': 1,
-  'model.attention_chunk': 1,
-  'model.msunet_small_kernel': 1,
-  'model.msunet_large_kernel': 1,
   'train.batch_size': 1,
   'train.epochs': 1,
   'train.max_steps': 0,
@@ -108,10 +138,6 @@ INTERVALS = {
   'augment.flip_prob': '[0, 1]',
   'augment.blur_prob': '[0, 1]',
   'augment.rotate_degrees': '[0, 180]',
-  'model.bn_momentum': '[0, 1]',
-  'model.bn_epsilon': '(0, inf)',
-  'model.dropout': '[0, 1)',
-  'model.drop_path': '[0, 1)',
   'loss.w_dice': '[0, inf)',
   'loss.w_bce': '[0, inf)',
   'loss.w_side': '[0, inf)',
@@ -149,13 +175,6 @@ def _is_number(value: Any, integer: bool = False) -> bool:
   return isinstance(value, kinds) and not isinstance(value, bool)
 
 
-def _in_interval(value: float, interval: str) -> bool:
-  low, high = (float(v) for v in interval[1:-1].split(','))
-  above = value >= low if interval[0] == '[' else value > low
-  below = value <= high if interval[-1] == ']' else value < high
-  return above and below
-
-
 def _check_pair(config: ml_collections.ConfigDict, key: str, low: float, high: float) -> None:
   """A (lo, hi) pair of numbers with low <= lo < hi <= high."""
   value = _get(config, key)
@@ -180,10 +199,6 @@ def _check_labels(config: ml_collections.ConfigDict, key: str) -> tuple[int, ...
 
 def _check_data(config: ml_collections.ConfigDict) -> None:
   data = config.data
-  if data.image_size % 16:
-    raise ConfigError(
-      f'config.data.image_size={data.image_size}; a depth-5 U-Net needs a multiple of 16'
-    )
   _check_pair(config, 'data.hu_window', float('-inf'), float('inf'))
   _check_pair(config, 'data.mr_percentiles', 0.0, 100.0)
   label_values = _check_labels(config, 'data.label_values')
@@ -229,41 +244,20 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_model(config: ml_collections.ConfigDict) -> None:
-  from ecam_jax.models import MODELS  # here, so that loading a config file needs no jax
-
-  m = config.model
-  if m.name not in MODELS:
-    raise ConfigError(f'config.model.name={m.name!r}; expected one of {sorted(MODELS)}')
-  if m.num_classes > 1 and config.data.merge_foreground:
+  """config.model against its network's declared options, and what the model and the data
+  must agree on."""
+  options = registry.options_of(config.model)
+  if options.num_classes > 1 and config.data.merge_foreground:
     raise ConfigError(
-      f'config.model.num_classes={m.num_classes} with config.data.merge_foreground=True (one '
-      'merged foreground: 1 logit); set merge_foreground=False for several classes'
+      f'config.model.num_classes={options.num_classes} with config.data.merge_foreground=True '
+      '(one merged foreground: 1 logit); set merge_foreground=False for several classes'
     )
-  if m.attention == 'coa' and not (m.use_cc or m.use_sc):
-    raise ConfigError("config.model.attention='coa' needs use_cc or use_sc (or both)")
-  if m.attention != 'coa' and (m.use_cc or m.use_sc):
+  multiple = options.input_multiple()
+  if config.data.image_size % multiple:
     raise ConfigError(
-      f"config.model.use_cc/use_sc are parts of CoA; they need attention='coa', not {m.attention!r}"
+      f'config.data.image_size={config.data.image_size}; the network {config.model.name!r} '
+      f'with these options needs a multiple of {multiple}'
     )
-  scale = m.attention_scale
-  if not (scale == 'rsqrt' or (_is_number(scale) and scale > 0)):
-    raise ConfigError(f"config.model.attention_scale={scale!r}; expected a number > 0 or 'rsqrt'")
-  names = tuple(m.side_outputs)
-  for name in names:
-    if name not in ('bottleneck', 'decoder1', 'decoder2', 'decoder3'):
-      raise ConfigError(
-        f'config.model.side_outputs has {name!r}; expected bottleneck or decoder1..decoder3'
-      )
-  if len(set(names)) != len(names):
-    raise ConfigError(f'config.model.side_outputs={names} repeats a name')
-  rates = tuple(m.aspp_rates)
-  if not rates or not all(_is_number(r, integer=True) and r >= 1 for r in rates):
-    raise ConfigError(f'config.model.aspp_rates={rates}; expected dilation rates, integers >= 1')
-  if m.cbam_kernel % 2 == 0:
-    raise ConfigError(f'config.model.cbam_kernel={m.cbam_kernel}; expected an odd kernel size')
-  for key in ('msunet_small_kernel', 'msunet_large_kernel'):
-    if m[key] % 2 == 0:  # 'SAME' padding of an even kernel is lopsided
-      raise ConfigError(f'config.model.{key}={m[key]}; expected an odd kernel size')
 
 
 def _check_loss(config: ml_collections.ConfigDict) -> None:
@@ -322,7 +316,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     value = _get(config, key)
     if value is None and key in _OPTIONAL:
       continue
-    if not (_is_number(value) and _in_interval(value, interval)):
+    if not (_is_number(value) and in_interval(value, interval)):
       raise ConfigError(f'config.{key}={value!r}; expected a number in {interval}')
   sigma = tuple(config.augment.blur_sigma)
   if not (len(sigma) == 2 and all(_is_number(v) for v in sigma) and 0 < sigma[0] <= sigma[1]):

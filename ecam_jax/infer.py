@@ -29,7 +29,8 @@ from ecam_jax.data import layouts, volumes
 from ecam_jax.data import source as data_source
 from ecam_jax.data.layouts import NIFTI_SUFFIXES, case_id_of
 from ecam_jax.errors import DataError
-from ecam_jax.models import abstract_variables, build_model, fold_ec, has_ec_blocks
+from ecam_jax.models.build import abstract_variables, build_model, has_ec_blocks
+from ecam_jax.models.layers import fold_ec
 
 
 def keep_components(mask: np.ndarray, keep: int | float) -> np.ndarray:

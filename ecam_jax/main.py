@@ -15,7 +15,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from ecam_jax import parallel
+from ecam_jax import configuration, parallel
 from ecam_jax.errors import USER_ERRORS
 
 FLAGS = flags.FLAGS
@@ -115,4 +115,4 @@ def _run(config, workdir: str) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=configuration.parse_flags)

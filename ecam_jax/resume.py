@@ -4,14 +4,19 @@ A latest checkpoint records the resolved config it was trained with. Rerunning t
 command resumes; a rerun whose config differs is refused, naming each changed key, unless
 the user says `--resume_with_changes` (train_and_evaluate's `allow_changes`):
 - keys in FREE never change what is computed (logging, checkpoint cadence, reader
-  workers, the attention implementation, ...): they may differ at any resume;
-- keys under ARCHITECTURE decide the parameter tree: a checkpoint cannot continue as
-  another network, so they are refused even with the override;
+  workers, ...): they may differ at any resume; so may the model options that each
+  network declares FREE (the attention implementation, remat);
+- the network (`model.name`) and its options declared ARCHITECTURE decide the parameter
+  tree: a checkpoint cannot continue as another network, so they are refused even with the
+  override (options declared NUMERICS, such as `model.dtype`, are not);
 - every other key (schedule, batch size, loss, augmentation, preprocessing, seed) changes
   the training trajectory: allowed with the override, and then the run follows the new
   values from the step it resumes at (a longer `train.epochs` continues the cosine schedule
   that the new length states; a new `train.batch_size` keeps the fraction of the epoch that
   was done).
+
+A stored config written before a key was renamed or added is read as today's
+(`former_keys.upgrade`, and LATER_KEYS below).
 
 The data position is the index of the next global batch in the training stream
 (pipeline.py); it equals the optimizer step unless a resume changed the batch size.
@@ -22,7 +27,9 @@ from typing import Any
 
 import ml_collections
 
+from ecam_jax import former_keys
 from ecam_jax.errors import ConfigError
+from ecam_jax.models import options, registry
 
 # Keys that never change the trajectory (dotted paths; a section name covers its keys).
 FREE = (
@@ -32,9 +39,6 @@ FREE = (
   'data.num_workers',
   'data.prefetch_batches',
   'data.prepare_workers',
-  'model.attention_impl',  # the same function, computed another way
-  'model.attention_chunk',
-  'model.remat',
   'train.max_steps',  # where this invocation stops; the schedule spans train.epochs
   'train.log_every_steps',
   'train.eval_every_epochs',
@@ -46,8 +50,6 @@ FREE = (
   'train.overlay_slices',
   'eval',
 )
-# Keys that decide the parameter tree (everything under model except FREE and these).
-NUMERICS_ONLY = ('model.dtype', 'model.bn_momentum', 'model.bn_epsilon', 'model.variant')
 # Keys added after checkpoints recorded their config, with the value that computes what
 # the code did before the key existed: a checkpoint whose config lacks one of them was
 # trained that way, so the key is unchanged while it keeps this value.
@@ -60,16 +62,6 @@ LATER_KEYS = {
   'data.phantom_lesion_drop_hu': 35.0,
   'loss.class_weights': None,
   'train.best_by': 'mean',
-  'model.msunet_small_kernel': 3,
-  'model.msunet_large_kernel': 7,
-  'model.deep_supervision': True,
-  'model.unetpp_align_corners': True,
-  'model.resnet_depth': 34,
-  'model.output_stride': 16,
-  'model.dropout': 0.1,
-  'model.hrnet_size': 'full',
-  'model.segformer_size': 'b2',
-  'model.drop_path': 0.1,
 }
 
 
@@ -90,21 +82,36 @@ def _matches(key: str, names: tuple[str, ...]) -> bool:
   return any(key == n or key.startswith(n + '.') for n in names)
 
 
-def is_architecture(key: str) -> bool:
-  return key.startswith('model.') and not _matches(key, FREE + NUMERICS_ONLY)
+def model_kind(key: str, network: str) -> str:
+  """How a resume may change `key` ('model.x') of `network` (a config.model.name):
+  options.ARCHITECTURE, NUMERICS or FREE as the network declares the option; the network's
+  name is architecture, the variant (a label) numerics."""
+  field = key.removeprefix('model.')
+  if field == 'variant':
+    return options.NUMERICS
+  declared = options.fields(registry.NETWORKS[network].options)
+  return declared[field].metadata['resume'] if field in declared else options.ARCHITECTURE
 
 
 def changes(saved: dict[str, Any], current: ml_collections.ConfigDict) -> list[tuple]:
-  """(key, saved value, current value) for every key that differs, FREE keys left out; a
-  LATER_KEYS key the saved config lacks counts as its value before it existed."""
-  old, new = flatten(saved), flatten(current)
+  """(key, saved value, current value) for every key that differs and whose change is not
+  FREE. The saved config is read in today's layout (`former_keys.upgrade`); a LATER_KEYS
+  key it lacks counts as its value before it existed."""
+  old, new = former_keys.upgrade(flatten(saved)), flatten(current)
   old = {**{k: v for k, v in LATER_KEYS.items() if k in new}, **old}
+  network = new['model.name']
   missing = object()
   return [
     (key, old.get(key, missing), new.get(key, missing))
     for key in sorted(set(old) | set(new))
-    if old.get(key, missing) != new.get(key, missing) and not _matches(key, FREE)
+    if old.get(key, missing) != new.get(key, missing) and not _free(key, network)
   ]
+
+
+def _free(key: str, network: str) -> bool:
+  if key.startswith('model.'):
+    return model_kind(key, network) == options.FREE
+  return _matches(key, FREE)
 
 
 def _describe(diff: list[tuple]) -> str:
@@ -118,7 +125,12 @@ def check(saved: dict[str, Any] | None, config: ml_collections.ConfigDict, where
   if saved is None:
     return []
   diff = changes(saved, config)
-  architecture = [d for d in diff if is_architecture(d[0])]
+  network = config.model.name
+  architecture = [
+    d
+    for d in diff
+    if d[0].startswith('model.') and model_kind(d[0], network) == options.ARCHITECTURE
+  ]
   if architecture:
     raise ConfigError(
       f'{where} was trained as another network: {_describe(architecture)}. A checkpoint '

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ecam_jax.models import init_variables
+from ecam_jax.models.build import init_variables
 
 
 @flax.struct.dataclass

@@ -21,7 +21,7 @@ from ecam_jax.checkpoint import Checkpoints
 from ecam_jax.data import cache as data_cache
 from ecam_jax.data import pipeline, source, splits
 from ecam_jax.errors import NonFiniteLossError
-from ecam_jax.models import build_model
+from ecam_jax.models.build import build_model
 from ecam_jax.monitor import Monitor
 from ecam_jax.optim import make_optimizer
 from ecam_jax.state import create_train_state

@@ -8,7 +8,7 @@ import numpy as np
 
 from ecam_jax import parallel, steps
 from ecam_jax.configuration import load_config
-from ecam_jax.models import abstract_variables, build_model
+from ecam_jax.models.build import abstract_variables, build_model
 from ecam_jax.optim import make_optimizer
 from ecam_jax.state import TrainState
 
@@ -110,3 +110,40 @@ def assert_sharded_equals_single(
   ]
   assert np.concatenate(diffs).mean() < 1e-3 * LR
   return hist_one, hist_many
+
+
+def assert_one_step_equal(config, devices: int = 8, sharded_model: dict | None = None):
+  """One train step on `devices` devices against 1, with bounds that hold for every
+  registered network in float32 (tests/test_networks.py) and still fail on any
+  synchronization bug. sharded_model: as in assert_sharded_equals_single.
+
+  Deep batch-normalized networks round differently when BatchNorm's sums run over 1 or 8
+  devices: measured up to ~1e-5 of the logits and ~1e-4 of the gradient norm (Attention
+  U-Net, 34 normalized layers on a path; the same comparison in float64 agrees to 1e-14).
+  A BatchNorm with per-device statistics moves the loss by percents, and a gradient reduced
+  twice over the devices is `devices` times larger: both far outside these bounds.
+  """
+  data, initial = batches(config, 1), initial_state(config)
+  one, (h_one,) = run(config, 1, data, initial)
+  sharded = config
+  if sharded_model:
+    sharded = config.copy_and_resolve_references()
+    sharded.model.update(sharded_model)
+  many, (h_many,) = run(sharded, devices, data, initial)
+  assert h_one['grad_norm'] > 0 and np.isfinite(h_many['loss'])
+  np.testing.assert_allclose(h_many['loss'], h_one['loss'], rtol=1e-5)
+  np.testing.assert_allclose(h_many['grad_norm'], h_one['grad_norm'], rtol=1e-3)
+  # TP, FP, FN over the batch's pixels: a few logits at a decision boundary may fall either way.
+  assert np.abs(h_many['counts'] - h_one['counts']).max() <= 4, (h_one, h_many)
+  chex.assert_trees_all_close(many.batch_stats, one.batch_stats, atol=1e-5, rtol=1e-4)
+  # Adam's first step is about +-LR per weight: a weight whose gradient is near zero can go
+  # either way (measured: under 1% of the weights move apart by more than 0.1 LR).
+  diffs = np.concatenate(
+    [
+      np.abs(a - b).ravel()
+      for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(many.params), strict=True)
+    ]
+  )
+  assert diffs.mean() < 0.02 * LR and (diffs > 0.1 * LR).mean() < 0.03
+  assert diffs.max() <= 2.1 * LR
+  return h_one, h_many

@@ -1,24 +1,19 @@
 """Attention U-Net (`attention_unet`): the reference's parameter count, the attention gate
-and a decoder level against NumPy, the sharded step, prediction geometry, remat, any size."""
+and a decoder level against NumPy (the contract every network keeps:
+tests/test_networks.py)."""
 
 import pathlib
 
-import chex
 import jax
 import jax.numpy as jnp
-import nibabel as nib
 import numpy as np
-import pytest
-from scipy.spatial.transform import Rotation
 
-from ecam_jax import infer
 from ecam_jax.configuration import load_config
-from ecam_jax.models import abstract_variables, build_model
 from ecam_jax.models.baselines.attention_unet import AttentionDecoderLevel, AttentionGate
+from ecam_jax.models.build import abstract_variables, build_model
 from ecam_jax.models.layers import make_norm
 
 import numpy_ref as ref
-import step_equivalence as se
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NAME = 'attention_unet'
@@ -152,112 +147,3 @@ def test_decoder_level_against_numpy():
   y = np.concatenate([gated, d], axis=-1)
   expected = ref.conv_unit(ref.conv_unit(y, params['conv0']), params['conv1'])
   np.testing.assert_allclose(out, expected, atol=1e-4, rtol=1e-4)
-
-
-def test_sharded_step_equals_single_device():
-  """One train step on 8 devices against 1 (step_equivalence's batches and weights); the
-  8-device run recomputes every level in the backward pass (model.remat), which must not
-  change the result either.
-
-  step_equivalence.assert_sharded_equals_single's tolerances do not hold for this network
-  in float32, without any bug: with 34 batch-normalized layers on the path (6 per decoder
-  level), the rounding difference of BatchNorm's sums over 1 or 8 devices grows to ~1e-5 of
-  the logits (U-Net: ~1e-6) and ~1e-4 of the gradient norm; the same comparison in float64
-  agrees to 1e-14 (docs/networks/attention_unet.md). The bounds here are a few times the
-  measured differences and far below what a synchronization bug gives: a BatchNorm with
-  per-device statistics moves the loss by percents, a gradient reduced twice is 8x.
-  """
-  config = se.config(NAME, size=32, base_channels=4)
-  data, initial = se.batches(config, 1), se.initial_state(config)
-  one, (h_one,) = se.run(config, 1, data, initial)
-  rematerialized = config.copy_and_resolve_references()
-  rematerialized.model.remat = True
-  many, (h_many,) = se.run(rematerialized, 8, data, initial)
-  np.testing.assert_allclose(h_many['loss'], h_one['loss'], rtol=1e-6)  # measured 2e-7
-  np.testing.assert_allclose(h_many['grad_norm'], h_one['grad_norm'], rtol=1e-3)  # 1.3e-4
-  assert h_one['grad_norm'] > 0
-  # TP, FP, FN of 8192 pixels: one or two logits at the threshold may fall either side.
-  assert np.abs(h_many['counts'] - h_one['counts']).max() <= 4, (h_one, h_many)
-  # Statistics of the first forward pass: rounding only.
-  chex.assert_trees_all_close(many.batch_stats, one.batch_stats, atol=1e-5, rtol=1e-4)
-  # Adam's first step is about +-lr per weight: a weight whose gradient is near zero can go
-  # either way (measured: 0.8% of weights differ by > 0.1 lr, the mean by 0.004 lr).
-  diffs = np.concatenate(
-    [
-      np.abs(a - b).ravel()
-      for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(many.params), strict=True)
-    ]
-  )
-  assert diffs.mean() < 0.02 * se.LR and (diffs > 0.1 * se.LR).mean() < 0.03
-  assert diffs.max() <= 2.1 * se.LR
-
-
-@pytest.fixture(scope='module')
-def small():
-  """The network at base 4 with host-made weights (BN statistics made non-trivial)."""
-  config = _config(base=4, size=32, config='configs/demo.py')
-  variables = ref.host_variables(abstract_variables(build_model(config.model), 32))
-  rng = np.random.default_rng(0)
-  variables['batch_stats'] = jax.tree.map(
-    lambda a: (a + np.abs(rng.standard_normal(a.shape)) * 0.2).astype(np.float32),
-    variables['batch_stats'],
-  )
-  return config, variables
-
-
-def test_remat_rematerializes_the_levels(small):
-  """model.remat puts the levels in remat blocks (traced only; that the results are the
-  same is test_sharded_step_equals_single_device's, whose 8-device run uses remat)."""
-  config, variables = small
-  x = np.zeros((2, 32, 32, 1), np.float32)
-  m = config.model.copy_and_resolve_references()
-  m.remat = True
-  jaxpr = jax.make_jaxpr(lambda: _train_logits_and_grads(build_model(m), variables, x))()
-  assert 'remat' in str(jaxpr)
-
-
-def _train_logits_and_grads(model, variables, x):
-  def loss(params):
-    out, _ = model.apply(
-      {'params': params, 'batch_stats': variables['batch_stats']},
-      x,
-      train=True,
-      mutable=['batch_stats'],
-    )
-    return jnp.sum(out['logits'] ** 2), out['logits']
-
-  (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(variables['params'])
-  return logits, grads
-
-
-def test_output_contract_non_square_bfloat16_and_bad_sizes(small):
-  config, variables = small
-  x = np.random.default_rng(1).random((2, 64, 96, 1), dtype=np.float32)
-  for dtype in ('float32', 'bfloat16'):
-    m = config.model.copy_and_resolve_references()
-    m.dtype = dtype
-    out = build_model(m).apply(variables, x)
-    assert out['logits'].shape == (2, 64, 96, 1) and out['logits'].dtype == jnp.float32
-    assert out['side_logits'] == ()
-    assert np.isfinite(np.asarray(out['logits'])).all()
-  with pytest.raises(ValueError, match='multiples of 16'):
-    build_model(config.model).apply(variables, np.zeros((1, 40, 48, 1), np.float32))
-
-
-def test_predict_writes_a_mask_with_the_inputs_geometry(small, tmp_path):
-  config, variables = small
-  config = config.copy_and_resolve_references()
-  config.eval.batch_size = 4
-  volume = np.random.default_rng(2).uniform(-200, 300, (40, 36, 5)).astype(np.float32)
-  affine = np.eye(4)
-  rotation = Rotation.from_euler('xyz', [12, -7, 30], degrees=True).as_matrix()
-  affine[:3, :3] = rotation @ np.diag([0.8, -0.7, 2.5])  # oblique, one axis flipped
-  affine[:3, 3] = (-20.0, 15.0, 40.0)
-  src, target = tmp_path / 'in.nii.gz', tmp_path / 'out' / 'mask.nii.gz'
-  nib.save(nib.Nifti1Image(volume, affine), src)
-  predictor = infer.Predictor(config, None, variables=variables)
-  predictor.segment_file(src, target)
-  written, source = nib.load(target), nib.load(src)
-  assert written.shape == source.shape and written.get_data_dtype() == np.uint8
-  np.testing.assert_array_equal(written.affine, source.affine)
-  assert set(np.unique(np.asanyarray(written.dataobj))) <= {0, 1}

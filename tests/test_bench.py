@@ -13,7 +13,7 @@ import pytest
 
 from ecam_jax import bench, parallel
 from ecam_jax.configuration import load_config
-from ecam_jax.models import build_model, init_variables
+from ecam_jax.models.build import build_model, init_variables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 KEYS = (

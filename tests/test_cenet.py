@@ -1,21 +1,18 @@
 """CE-Net: its parameter count against the reference code's, DAC, RMP and the transposed
-convs against NumPy, the sharded step, prediction geometry, remat, non-square inputs,
-bfloat16, the ResNet depth setting. Training on the phantom demo (slow) is in
+convs against NumPy, the ResNet depth option (the contract every network keeps:
+tests/test_networks.py). Training on the phantom demo (slow) is in
 tests/test_compared_networks.py."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from ecam_jax.configuration import check, load_config
 from ecam_jax.errors import ConfigError
-from ecam_jax.models import abstract_variables, build_model
 from ecam_jax.models.baselines.cenet import DAC, RMP, transposed_conv
+from ecam_jax.models.build import abstract_variables, build_model
 
-import nifti_fixtures as nf
 import numpy_ref as ref
-import step_equivalence as se
 
 
 def _config(base=4, size=32, config_file='configs/default.py', **model):
@@ -167,44 +164,7 @@ def test_transposed_conv_is_pytorchs_with_a_flipped_kernel(kernel, padding, outp
   np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
 
-# --- training and prediction --------------------------------------------------------------
-
-
-def test_sharded_step_equals_single_device():
-  """The sharded run recomputes its blocks in the backward pass (model.remat): remat
-  must not change the result either, so this one comparison checks both."""
-  se.assert_sharded_equals_single(
-    se.config('cenet', size=32, base_channels=4),
-    devices=8,
-    num_steps=2,
-    sharded_model={'remat': True},
-  )
-
-
-def test_predict_writes_a_mask_with_the_input_geometry(tmp_path):
-  config = _config(base=4, size=32, config_file='configs/demo.py')
-  config.eval.batch_size = 4
-  variables = ref.host_variables(abstract_variables(build_model(config.model), 32))
-  nf.assert_prediction_keeps_geometry(config, variables, tmp_path, (36, 5, 44))
-
-
 # --- contract -----------------------------------------------------------------------------
-
-
-def test_bfloat16_computes_in_bfloat16_and_returns_float32_logits():
-  model = build_model(_config(base=4, dtype='bfloat16').model)
-  variables = abstract_variables(model, 32)
-  assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype('float32')}
-  x = jax.ShapeDtypeStruct((1, 64, 32, 1), jnp.float32)
-  out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
-  assert out['logits'].shape == (1, 64, 32, 1) and out['logits'].dtype == jnp.float32
-  assert out['side_logits'] == ()
-
-
-def test_input_sizes_that_do_not_divide_32_are_refused():
-  model = build_model(_config(base=4).model)
-  with pytest.raises(ValueError, match='48x64.*multiples of 32'):
-    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 48, 64, 1))))
 
 
 @pytest.mark.parametrize(('depth', 'widths'), [(18, (4, 8, 16, 32)), (50, (16, 32, 64, 128))])

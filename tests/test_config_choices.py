@@ -1,12 +1,15 @@
 """Every value the config check accepts works (issue 11, item 4).
 
-The walk: every choice-valued key (configuration.CHOICES), every true/false switch of
-configs/default.py, each side output and both kinds of attention_scale. A value that
-reaches the train step is trained for ONE sharded step (batch 8 over the 8 test devices,
-base 4, 32x32) by one of the few configs in TRAINED, where it is in effect (e.g. a fusion
-only with MuS and an attention on), or, for the configs in TRACED, its sharded step is
-traced whole (shapes and dtypes of every operation, no compile) because another test of
-the default suite trains it, or because it only repeats code a trained config runs and
+The walk: every choice-valued key (configuration.CHOICES) and true/false switch outside
+config.model, and for each registered network every option it declares with choices or
+true/false (each network's own options: the options every network has, its dtype, remat,
+class count and BatchNorm settings, are the contract tests/test_networks.py runs for each
+network), each side output and both kinds of attention_scale. A value that reaches the
+train step is trained for ONE sharded step (batch 8 over the 8 test devices, base 4,
+32x32) by one of the few configs in TRAINED, where it is in effect (e.g. a fusion only
+with MuS and an attention on), or, for the configs in TRACED, its sharded step is traced
+whole (shapes and dtypes of every operation, no compile) because another test of the
+default suite trains it, or because it only repeats code a trained config runs and
 compiling it costs minutes on a CPU. The rest (data and evaluation keys) only need the
 check to accept them. Values the check must refuse raise a ConfigError naming the key.
 A value the check accepts that no config here covers fails
@@ -23,7 +26,8 @@ import pytest
 from ecam_jax import configuration, parallel, state, steps
 from ecam_jax.configuration import load_config
 from ecam_jax.errors import ConfigError
-from ecam_jax.models import abstract_variables, build_model
+from ecam_jax.models import options, registry
+from ecam_jax.models.build import abstract_variables, build_model
 from ecam_jax.optim import make_optimizer
 
 import numpy_ref as ref
@@ -69,7 +73,7 @@ TRAINED = {
   # The compared networks' own choices (each network's default is trained in its tests too).
   'unetpp_single_head_half_pixel': (
     'unetpp',
-    {'model.deep_supervision': False, 'model.unetpp_align_corners': False},
+    {'model.deep_supervision': False, 'model.align_corners': False},
   ),
   'deeplabv3plus_os8_resnet18': (
     'deeplabv3plus',
@@ -81,12 +85,6 @@ TRAINED = {
 # Traced, not run: (variant, changes, why). The network tests named train the same values
 # in their sharded-step tests (tests/step_equivalence.py).
 TRACED = {
-  'three_classes': (
-    'unet_dws',
-    {'data.merge_foreground': False, 'data.classes': 'a:1,b:2', 'model.num_classes': 3},
-    'test_steps.py trains K = 3 on the full model (3 devices against 1), '
-    'test_multiclass.py a phantom run',
-  ),
   'plain_ec': (
     'unet_ec',
     {},
@@ -97,13 +95,13 @@ TRACED = {
     {'model.resnet_depth': 50},
     "ResNet-50's Bottlenecks: DA-Net trains them (TRAINED danet_os16_no_aux, its ResNet-50)",
   ),
-  'unetpp_deep_supervision': ('unetpp', {}, 'tests/test_unetpp.py trains it'),
+  'unetpp_deep_supervision': ('unetpp', {}, 'tests/test_networks.py trains it'),
   'cenet_resnet18': (
     'cenet',
     {'model.resnet_depth': 18},
     "ResNet-34's BasicBlocks, fewer; DeepLabV3+ trains a ResNet-18 (TRAINED)",
   ),
-  'cenet_resnet34': ('cenet', {}, 'tests/test_cenet.py trains the variant (ResNet-34)'),
+  'cenet_resnet34': ('cenet', {}, "ResNet-18's BasicBlocks, more of them (tests/test_networks.py)"),
   'cenet_resnet101': (
     'cenet',
     {'model.resnet_depth': 101},
@@ -112,19 +110,19 @@ TRACED = {
   'deeplabv3plus_os16': (
     'deeplabv3plus',
     {},
-    'tests/test_deeplabv3plus.py trains output stride 16 (on a ResNet-18)',
+    'tests/test_networks.py trains output stride 16 (on a ResNet-18)',
   ),
   'danet_os8_aux_chunked': (
     'danet',
     {},
-    'tests/test_danet.py trains output stride 8, aux heads, chunked PAM (on a ResNet-18)',
+    'tests/test_networks.py trains output stride 8, aux heads, chunked PAM (on a ResNet-18)',
   ),
-  'hrnet_small_v2': ('hrnet', {'model.hrnet_size': 'small_v2'}, 'tests/test_hrnet.py trains it'),
+  'hrnet_small_v2': ('hrnet', {'model.size': 'small_v2'}, 'tests/test_networks.py trains it'),
   'hrnet_full': ('hrnet', {}, "small_v2's modules and blocks, more of them (3 min to compile)"),
   'segformer_b0': (
     'segformer',
-    {'model.segformer_size': 'b0'},
-    'tests/test_segformer.py trains it',
+    {'model.size': 'b0'},
+    'tests/test_networks.py trains it',
   ),
   'segformer_b2': ('segformer', {}, "B0's blocks, wider and more of them"),
 }
@@ -147,24 +145,22 @@ REFUSED = [
   ({'data.modality': 'PET'}, 'data.modality'),
 ]
 
-# Where a model setting is in effect; everywhere else it is ignored, and a config that
-# sets it proves nothing. Other model settings are the U-Net's (the compared networks turn
-# its switches off); train settings are in effect everywhere.
-_SC = lambda m: m.name == 'ecam_unet' and m.attention == 'coa' and m.use_sc
-_UNET = lambda m: m.name == 'ecam_unet'
+# Where a U-Net option is in effect; everywhere else it is ignored, and a config that sets
+# it proves nothing. Every other option of a network is in effect in that network.
+_SC = lambda m: m.attention == 'coa' and m.use_sc
 IN_EFFECT = {
-  'model.deep_supervision': lambda m: m.name in ('unetpp', 'danet'),
-  'model.unetpp_align_corners': lambda m: m.name == 'unetpp',
-  'model.resnet_depth': lambda m: m.name in ('cenet', 'deeplabv3plus', 'danet'),
-  'model.output_stride': lambda m: m.name in ('deeplabv3plus', 'danet'),
-  'model.hrnet_size': lambda m: m.name == 'hrnet',
-  'model.segformer_size': lambda m: m.name == 'segformer',
-  'model.fusion': lambda m: _UNET(m) and m.use_mus and m.attention != 'none',
-  'model.attention_impl': lambda m: _SC(m) or m.name == 'danet',
-  'model.attention_scale': _SC,
-  'model.aspp_1x1_branch': lambda m: _UNET(m) and m.use_mus,
-  'model.aspp_image_pool': lambda m: _UNET(m) and m.use_mus,
-  'model.side_outputs': lambda m: _UNET(m) and m.use_dws,
+  'ecam_unet:model.fusion': lambda m: m.use_mus and m.attention != 'none',
+  'ecam_unet:model.attention_impl': _SC,
+  'ecam_unet:model.attention_scale': _SC,
+  'ecam_unet:model.aspp_1x1_branch': lambda m: m.use_mus,
+  'ecam_unet:model.aspp_image_pool': lambda m: m.use_mus,
+  'ecam_unet:model.side_outputs': lambda m: m.use_dws,
+}
+# Options whose every value another test runs through the same code.
+COVERED_ELSEWHERE = {
+  'danet:model.attention_impl': 'tests/test_danet.py: PAM against NumPy in each implementation',
+  'deeplabv3plus:model.resnet_depth': 'the ResNet of every depth: cenet rows, tests/test_resnet.py',
+  'danet:model.resnet_depth': 'the ResNet of every depth: cenet rows, tests/test_resnet.py',
 }
 
 
@@ -177,52 +173,64 @@ def _set(config: ml_collections.ConfigDict, changes: dict) -> ml_collections.Con
 
 def _config(variant: str = 'ec_cam_unet', changes: dict | None = None):
   config = load_config('configs/default.py', f'variant={variant}')
-  config.model.base_channels = 4
+  if 'base_channels' in config.model:
+    config.model.base_channels = 4
   config.data.image_size = SIZE
   config.train.batch_size = BATCH
   return _set(config, changes or {})
 
 
 def _switches() -> list[str]:
-  """The true/false keys of configs/default.py."""
+  """The true/false keys of configs/default.py outside config.model."""
   config = _config()
   return [
     f'{section}.{key}'
     for section, values in config.items()
-    if isinstance(values, ml_collections.ConfigDict)
+    if isinstance(values, ml_collections.ConfigDict) and section != 'model'
     for key, value in values.items()
     if isinstance(value, bool)
   ]
 
 
 def _walked() -> dict[str, tuple]:
-  """Every (key, accepted values) the walk covers."""
+  """Every (key, accepted values) the walk covers; a network's option as 'network:model.x'."""
   walked = {key: tuple(values) for key, values in configuration.CHOICES.items()}
   walked.update({key: (False, True) for key in _switches()})
-  walked['model.side_outputs'] = SIDES  # each entry
-  walked['model.attention_scale'] = ('number', 'rsqrt')
-  walked['model.num_classes'] = (1, 3)  # one merged foreground; two classes
+  for network, entry in registry.NETWORKS.items():
+    common = options.fields(options.Options)
+    for name, field in options.fields(entry.options).items():
+      key = f'{network}:model.{name}'
+      if name in common or key in COVERED_ELSEWHERE:
+        continue
+      if field.metadata['choices'] is not None:
+        walked[key] = tuple(field.metadata['choices'])
+      elif field.type is bool:
+        walked[key] = (False, True)
+  walked['ecam_unet:model.side_outputs'] = SIDES  # each entry
+  walked['ecam_unet:model.attention_scale'] = ('number', 'rsqrt')
   return walked
 
 
 def _value(config: ml_collections.ConfigDict, key: str):
-  section, field = key.split('.')
+  section, field = key.split(':')[-1].split('.')
   return config[section][field]
 
 
 def _trained_values(key: str) -> set:
   """The values of `key` that some config of TRAINED or TRACED sets, where in effect."""
+  network = key.split(':')[0] if ':' in key else None
   values = set()
   configs = [*TRAINED.values(), *((v, c) for v, c, _ in TRACED.values())]
   for variant, changes in configs:
     config = _config(variant, changes)
-    default = _UNET if key.startswith('model.') else (lambda m: True)  # U-Net switches
-    if not IN_EFFECT.get(key, default)(config.model):
+    if network is not None and config.model.name != network:
+      continue
+    if not IN_EFFECT.get(key, lambda m: True)(config.model):
       continue
     value = _value(config, key)
-    if key == 'model.side_outputs':
+    if key.endswith('model.side_outputs'):
       values.update(value)
-    elif key == 'model.attention_scale':
+    elif key.endswith('model.attention_scale'):
       values.add('rsqrt' if value == 'rsqrt' else 'number')
     else:
       values.add(value)

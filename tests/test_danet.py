@@ -1,21 +1,18 @@
 """DA-Net: its parameter count against the reference code's, PAM (with each attention
-implementation) and CAM against NumPy, the heads, the output stride, the sharded step,
-prediction geometry, remat, bfloat16, refused sizes and the auxiliary heads. Training on
-the phantom demo (slow) is in tests/test_compared_networks.py."""
+implementation) and CAM against NumPy, the heads, the output stride and the sizes it
+takes, the auxiliary heads (the contract every network keeps: tests/test_networks.py).
+Training on the phantom demo (slow) is in tests/test_compared_networks.py."""
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from ecam_jax.configuration import load_config
-from ecam_jax.models import abstract_variables, build_model
 from ecam_jax.models.baselines.danet import ChannelAttention, PositionAttention
+from ecam_jax.models.build import abstract_variables, build_model
 
-import nifti_fixtures as nf
 import numpy_ref as ref
-import step_equivalence as se
 
 
 def _config(base=4, size=32, config_file='configs/default.py', **model):
@@ -155,7 +152,7 @@ def _train_step(remat: bool):
 
 @pytest.fixture(scope='module')
 def train_step():
-  """The plain model's pass: compiled once for the heads and the remat tests."""
+  """The plain model's pass, compiled once."""
   return _train_step(remat=False)
 
 
@@ -195,50 +192,7 @@ def test_output_stride_dilates_the_last_stages_instead_of_striding(stride, strid
   assert state['intermediates']['conv5a']['__call__'][0].shape == (1, 64 // stride, 32 // stride, 8)
 
 
-def test_sharded_step_equals_single_device():
-  """With the auxiliary heads (side losses) and Dropout2d on: 8 devices of one row each.
-  Base width 8 (c4 = 64, inter 16, 2-d keys). At 4 (4-channel stages) the network
-  amplifies the augmentation's rounding (a row augmented in a batch of 8 or of 1 differs
-  by ~1e-6) to ~4e-4 in the first gradient norm, over the tolerance; without augmentation
-  it agrees to ~1e-6 at 4 too."""
-  config = se.config('danet', size=32, base_channels=8, resnet_depth=18)
-  assert config.model.deep_supervision and config.model.dropout > 0
-  se.assert_sharded_equals_single(config, devices=8, num_steps=2)
-
-
-def test_predict_writes_a_mask_with_the_input_geometry(tmp_path):
-  config = _config(base=4, size=32, config_file='configs/demo.py')
-  config.eval.batch_size = 4
-  variables = ref.host_variables(abstract_variables(build_model(config.model), 32))
-  nf.assert_prediction_keeps_geometry(config, variables, tmp_path, (36, 5, 44))
-
-
 # --- contract -----------------------------------------------------------------------------
-
-
-def test_remat_gives_the_same_logits_and_gradients_on_a_non_square_input(train_step):
-  _, out, _, grads = train_step
-  _, out_remat, _, grads_remat = _train_step(remat=True)
-  assert out['logits'].shape == (2, 32, 48, 1) and np.isfinite(out['logits']).all()
-  assert np.abs(grads['pam']['gamma']) > 0 and np.abs(grads['cam']['gamma']) > 0
-  chex.assert_trees_all_close((out, grads), (out_remat, grads_remat), rtol=1e-4, atol=1e-4)
-
-
-def test_bfloat16_computes_in_bfloat16_and_returns_float32_logits():
-  model = build_model(_config(dtype='bfloat16').model)
-  variables = abstract_variables(model, 32)
-  assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype('float32')}
-  x = jax.ShapeDtypeStruct((1, 64, 32, 1), jnp.float32)
-  out, state = jax.eval_shape(
-    lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=['intermediates']),
-    variables,
-    x,
-  )
-  inter = state['intermediates']
-  for name in ('conv5a', 'pam', 'conv51', 'cam', 'conv52', 'conv8'):
-    assert inter[name]['__call__'][0].dtype == jnp.bfloat16, name
-  assert out['logits'].shape == (1, 64, 32, 1) and out['logits'].dtype == jnp.float32
-  assert [s.dtype for s in out['side_logits']] == [jnp.float32] * 2
 
 
 @pytest.mark.parametrize(('stride', 'shape'), [(8, (36, 64)), (16, (40, 48))])

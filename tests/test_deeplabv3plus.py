@@ -1,7 +1,7 @@
 """DeepLabV3+: its parameter count against the reference assembly's, ASPP and the decoder
-against NumPy, the output stride and the ASPP rates, the sharded step, prediction geometry,
-remat, non-square inputs, bfloat16, refused sizes. Training on the phantom demo (slow) is in
-tests/test_compared_networks.py."""
+against NumPy, the output stride and the ASPP rates, the sizes each stride takes (the
+contract every network keeps: tests/test_networks.py). Training on the phantom demo (slow)
+is in tests/test_compared_networks.py."""
 
 import flax.linen as nn
 import jax
@@ -10,14 +10,12 @@ import numpy as np
 import pytest
 
 from ecam_jax.configuration import load_config
-from ecam_jax.models import abstract_variables, build_model
 from ecam_jax.models.baselines.deeplabv3plus import ASPP, Decoder
 from ecam_jax.models.baselines.resnet import ResNet, stage_channels
+from ecam_jax.models.build import abstract_variables, build_model
 from ecam_jax.models.layers import make_norm
 
-import nifti_fixtures as nf
 import numpy_ref as ref
-import step_equivalence as se
 
 
 def _config(base=4, size=32, config_file='configs/default.py', **model):
@@ -185,23 +183,6 @@ def test_output_stride_sets_the_deepest_map_and_doubles_the_rates_at_8(stride, r
   assert tuple(seen['rates']) == rates
 
 
-def test_bfloat16_computes_in_bfloat16_and_returns_float32_logits():
-  dtypes = {}
-
-  def record(module, out):
-    if isinstance(module, (ASPP, Decoder)):
-      dtypes[type(module).__name__] = out.dtype
-
-  model = build_model(_config(dtype='bfloat16').model)
-  variables = _record(model, (2, 64, 32, 1), record)
-  assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype('float32')}
-  assert dtypes == {'ASPP': jnp.bfloat16, 'Decoder': jnp.bfloat16}
-  x = jax.ShapeDtypeStruct((1, 64, 32, 1), jnp.float32)
-  out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
-  assert out['logits'].shape == (1, 64, 32, 1) and out['logits'].dtype == jnp.float32
-  assert out['side_logits'] == ()
-
-
 @pytest.mark.parametrize(
   ('stride', 'refused', 'accepted'), [(16, (40, 64), (48, 32)), (8, (36, 64), (40, 24))]
 )
@@ -214,26 +195,3 @@ def test_input_sides_must_be_multiples_of_the_output_stride(stride, refused, acc
     init(*refused)
   out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, *accepted, 1))), init(*accepted))
   assert out['logits'].shape == (1, *accepted, 1)
-
-
-# --- training and prediction --------------------------------------------------------------
-
-
-def test_sharded_step_equals_single_device():
-  """Output stride 16 (8 is trained by tests/test_config_choices.py); dropout on. At 32 x
-  32 the deepest map is 2 x 2 and each device holds one row, so image pooling's BatchNorm
-  has its statistics only through the synchronization over devices. The sharded run
-  recomputes its blocks (model.remat), which must not change the result either."""
-  se.assert_sharded_equals_single(
-    se.config('deeplabv3plus', size=32, base_channels=4, resnet_depth=18),
-    devices=8,
-    num_steps=2,
-    sharded_model={'remat': True},
-  )
-
-
-def test_predict_writes_a_mask_with_the_input_geometry(tmp_path):
-  config = _config(base=4, size=32, config_file='configs/demo.py', resnet_depth=18)
-  config.eval.batch_size = 4
-  variables = ref.host_variables(abstract_variables(build_model(config.model), 32))
-  nf.assert_prediction_keeps_geometry(config, variables, tmp_path, (5, 40, 36))

@@ -17,6 +17,7 @@ from ecam_jax import evaluate, scoring, train
 from ecam_jax.configuration import load_config
 from ecam_jax.errors import ConfigError
 from ecam_jax.experiments import gradcam, lock, outputs, report, runner, tables
+from ecam_jax.models import registry
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TABLE4 = tables.get('4')
@@ -244,6 +245,14 @@ def _fake_summary(row_dir, slice_dsc, cases):
   (row_dir / 'eval' / 'summary.json').write_text(json.dumps({'cases': per_case, 'mean': mean}))
 
 
+VARIANTS = registry.VARIANTS
+
+
+def _only(*networks):
+  """The registry's variants of `networks` alone: the other networks' rows as unavailable."""
+  return {v: entry for v, entry in VARIANTS.items() if entry[0] in networks}
+
+
 def test_collect_with_seeds_marks_unavailable_and_running(tmp_path, monkeypatch):
   table = tables.get('1')
   cases = ['c1', 'c2', 'c3']
@@ -252,7 +261,7 @@ def test_collect_with_seeds_marks_unavailable_and_running(tmp_path, monkeypatch)
   _fake_summary(tmp_path / 'table_2/ec_cam_unet_seed0', [0.8, 0.8, 0.8], cases)
   _fake_summary(tmp_path / 'table_2/ec_cam_unet_seed1', [0.8, 0.8, 0.8], cases)
   _fake_summary(tmp_path / 'table_1/msunet_seed0', [0.5, 0.5, 0.5], cases)
-  monkeypatch.setattr(runner, 'MODELS', {'ecam_unet': None, 'msunet': None})
+  monkeypatch.setattr(registry, 'VARIANTS', _only('ecam_unet', 'msunet'))
   result = report.collect(table, tmp_path, 'msd', seeds=2, dataset='msd_pancreas')
   rows = {r['id']: r for r in result['rows']}
   assert rows['hrnet']['status'] == 'unavailable' and rows['msunet']['status'] == 'partial'
@@ -269,7 +278,7 @@ def test_collect_with_seeds_marks_unavailable_and_running(tmp_path, monkeypatch)
   assert 'Table III' not in md
   with lock.row_lock(tmp_path / 'table_1/attention_unet_seed0') as held:
     assert held
-    monkeypatch.setattr(runner, 'MODELS', {'ecam_unet': None, 'attention_unet': None})
+    monkeypatch.setattr(registry, 'VARIANTS', _only('ecam_unet', 'attention_unet'))
     result = report.collect(table, tmp_path, None, seeds=2)
   rows = {r['id']: r for r in result['rows']}
   assert rows['attention_unet']['status'] == 'running'

@@ -34,8 +34,7 @@ from ecam_jax.export import (
   runtimes,
   segment,
 )
-from ecam_jax.models import build_model, init_variables
-from ecam_jax.models.variants import NETWORKS, VARIANTS
+from ecam_jax.models.build import build_model, init_variables
 from ecam_jax.optim import make_optimizer
 from ecam_jax.state import create_train_state
 
@@ -336,39 +335,3 @@ def test_an_export_that_fails_verification_leaves_the_earlier_one(run, tmp_path,
     folder.export(config, workdir, 'best', target)
   assert [p.name for p in tmp_path.iterdir()] == ['export']
   assert [p.name for p in target.iterdir()] == ['earlier']
-
-
-def _tiny(name: str):
-  """`name` at the smallest size its network takes (model and image size)."""
-  settings = {
-    'cenet': {'resnet_depth': 18},
-    'deeplabv3plus': {'resnet_depth': 18},
-    'danet': {'resnet_depth': 18, 'base_channels': 8},
-    'hrnet': {'hrnet_size': 'small_v2', 'base_channels': 2},
-    'segformer': {'segformer_size': 'b0'},
-  }.get(name, {})
-  config = _config(name, **settings)
-  config.data.image_size = (
-    64 if name in ('cenet', 'deeplabv3plus', 'danet', 'hrnet', 'segformer') else SIZE
-  )
-  return config
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize('name', sorted(VARIANTS) + sorted(NETWORKS))
-def test_every_network_exports(name):
-  """Every network of the paper's tables converts, folds and agrees with JAX (the default
-  run covers the mechanics on the networks of NETWORK_CASES)."""
-  config = _tiny(name)
-  size = config.data.image_size
-  full = build_model(config.model)
-  variables = _perturbed(init_variables(full, 0, size))
-  images = np.random.default_rng(4).uniform(size=(2, size, size, 1)).astype(np.float32)
-  expected = np.asarray(jax.jit(lambda x: full.apply(variables, x, train=False)['logits'])(images))
-  model, _ = onnx_model.optimize(onnx_model.convert(network.from_variables(config, variables)))
-  assert conv_folding.unfolded(model) == []
-  session = ort.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
-  (logits,) = session.run(None, {'image': images.transpose(0, 3, 1, 2)})
-  np.testing.assert_allclose(
-    logits.transpose(0, 2, 3, 1), expected, rtol=0, atol=_tolerance(expected)
-  )

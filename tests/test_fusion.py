@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ecam_jax.configuration import load_config
-from ecam_jax.models import ModelSettings
+from ecam_jax.models import registry
 from ecam_jax.models.fusion import Bottleneck
 from ecam_jax.models.layers import make_norm
 
@@ -21,7 +21,7 @@ def _run(f, **settings):
   so that every atrous tap lands inside the 6x6 features."""
   config = load_config('configs/default.py').model
   config.update(aspp_rates=(1, 2, 3), **settings)
-  module = Bottleneck(settings=ModelSettings(config), norm=NORM)
+  module = Bottleneck(options=registry.options_of(config), norm=NORM)
   variables = module.init(jax.random.key(0), f, train=False)
   params = ref.randomize(variables.get('params', {}), seed=2, scale=0.3)
   out, _ = module.apply(

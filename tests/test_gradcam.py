@@ -9,7 +9,7 @@ import pytest
 
 from ecam_jax.configuration import load_config
 from ecam_jax.experiments import gradcam
-from ecam_jax.models import build_model, init_variables
+from ecam_jax.models.build import build_model, init_variables
 
 from tiny_runs import ROOT
 

@@ -19,7 +19,7 @@ from ecam_jax import infer, parallel
 from ecam_jax.configuration import load_config
 from ecam_jax.data import volumes
 from ecam_jax.errors import CheckpointError, ConfigError, DataError
-from ecam_jax.models import build_model, init_variables
+from ecam_jax.models.build import build_model, init_variables
 from ecam_jax.scoring import ratios
 
 import tiny_runs

@@ -1,6 +1,6 @@
 """MSU-Net: its parameter count against the reference code's, the multi-kernel block and the
-whole network against NumPy, the sharded step, prediction geometry, remat, non-square
-inputs, bfloat16, its settings' checks. Training on the phantom demo (slow) is in
+whole network against NumPy, its options' checks (the contract every network keeps:
+tests/test_networks.py). Training on the phantom demo (slow) is in
 tests/test_compared_networks.py."""
 
 import jax
@@ -10,13 +10,11 @@ import pytest
 
 from ecam_jax.configuration import check, load_config
 from ecam_jax.errors import ConfigError
-from ecam_jax.models import abstract_variables, build_model
 from ecam_jax.models.baselines.msunet import MultiKernelBlock
+from ecam_jax.models.build import abstract_variables, build_model
 from ecam_jax.models.layers import make_norm
 
-import nifti_fixtures as nf
 import numpy_ref as ref
-import step_equivalence as se
 
 
 def _config(base=4, size=32, config_file='configs/default.py', **model):
@@ -65,7 +63,7 @@ def _closed_form(base: int, kernels: tuple[int, int]) -> int:
 
 @pytest.mark.parametrize(('base', 'kernels'), [(4, (3, 7)), (3, (1, 5)), (32, (3, 7))])
 def test_parameters_follow_the_closed_form(base, kernels):
-  config = _config(base, msunet_small_kernel=kernels[0], msunet_large_kernel=kernels[1])
+  config = _config(base, small_kernel=kernels[0], large_kernel=kernels[1])
   params = abstract_variables(build_model(config.model), 32)['params']
   assert _count(params) == _closed_form(base, kernels)
   assert set(params) == {f'encoder{i}' for i in range(1, 6)} | {
@@ -141,7 +139,7 @@ def _np_msunet(x, p, kernels):
 
 
 def test_whole_network_equals_numpy():
-  config = _config(base=2, msunet_small_kernel=3, msunet_large_kernel=5)
+  config = _config(base=2, small_kernel=3, large_kernel=5)
   model = build_model(config.model)
   params = ref.randomize(abstract_variables(model, 32)['params'], seed=4, scale=0.4)
   stats = ref.host_variables(abstract_variables(model, 32))['batch_stats']
@@ -154,64 +152,14 @@ def test_whole_network_equals_numpy():
   np.testing.assert_allclose(out['logits'], expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
 
 
-# --- training and prediction --------------------------------------------------------------
-
-
-def test_sharded_step_equals_single_device():
-  """The sharded run recomputes its blocks in the backward pass (model.remat): remat
-  must not change the result either, so this one comparison checks both."""
-  se.assert_sharded_equals_single(
-    se.config('msunet', size=32, base_channels=2),
-    devices=8,
-    num_steps=2,
-    sharded_model={'remat': True},
-  )
-
-
-def test_predict_writes_a_mask_with_the_input_geometry(tmp_path):
-  config = _config(base=4, size=32, config_file='configs/demo.py')
-  config.eval.batch_size = 4
-  variables = ref.host_variables(abstract_variables(build_model(config.model), 32))
-  nf.assert_prediction_keeps_geometry(config, variables, tmp_path, (6, 40, 36))
-
-
 # --- contract -----------------------------------------------------------------------------
-
-
-def _train_logits_and_grads(model, variables, x):
-  def loss(params):
-    out, _ = model.apply(
-      {'params': params, 'batch_stats': variables['batch_stats']},
-      x,
-      True,
-      mutable=['batch_stats'],
-    )
-    return jnp.sum(out['logits'] ** 2), out['logits']
-
-  return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
-
-
-def test_bfloat16_computes_in_bfloat16_and_returns_float32_logits():
-  model = build_model(_config(base=2, dtype='bfloat16').model)
-  variables = abstract_variables(model, 32)
-  assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype('float32')}
-  x = jax.ShapeDtypeStruct((1, 32, 64, 1), jnp.float32)
-  out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
-  assert out['logits'].shape == (1, 32, 64, 1) and out['logits'].dtype == jnp.float32
-  assert out['side_logits'] == ()
-
-
-def test_input_sizes_that_do_not_divide_16_are_refused():
-  model = build_model(_config(base=2).model)
-  with pytest.raises(ValueError, match='40x48.*multiples of 16'):
-    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 40, 48, 1))))
 
 
 @pytest.mark.parametrize(
   ('key', 'value'),
-  [('msunet_small_kernel', 0), ('msunet_large_kernel', 6), ('msunet_large_kernel', 4)],
+  [('small_kernel', 0), ('large_kernel', 6), ('large_kernel', 4)],
 )
-def test_kernel_settings_are_checked(key, value):
+def test_kernel_options_are_checked(key, value):
   config = load_config('configs/default.py', 'variant=msunet')
   check(config)
   config.model[key] = value

@@ -11,10 +11,7 @@ import numpy as np
 import pytest
 
 from ecam_jax import classes, evaluate, infer, losses, parallel, steps, train, validate
-from ecam_jax.configuration import load_config
 from ecam_jax.data import augment, cache, phantom, source, volumes
-from ecam_jax.models import MODELS, build_model
-from ecam_jax.models.variants import NETWORKS
 
 import nifti_fixtures as fx
 import tiny_runs
@@ -198,28 +195,6 @@ def test_label_map_keeps_components_per_class_and_writes_label_values():
     volumes.to_canonical(infer.label_map(prob, record, config.eval, values), fx.LPS)[0] == 5
   ).sum() == 6 * 7 * 7 + 3 * 4 * 4
   assert infer.label_map(prob, record, config.eval, np.array([0, 300, 2])).dtype == np.uint16
-
-
-@pytest.mark.parametrize('name', sorted(MODELS))
-def test_every_network_gives_k_plus_1_logits(name):
-  """K + 1 = 3 logits (and side logits) from every network (traced, not compiled)."""
-  config = load_config('configs/default.py', f'variant={_variant(name)}')
-  config.model.update(
-    num_classes=3, base_channels=4, resnet_depth=18, hrnet_size='small_v2', segformer_size='b0'
-  )
-  model = build_model(config.model)
-  x = jax.ShapeDtypeStruct((2, 32, 32, 1), np.float32)
-  variables = jax.eval_shape(model.init, jax.random.key(0), x)
-  out = jax.eval_shape(model.apply, variables, x)
-  assert out['logits'].shape == (2, 32, 32, 3)
-  assert all(s.shape == (2, 32, 32, 3) for s in out['side_logits'])
-
-
-def _variant(model_name: str) -> str:
-  """A variant whose network is `model_name`."""
-  if model_name == 'ecam_unet':
-    return 'ec_cam_unet'
-  return next(v for v, (settings, *_) in NETWORKS.items() if settings.get('name') == model_name)
 
 
 class _FixedLogits:

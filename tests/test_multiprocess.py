@@ -17,7 +17,7 @@ import pytest
 
 from ecam_jax import checkpoint, parallel
 from ecam_jax.configuration import load_config
-from ecam_jax.models import abstract_variables, build_model
+from ecam_jax.models.build import abstract_variables, build_model
 
 pytestmark = pytest.mark.multiprocess
 ROOT = pathlib.Path(__file__).resolve().parents[1]

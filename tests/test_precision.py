@@ -14,7 +14,7 @@ import pytest
 
 from ecam_jax import parallel, steps
 from ecam_jax.configuration import load_config
-from ecam_jax.models import abstract_variables, build_model
+from ecam_jax.models.build import abstract_variables, build_model
 from ecam_jax.optim import make_optimizer
 from ecam_jax.state import TrainState
 

@@ -1,7 +1,7 @@
 """SegFormer: its parameter counts against the reference code's (B2, B0), the efficient
-self-attention and Mix-FFN against NumPy, the drop-path schedule, the sharded step,
-prediction geometry, remat, non-square inputs, bfloat16. Training on the phantom demo
-(slow) is in tests/test_compared_networks.py."""
+self-attention and Mix-FFN against NumPy, the drop-path schedule, remat of every encoder
+block (the contract every network keeps: tests/test_networks.py). Training on the phantom
+demo (slow) is in tests/test_compared_networks.py."""
 
 import math
 
@@ -12,18 +12,16 @@ import numpy as np
 import pytest
 
 from ecam_jax.configuration import load_config
-from ecam_jax.models import abstract_variables, build_model
 from ecam_jax.models.baselines.segformer import EfficientSelfAttention, MixFFN
+from ecam_jax.models.build import abstract_variables, build_model
 from ecam_jax.models.dropout import DropPath
 
-import nifti_fixtures as nf
 import numpy_ref as ref
-import step_equivalence as se
 
 
-def _config(size='b0', config_file='configs/default.py', **model):
-  config = load_config(config_file, 'variant=segformer')
-  config.model.segformer_size = size
+def _config(size='b0', **model):
+  config = load_config('configs/default.py', 'variant=segformer')
+  config.model.size = size
   config.model.update(model)
   config.data.image_size = 32
   return config
@@ -44,7 +42,7 @@ def test_parameter_counts_are_the_reference_codes(size, encoder, decoder):
   with 1 class (its fuse conv has no bias, as mmcv's ConvModule before a norm; mmseg's
   unused `conv_seg` not counted): B2 27,341,121, B0 3,711,265."""
   config = load_config('configs/default.py', 'variant=segformer')
-  config.model.segformer_size = size
+  config.model.size = size
   params = abstract_variables(build_model(config.model), 512)['params']
   assert set(params) == {'encoder', 'decoder'}
   assert (_count(params['encoder']), _count(params['decoder'])) == (encoder, decoder)
@@ -52,7 +50,7 @@ def test_parameter_counts_are_the_reference_codes(size, encoder, decoder):
 
 
 def test_variant_default_is_b2():
-  assert load_config('configs/default.py', 'variant=segformer').model.segformer_size == 'b2'
+  assert load_config('configs/default.py', 'variant=segformer').model.size == 'b2'
 
 
 # --- the blocks against NumPy -------------------------------------------------------------
@@ -151,26 +149,6 @@ def test_drop_path_rises_linearly_over_all_blocks():
   np.testing.assert_allclose(list(rates.values()), np.linspace(0, 0.3, 16), rtol=1e-12)
 
 
-# --- training and prediction --------------------------------------------------------------
-
-
-def test_sharded_step_equals_single_device():
-  """B0 at 64 x 64 (32 x 32 would leave every attention a single key, whose softmax has no
-  gradient); drop path and the decoder's dropout are on, drawn per global row. The sharded
-  run recomputes the encoder's Blocks (model.remat), which must draw the same drop-path
-  masks and change nothing."""
-  config = se.config('segformer', size=64, segformer_size='b0')
-  assert config.model.dropout > 0 and config.model.drop_path > 0
-  se.assert_sharded_equals_single(config, devices=8, num_steps=2, sharded_model={'remat': True})
-
-
-def test_predict_writes_a_mask_with_the_input_geometry(tmp_path):
-  config = _config('b0', config_file='configs/demo.py')
-  config.eval.batch_size = 4
-  variables = ref.host_variables(abstract_variables(build_model(config.model), 32))
-  nf.assert_prediction_keeps_geometry(config, variables, tmp_path, (36, 5, 44))
-
-
 # --- contract -----------------------------------------------------------------------------
 
 
@@ -185,32 +163,3 @@ def test_remat_setting_checkpoints_each_encoder_block():
     return [eqn.primitive.name for eqn in jaxpr.jaxpr.eqns].count('remat2')
 
   assert (checkpoints(True), checkpoints(False)) == (8, 0)
-
-
-@pytest.mark.parametrize('size', ['b0', 'b2'])
-def test_non_square_input_gives_full_size_logits_and_no_side_outputs(size):
-  model = build_model(_config(size).model)
-  variables = abstract_variables(model, 32)
-  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((3, 32, 160, 1))), variables)
-  assert out['logits'].shape == (3, 32, 160, 1) and out['side_logits'] == ()
-
-
-def test_bfloat16_computes_in_bfloat16_and_returns_float32_logits():
-  model = build_model(_config('b0', dtype='bfloat16').model)
-  variables = abstract_variables(model, 32)
-  assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype('float32')}
-  x = jax.ShapeDtypeStruct((1, 64, 32, 1), jnp.float32)
-  out, decoder = jax.eval_shape(
-    lambda v, x: model.apply(v, x, capture_intermediates=lambda m, _: m.name == 'decoder'),
-    variables,
-    x,
-  )
-  assert decoder['intermediates']['decoder']['__call__'][0].dtype == jnp.bfloat16
-  assert out['logits'].shape == (1, 64, 32, 1) and out['logits'].dtype == jnp.float32
-  assert out['side_logits'] == ()
-
-
-def test_input_sizes_that_do_not_divide_32_are_refused():
-  model = build_model(_config('b0').model)
-  with pytest.raises(ValueError, match='48x64.*multiples of 32'):
-    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 48, 64, 1))))

@@ -9,9 +9,11 @@ import pytest
 
 from ecam_jax import losses
 from ecam_jax.configuration import check, load_config
-from ecam_jax.models import abstract_variables, build_model, fold_ec
+from ecam_jax.errors import ConfigError
+from ecam_jax.models.build import abstract_variables, build_model
+from ecam_jax.models.layers import fold_ec
 from ecam_jax.models.unet import WIDTHS
-from ecam_jax.models.variants import VARIANTS
+from ecam_jax.models.unet_options import PRESETS
 
 import numpy_ref as ref
 
@@ -49,7 +51,7 @@ def _extra(b):
   }
 
 
-@pytest.mark.parametrize('variant', sorted(VARIANTS))
+@pytest.mark.parametrize('variant', sorted(PRESETS))
 def test_every_variant_has_exactly_its_parameters(variant):
   b = 4
   base, _ = _param_count('unet', b)
@@ -139,7 +141,7 @@ def test_folded_model_equals_unfolded_in_eval():
   ) == jax.tree.structure(fold_ec(variables, config.model.bn_epsilon))
 
 
-@pytest.mark.parametrize('variant', sorted(VARIANTS))
+@pytest.mark.parametrize('variant', sorted(PRESETS))
 def test_every_variant_config_passes_the_check(variant):
   check(load_config(CONFIG, f'variant={variant}'))
 
@@ -165,7 +167,7 @@ def _numpy_dice_and_bce(logits, labels):
 
 
 def test_unet_variant_trains_with_the_dice_loss_only_and_the_others_keep_bce():
-  """The paper's U-Net baseline (Table I) has no BCE term (variants.apply_variant)."""
+  """The paper's U-Net baseline (Table I) has no BCE term (its preset, unet_options.py)."""
   rng = np.random.default_rng(0)
   logits = rng.standard_normal((2, 8, 8, 1)).astype(np.float32)
   labels = (rng.random((2, 8, 8, 1)) < 0.3).astype(np.float32)
@@ -174,7 +176,7 @@ def test_unet_variant_trains_with_the_dice_loss_only_and_the_others_keep_bce():
   unet = load_config(CONFIG, 'variant=unet').loss
   assert (unet.w_dice, unet.w_bce) == (1.0, 0.0)
   np.testing.assert_allclose(float(losses.total_loss(outputs, labels, unet)[0]), dice, rtol=1e-5)
-  for variant in sorted(set(VARIANTS) - {'unet'}):
+  for variant in sorted(set(PRESETS) - {'unet'}):
     loss = load_config(CONFIG, f'variant={variant}').loss
     assert (loss.w_dice, loss.w_bce) == (1.0, 1.0), variant
   full = load_config(CONFIG).loss
@@ -216,9 +218,8 @@ def test_attention_chunk_sets_the_rows_per_block_of_chunked_sc():
   chex.assert_trees_all_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
-def test_a_setting_missing_from_the_config_is_named():
+def test_an_option_missing_from_the_config_is_named():
   config = _config('unet_sc')
   del config.model['attention_chunk']
-  model = build_model(config.model)
-  with pytest.raises(AttributeError, match=r'config\.model\.attention_chunk is not set'):
-    model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+  with pytest.raises(ConfigError, match=r'config\.model\.attention_chunk is missing'):
+    build_model(config.model)

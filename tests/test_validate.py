@@ -8,7 +8,7 @@ import pytest
 
 from ecam_jax import parallel, steps, validate
 from ecam_jax.data import cache
-from ecam_jax.models import build_model, init_variables
+from ecam_jax.models.build import build_model, init_variables
 
 import nifti_fixtures as fx
 

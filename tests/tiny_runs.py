@@ -10,7 +10,7 @@ import numpy as np
 
 from ecam_jax import checkpoint, parallel
 from ecam_jax.configuration import load_config
-from ecam_jax.models import abstract_variables, build_model
+from ecam_jax.models.build import abstract_variables, build_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

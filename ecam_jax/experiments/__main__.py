@@ -22,7 +22,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from ecam_jax import parallel
+from ecam_jax import configuration, parallel
 from ecam_jax.atomic import write_json_atomic
 from ecam_jax.configuration import load_config
 from ecam_jax.errors import CheckpointError, ConfigError, DataError
@@ -166,4 +166,4 @@ def _write(table, workdir, plan) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=configuration.parse_flags)

@@ -27,7 +27,7 @@ from ecam_jax.atomic import atomic_path  # noqa: E402
 from ecam_jax.data import cache as data_cache  # noqa: E402
 from ecam_jax.experiments import runner  # noqa: E402
 from ecam_jax.experiments.tables import Table  # noqa: E402
-from ecam_jax.models import abstract_variables, build_model  # noqa: E402
+from ecam_jax.models.build import abstract_variables, build_model  # noqa: E402
 
 # Variant -> the module (its path in the network) whose output is the attention map's A.
 # U-Net + CoA / SE / CBAM: the bottleneck, which is the attention block alone when MuS is

@@ -24,8 +24,7 @@ from ecam_jax import parallel
 from ecam_jax.atomic import remove, write_text_atomic
 from ecam_jax.experiments import lock
 from ecam_jax.experiments.tables import FIG5_SOURCES, Row, Table
-from ecam_jax.models import MODELS
-from ecam_jax.models.variants import NETWORKS
+from ecam_jax.models import registry
 
 # What a row is, as the runner and the report see it.
 FINISHED, TRAINED, INTERRUPTED, NOT_STARTED = 'finished', 'trained', 'interrupted', 'not started'
@@ -50,10 +49,8 @@ def run_names(row: Row, seeds: int) -> list[tuple[str, int | None]]:
 
 
 def available(row: Row) -> bool:
-  """Whether the row's network exists in this installation (ecam_jax.models.MODELS)."""
-  if row.variant in NETWORKS:
-    return NETWORKS[row.variant][0]['name'] in MODELS
-  return True
+  """Whether the row's variant exists in this installation (ecam_jax.models.registry)."""
+  return row.variant in registry.VARIANTS
 
 
 def row_config(

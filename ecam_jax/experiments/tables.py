@@ -1,6 +1,6 @@
 """The paper's tables as rows of ordinary training runs, in the paper's order.
 
-A row is a variant of `ecam_jax.models.variants` (the switches, or a compared network)
+A row is a variant of `ecam_jax.models.registry` (a preset of the U-Net or a compared network)
 plus config overrides (Table IV's loss weights, Fig. 4's alpha). Plain data: no jax.
 """
 

@@ -3,7 +3,8 @@ preprocessed slices alone, its variables constants of that function.
 
 Inference needs less than training, and both artifacts are cut to it:
 - EC blocks are folded into single 3x3 convs (`fold_ec`, as `infer.Predictor` does);
-- the side heads (DWS, the compared networks' deep supervision) are not built: they feed
+- the side heads (DWS, the compared networks' deep supervision: each network's
+  `TRAINING_ONLY` options) are not built: they feed
   training losses, never the logits, so leaving them out changes no logit. Their
   parameters stay in the variables, unread. (Their bilinear resize with a dynamic batch
   also does not convert to ONNX with jax2onnx 0.17.1.)
@@ -17,10 +18,9 @@ import ml_collections
 import numpy as np
 
 from ecam_jax import checkpoint, parallel
-from ecam_jax.models import abstract_variables, build_model, fold_ec, has_ec_blocks
-
-# config.model switches of outputs that only training reads.
-TRAINING_ONLY = {'use_dws': False, 'deep_supervision': False}
+from ecam_jax.models import registry
+from ecam_jax.models.build import abstract_variables, build_model, has_ec_blocks
+from ecam_jax.models.layers import fold_ec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,9 +38,10 @@ class Network:
 
 
 def inference_settings(model_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """config.model with the training-only outputs switched off."""
+  """config.model with the outputs only training reads switched off (each network's options
+  say which values do that: `Options.TRAINING_ONLY`)."""
   settings = ml_collections.ConfigDict(model_config.to_dict())
-  settings.update(TRAINING_ONLY)
+  settings.update(dict(registry.options_of(model_config).TRAINING_ONLY))
   return settings
 
 

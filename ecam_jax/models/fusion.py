@@ -16,19 +16,19 @@ import jax.numpy as jnp
 from ecam_jax.models.attention import CBAM, CollaborativeAttention, SqueezeExcitation
 from ecam_jax.models.layers import ConvUnit, ModuleDef
 from ecam_jax.models.multiscale import MultiScale
-from ecam_jax.models.settings import ModelSettings
+from ecam_jax.models.unet_options import UNetOptions
 
 
 class Bottleneck(nn.Module):
-  """F [B, H/16, W/16, C] -> the bottleneck's output, same shape; the settings it reads:
-  attention, use_cc, use_sc, use_mus, fusion and each part's own (configs/default.py)."""
+  """F [B, H/16, W/16, C] -> the bottleneck's output, same shape; the options it reads:
+  attention, use_cc, use_sc, use_mus, fusion and each part's own (unet_options.py)."""
 
-  settings: ModelSettings
+  options: UNetOptions
   norm: ModuleDef
   dtype: Any = jnp.float32
 
   def _attention(self, f: jax.Array, train: bool) -> jax.Array:
-    s = self.settings
+    s = self.options
     if s.attention == 'coa':
       block = CollaborativeAttention(
         norm=self.norm,
@@ -50,7 +50,7 @@ class Bottleneck(nn.Module):
     return block(f, train)
 
   def _multiscale(self, f: jax.Array, train: bool) -> jax.Array:
-    s = self.settings
+    s = self.options
     block = MultiScale(
       norm=self.norm,
       rates=s.aspp_rates,
@@ -63,7 +63,7 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, f: jax.Array, train: bool) -> jax.Array:
-    s = self.settings
+    s = self.options
     has_attention = s.attention != 'none'
     if not s.use_mus:
       return self._attention(f, train) if has_attention else f

@@ -28,16 +28,17 @@ def make_norm(axis_name: str | None, momentum: float, epsilon: float, dtype: Any
 
 
 def network_setup(
-  x: jax.Array, settings: Any, axis_name: str | None, multiple: int, network: str
+  x: jax.Array, options: Any, axis_name: str | None, network: str
 ) -> tuple[Any, ModuleDef]:
   """What every network does first: checks that the input's sides [B, H, W, C] are
-  multiples of `multiple` (its total downsampling) and returns the compute dtype and the
-  BatchNorm factory (make_norm with the settings' momentum and epsilon)."""
+  multiples of `options.input_multiple()` (its total downsampling) and returns the compute
+  dtype and the BatchNorm factory (make_norm with the options' momentum and epsilon)."""
   h, w = x.shape[1:3]
+  multiple = options.input_multiple()
   if h % multiple or w % multiple:
     raise ValueError(f'input of {h}x{w}: {network} needs sides that are multiples of {multiple}')
-  dtype = jnp.dtype(settings.dtype)
-  return dtype, make_norm(axis_name, settings.bn_momentum, settings.bn_epsilon, dtype)
+  dtype = jnp.dtype(options.dtype)
+  return dtype, make_norm(axis_name, options.bn_momentum, options.bn_epsilon, dtype)
 
 
 class ConvUnit(nn.Module):

@@ -16,7 +16,7 @@ from ecam_jax.models.layers import (
   max_pool_2x2,
   network_setup,
 )
-from ecam_jax.models.settings import ModelSettings
+from ecam_jax.models.unet_options import UNetOptions
 
 WIDTHS = (1, 2, 4, 8, 16)  # encoder level widths, in units of base_channels
 SIDE_OUTPUTS = ('bottleneck', 'decoder1', 'decoder2', 'decoder3')
@@ -76,23 +76,22 @@ class SideHead(nn.Module):
 
 class UNet(nn.Module):
   """Input [B, H, W, 1] (H, W multiples of 16) -> {'logits': [B, H, W, K],
-  'side_logits': tuple of [B, H, W, K]}; K = settings.num_classes (1: binary, sigmoid).
+  'side_logits': tuple of [B, H, W, K]}; K = options.num_classes (1: binary, sigmoid).
 
-  settings: config.model, frozen (configs/default.py says what each setting does).
-  axis_name: the data-parallel axis BatchNorm synchronizes its statistics over in
-  training (None outside shard_map). folded: EC blocks folded into single convs, for
-  inference with variables from `fold_ec`.
+  options: unet_options.py says what each does. axis_name: the data-parallel axis
+  BatchNorm synchronizes its statistics over in training (None outside shard_map). folded:
+  EC blocks folded into single convs, for inference with variables from `fold_ec`.
   """
 
-  settings: ModelSettings
+  options: UNetOptions
   axis_name: str | None = None
   folded: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
-    s = self.settings
+    s = self.options
     b, h, w, _ = x.shape
-    dtype, norm = network_setup(x, s, self.axis_name, 16, 'a depth-5 U-Net')
+    dtype, norm = network_setup(x, s, self.axis_name, 'a depth-5 U-Net')
     encoder, decoder, bottleneck = EncoderLevel, DecoderLevel, Bottleneck
     if s.remat:  # argument 0 is the module, so `train` is 2 (3 for the decoder)
       encoder = nn.remat(EncoderLevel, static_argnums=(2,))
@@ -117,7 +116,7 @@ class UNet(nn.Module):
         name=f'encoder{level + 1}',
       )(x, train)
       skips.append(x)
-    x = bottleneck(settings=s, norm=norm, dtype=dtype, name='bottleneck')(skips.pop(), train)
+    x = bottleneck(options=s, norm=norm, dtype=dtype, name='bottleneck')(skips.pop(), train)
     side_logits = [head['bottleneck'](x)] if 'bottleneck' in head else []
     for level, width in enumerate(reversed(WIDTHS[:-1]), start=1):
       x = decoder(features=s.base_channels * width, norm=norm, dtype=dtype, name=f'decoder{level}')(

@@ -12,8 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ecam_jax.models.baselines.attention_unet_options import AttentionUNetOptions
 from ecam_jax.models.layers import ConvUnit, ModuleDef, network_setup
-from ecam_jax.models.settings import ModelSettings
 from ecam_jax.models.unet import WIDTHS, EncoderLevel
 
 
@@ -72,20 +72,19 @@ class AttentionDecoderLevel(nn.Module):
 
 class AttentionUNet(nn.Module):
   """Input [B, H, W, 1] (H, W multiples of 16) -> {'logits': [B, H, W, K], 'side_logits':
-  ()}; K = settings.num_classes. No deep supervision (the 2-D reference has none).
+  ()}; K = options.num_classes. No deep supervision (the 2-D reference has none).
 
-  settings: config.model, frozen. axis_name: the data axis BatchNorm synchronizes over in
-  training. folded: ignored (no EC blocks).
+  options: attention_unet_options.py. axis_name: the data axis BatchNorm synchronizes over
+  in training.
   """
 
-  settings: ModelSettings
+  options: AttentionUNetOptions
   axis_name: str | None = None
-  folded: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
-    s = self.settings
-    dtype, norm = network_setup(x, s, self.axis_name, 16, 'Attention U-Net (four 2x2 pools)')
+    s = self.options
+    dtype, norm = network_setup(x, s, self.axis_name, 'Attention U-Net (four 2x2 pools)')
     encoder, decoder = EncoderLevel, AttentionDecoderLevel
     if s.remat:  # argument 0 is the module, so `train` is 2 (3 for the decoder)
       encoder = nn.remat(EncoderLevel, static_argnums=(2,))

@@ -17,10 +17,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ecam_jax.models.baselines.cenet_options import CENetOptions
 from ecam_jax.models.baselines.resnet import ResNet
 from ecam_jax.models.layers import ModuleDef, network_setup
 from ecam_jax.models.resize import resize_bilinear
-from ecam_jax.models.settings import ModelSettings
 
 DAC_RATES = (1, 3, 5)  # dilations of DAC's three 3x3 convs (the paper's Fig. 3)
 RMP_POOLS = (2, 3, 5, 6)  # RMP's max-pool windows (= strides), the paper's Fig. 4
@@ -114,14 +114,13 @@ class CENet(nn.Module):
   transposed conv to base/2 channels + ReLU, 3x3 conv + ReLU, 3x3 conv to K logits.
   """
 
-  settings: ModelSettings
+  options: CENetOptions
   axis_name: str | None = None
-  folded: bool = False  # no EC blocks: ignored
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
-    s = self.settings
-    dtype, norm = network_setup(x, s, self.axis_name, 32, 'CE-Net (a ResNet at stride 32)')
+    s = self.options
+    dtype, norm = network_setup(x, s, self.axis_name, 'CE-Net (a ResNet at stride 32)')
     dac, decoder = DAC, DecoderBlock
     if s.remat:  # argument 0 is the module, so `train` is 2
       dac = nn.remat(DAC)

@@ -21,11 +21,11 @@ import jax
 import jax.numpy as jnp
 
 from ecam_jax.models.attention import dot_product_attention
+from ecam_jax.models.baselines.danet_options import DANetOptions
 from ecam_jax.models.baselines.resnet import ResNet
 from ecam_jax.models.dropout import Dropout
 from ecam_jax.models.layers import ConvUnit, network_setup
 from ecam_jax.models.resize import resize_bilinear
-from ecam_jax.models.settings import ModelSettings
 
 # output stride -> the ResNet's replace_stride_with_dilation (stages 2-4)
 DILATIONS = {8: (False, True, True), 16: (False, False, True)}
@@ -83,15 +83,14 @@ class DANet(nn.Module):
   conv to K with bias, resized bilinearly (align_corners=True) to H x W.
   """
 
-  settings: ModelSettings
+  options: DANetOptions
   axis_name: str | None = None
-  folded: bool = False  # no EC blocks: ignored
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
-    s = self.settings
+    s = self.options
     dtype, norm = network_setup(
-      x, s, self.axis_name, s.output_stride, f'DA-Net (a ResNet at stride {s.output_stride})'
+      x, s, self.axis_name, f'DA-Net (a ResNet at stride {s.output_stride})'
     )
     cbr, pam, cam = ConvUnit, PositionAttention, ChannelAttention
     if s.remat:  # argument 0 is the module, so `train` is 2

@@ -20,11 +20,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ecam_jax.models.baselines.deeplabv3plus_options import DeepLabV3PlusOptions
 from ecam_jax.models.baselines.resnet import ResNet
 from ecam_jax.models.dropout import Dropout
 from ecam_jax.models.layers import ConvUnit, ModuleDef, network_setup
 from ecam_jax.models.resize import resize_bilinear
-from ecam_jax.models.settings import ModelSettings
 
 # Strides with dilation instead, for the ResNet's stages 2-4, per output stride.
 DILATED_STAGES = {16: (False, False, True), 8: (False, True, True)}
@@ -97,16 +97,15 @@ class DeepLabV3Plus(nn.Module):
   3 x base / 4; logits resized bilinearly (align_corners=True) from stride 4 to H x W.
   """
 
-  settings: ModelSettings
+  options: DeepLabV3PlusOptions
   axis_name: str | None = None
-  folded: bool = False  # no EC blocks: ignored
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
-    s = self.settings
+    s = self.options
     stride = s.output_stride
     dtype, norm = network_setup(
-      x, s, self.axis_name, stride, f'DeepLabV3+ (a ResNet at output stride {stride})'
+      x, s, self.axis_name, f'DeepLabV3+ (a ResNet at output stride {stride})'
     )
     aspp, decoder = ASPP, Decoder
     if s.remat:  # argument 0 is the module: `train` is ASPP's 2 and Decoder's 3

@@ -9,7 +9,7 @@ to stride 4, concatenates them and classifies each pixel.
 As built here (docs/networks/hrnet.md lists every departure): the stem takes 1 channel
 and every weight starts from the project's initialization (the reference: ImageNet
 weights, or convs drawn from N(0, 0.001)); the branch widths are `model.base_channels` x
-(1, 2, 4, 8) (48: W48, 18: W18) and the depths `model.hrnet_size`; the head's 1x1 conv
+(1, 2, 4, 8) (48: W48, 18: W18) and the depths `model.size`; the head's 1x1 conv
 before its BatchNorm has no bias; the logits are resized bilinearly to the input's size
 (the reference does so in its loss).
 """
@@ -20,19 +20,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ecam_jax.models.baselines.hrnet_options import SIZES, HRNetOptions
 from ecam_jax.models.baselines.resnet import BasicBlock, Bottleneck, conv
 from ecam_jax.models.layers import ModuleDef, network_setup
 from ecam_jax.models.resize import resize_bilinear
-from ecam_jax.models.settings import ModelSettings
 
 STEM_CHANNELS = 64  # the stem's two convs and stage 1's Bottleneck planes, at every width
-
-# model.hrnet_size -> (Bottlenecks of stage 1, modules of stages 2, 3, 4, BasicBlocks per
-# branch in a module): HRNetV2's (the w48/w18 configs) and HRNet-W18-Small-v2's.
-SIZES: dict[str, tuple[int, tuple[int, int, int], int]] = {
-  'full': (4, (1, 4, 3), 4),
-  'small_v2': (2, (1, 3, 2), 2),
-}
 
 
 def _conv_bn(x, features, kernel, stride, norm, train, dtype, name):
@@ -110,17 +103,14 @@ class HRNet(nn.Module):
   conv to K logits (with bias), bilinear upsampling x4 to the input's size.
   """
 
-  settings: ModelSettings
+  options: HRNetOptions
   axis_name: str | None = None
-  folded: bool = False  # no EC blocks: ignored
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
-    s = self.settings
-    dtype, norm = network_setup(x, s, self.axis_name, 32, 'HRNet (four branches to stride 32)')
-    if s.hrnet_size not in SIZES:
-      raise ValueError(f'model.hrnet_size={s.hrnet_size!r}; expected one of {sorted(SIZES)}')
-    bottlenecks, modules, blocks = SIZES[s.hrnet_size]
+    s = self.options
+    dtype, norm = network_setup(x, s, self.axis_name, 'HRNet (four branches to stride 32)')
+    bottlenecks, modules, blocks = SIZES[s.size]
     bottleneck_cls = nn.remat(Bottleneck, static_argnums=(2,)) if s.remat else Bottleneck
 
     def cbr(y, features, stride, name):

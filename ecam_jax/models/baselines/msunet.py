@@ -10,8 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ecam_jax.models.baselines.msunet_options import MSUNetOptions
 from ecam_jax.models.layers import ConvUnit, ModuleDef, UpConv2x2, max_pool_2x2, network_setup
-from ecam_jax.models.settings import ModelSettings
 
 WIDTHS = (1, 2, 4, 8, 16)  # level widths in units of base_channels (reference: 32..512)
 
@@ -84,22 +84,20 @@ class DecoderLevel(nn.Module):
 
 class MSUNet(nn.Module):
   """Input [B, H, W, 1] (H, W multiples of 16) -> {'logits': [B, H, W, K], 'side_logits': ()};
-  K = settings.num_classes.
+  K = options.num_classes.
 
-  settings: config.model, frozen (base_channels, msunet_small_kernel, msunet_large_kernel,
-  the BatchNorm settings, dtype, remat). axis_name: the data axis BatchNorm synchronizes
-  over in training. folded: ignored (MSU-Net has no EC blocks).
+  options: msunet_options.py (base_channels, small_kernel, large_kernel, and every
+  network's). axis_name: the data axis BatchNorm synchronizes over in training.
   """
 
-  settings: ModelSettings
+  options: MSUNetOptions
   axis_name: str | None = None
-  folded: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
-    s = self.settings
-    dtype, norm = network_setup(x, s, self.axis_name, 16, 'MSU-Net (four 2x2 pools)')
-    kernels = (s.msunet_small_kernel, s.msunet_large_kernel)
+    s = self.options
+    dtype, norm = network_setup(x, s, self.axis_name, 'MSU-Net (four 2x2 pools)')
+    kernels = (s.small_kernel, s.large_kernel)
     encoder, decoder = EncoderLevel, DecoderLevel
     if s.remat:  # argument 0 is the module, so `train` is 2 (3 for the decoder)
       encoder = nn.remat(EncoderLevel, static_argnums=(2,))

@@ -6,7 +6,7 @@ values come from a map shrunk by a strided conv, Mix-FFN with a depthwise 3x3 co
 the all-MLP decoder that fuses its four stages at stride 4.
 
 As built here (docs/networks/segformer.md lists every departure): MiT-B2 or B0 from
-`model.segformer_size`, from random weights with a 1-channel patch embedding (the
+`model.size`, from random weights with a 1-channel patch embedding (the
 reference loads ImageNet weights into a 3-channel one); tokens stay maps [B, h, w, C]
 throughout, so any input whose sides are multiples of 32 works, square or not; the
 decoder's dropout is drawn per row of the global batch (models/dropout.py); the head
@@ -22,16 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ecam_jax.models.baselines.segformer_options import SIZES, SegFormerOptions
 from ecam_jax.models.dropout import Dropout, DropPath
 from ecam_jax.models.layers import ModuleDef, network_setup
 from ecam_jax.models.resize import resize_bilinear
-from ecam_jax.models.settings import ModelSettings
 
-# segformer_size -> (stage widths, blocks per stage, decoder width E) (local_configs/segformer)
-SIZES = {
-  'b0': ((32, 64, 160, 256), (2, 2, 2, 2), 256),
-  'b2': ((64, 128, 320, 512), (3, 4, 6, 3), 768),
-}
 HEADS = (1, 2, 5, 8)  # attention heads per stage (every MiT size)
 REDUCTIONS = (8, 4, 2, 1)  # sr: the keys' and values' map is the stage's shrunk this much
 MLP_RATIO = 4  # Mix-FFN's hidden width / the stage width
@@ -218,21 +213,20 @@ class AllMLPDecoder(nn.Module):
 class SegFormer(nn.Module):
   """Input [B, H, W, 1] (H, W multiples of 32) -> {'logits': [B, H, W, K], 'side_logits': ()}.
 
-  MiT-`segformer_size` encoder -> c1..c4 (strides 4, 8, 16, 32) -> all-MLP decoder at
+  MiT-`size` encoder -> c1..c4 (strides 4, 8, 16, 32) -> all-MLP decoder at
   stride 4 -> logits resized bilinearly (half-pixel) to H x W in float32.
   """
 
-  settings: ModelSettings
+  options: SegFormerOptions
   axis_name: str | None = None
-  folded: bool = False  # no EC blocks: ignored
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
-    s = self.settings
+    s = self.options
     dtype, norm = network_setup(
-      x, s, self.axis_name, 32, 'SegFormer (stride 32, and each stage divisible by its sr)'
+      x, s, self.axis_name, 'SegFormer (stride 32, and each stage divisible by its sr)'
     )
-    widths, depths, embed_dim = SIZES[s.segformer_size]
+    widths, depths, embed_dim = SIZES[s.size]
     features = MixTransformer(
       widths, depths, s.drop_path, self.axis_name, dtype, s.remat, name='encoder'
     )(x.astype(dtype), train)

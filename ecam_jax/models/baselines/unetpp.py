@@ -15,9 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ecam_jax.models.baselines.unetpp_options import UNetPPOptions
 from ecam_jax.models.layers import ConvUnit, ModuleDef, max_pool_2x2, network_setup
 from ecam_jax.models.resize import resize_bilinear
-from ecam_jax.models.settings import ModelSettings
 
 DEPTH = 5  # levels i = 0..4; f_i = base_channels * 2^i (4uiiurz1: 32, 64, 128, 256, 512)
 
@@ -58,22 +58,20 @@ class Node(nn.Module):
 class UNetPlusPlus(nn.Module):
   """Input [B, H, W, 1] (H, W multiples of 16) -> {'logits': [B, H, W, K] from X(0, 4),
   'side_logits': (X(0, 1), X(0, 2), X(0, 3) heads) with model.deep_supervision, else ()};
-  K = settings.num_classes.
+  K = options.num_classes.
 
-  settings: config.model, frozen; reads base_channels, num_classes, deep_supervision,
-  unetpp_align_corners, bn_momentum, bn_epsilon, dtype, remat. axis_name: the data axis
-  BatchNorm synchronizes over in training. folded: ignored (no EC blocks).
+  options: unetpp_options.py (base_channels, deep_supervision, align_corners, and every
+  network's). axis_name: the data axis BatchNorm synchronizes over in training.
   """
 
-  settings: ModelSettings
+  options: UNetPPOptions
   axis_name: str | None = None
-  folded: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
-    s = self.settings
+    s = self.options
     b, h, w, _ = x.shape
-    dtype, norm = network_setup(x, s, self.axis_name, 2 ** (DEPTH - 1), 'UNet++ (four pools)')
+    dtype, norm = network_setup(x, s, self.axis_name, 'UNet++ (four pools)')
     # Argument 0 is the module: `same` 1, `below` 2, `train` 3.
     node_cls = nn.remat(Node, static_argnums=(3,)) if s.remat else Node
 
@@ -81,7 +79,7 @@ class UNetPlusPlus(nn.Module):
       block = node_cls(
         features=s.base_channels * 2**i,
         norm=norm,
-        align_corners=s.unetpp_align_corners,
+        align_corners=s.align_corners,
         dtype=dtype,
         name=node_name(i, j),
       )
