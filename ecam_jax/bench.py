@@ -176,7 +176,7 @@ def bench_infer(
 def bench_loader(config: ml_collections.ConfigDict, workdir: str) -> float | None:
   """Slices/s from the preprocessing cache through the train iterator (host only)."""
   from ecam_jax.data import pipeline
-  from ecam_jax.train import prepare_data, prepare_workdir
+  from ecam_jax.data.prepare import prepare_data, prepare_workdir
 
   try:
     cache, case_splits = prepare_data(config, prepare_workdir(workdir))

@@ -14,11 +14,13 @@ A run must resume after a hard kill at any instant, so:
   nothing about resuming depends on files that could be out of step with it.
 Saves are synchronous: a failure (full disk) surfaces at the save that caused it, with
 the folder named. The data iterator needs no state of its own: its position is a global
-batch index (pipeline.py), stored in the metadata.
+batch index (pipeline.py), stored in the metadata. `Checkpointing` holds a training run's
+rules for when to save.
 """
 
 import errno
 import pathlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +28,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from ecam_jax import parallel
-from ecam_jax.errors import CheckpointError
+from ecam_jax.errors import CheckpointError, NonFiniteLossError
 from ecam_jax.state import TrainState
 
 BEST, LATEST = 'best', 'latest'
@@ -191,3 +193,53 @@ def _check_shapes(path: pathlib.Path, saved: Any, target: Any) -> None:
         f'checkpoint {path}: {jax.tree_util.keystr(key)} has shape {shape}, the config '
         f'expects {tuple(value.shape)} (is config.model the one it was trained with?)'
       )
+
+
+class Checkpointing:
+  """The latest checkpoint of a training run, and when it is written: every
+  `train.checkpoint_every_steps` steps and at the run's last step (`Cadence.due`), after
+  `train.checkpoint_every_seconds` of work, and when a stop is requested (SIGTERM, Ctrl-C)
+  on any process. Several processes agree on time and stop every `train.sync_every_steps`
+  steps (one small all-gather). No checkpoint, latest or best, ever holds a state past a
+  step whose loss or gradient was not finite when `train.nonfinite` is 'stop': the run
+  raises NonFiniteLossError instead."""
+
+  def __init__(self, ckpts: Checkpoints, train_config, cadence, meta: dict[str, Any]):
+    """meta: what every latest checkpoint records besides its data position (the config)."""
+    self.ckpts, self.cadence, self.meta = ckpts, cadence, meta
+    self.every_steps = train_config.checkpoint_every_steps
+    self.every_seconds = train_config.checkpoint_every_seconds
+    self.sync_every = 1 if jax.process_count() == 1 else train_config.sync_every_steps
+    self.stop_on_nonfinite = train_config.nonfinite == 'stop'
+    self.last_save = time.monotonic()
+
+  def checked(self, state: TrainState) -> TrainState:
+    """`state`, unless it is past a non-finite step and the run must stop."""
+    if self.stop_on_nonfinite and int(state.first_nonfinite) >= 0:
+      raise NonFiniteLossError(
+        f'the loss or gradient was not finite at step {int(state.first_nonfinite) + 1}; the '
+        'run stops (config.train.nonfinite=stop). No checkpoint holds a state past that step: '
+        f'the latest in {self.ckpts.root} is from before it. Rerunning repeats the same step; '
+        'to go on, rerun with --config.train.nonfinite=skip, or with a lower '
+        '--config.train.lr or a --config.train.grad_clip_norm and --resume_with_changes.'
+      )
+    return state
+
+  def save_best(self, state: TrainState, meta: dict[str, Any]) -> None:
+    self.ckpts.save_best(self.checked(state), meta)
+
+  def save_latest(self, state: TrainState, step: int) -> None:
+    meta = {'data_batch': self.cadence.position(step), **self.meta}
+    self.ckpts.save_latest(self.checked(state), meta)
+    self.last_save = time.monotonic()
+
+  def after_step(self, state: TrainState, step: int, stop_requested: bool) -> bool:
+    """Saves the latest checkpoint if due; True when the run must stop now."""
+    due = self.cadence.due(step, steps=self.every_steps)
+    if step % self.sync_every and not due:
+      return False
+    late = time.monotonic() - self.last_save > self.every_seconds
+    stopping = parallel.any_process(stop_requested)
+    if due or parallel.any_process(late) or stopping:
+      self.save_latest(state, step)
+    return stopping

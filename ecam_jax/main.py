@@ -91,9 +91,9 @@ def _run(config, workdir: str) -> None:
     summary = train.train_and_evaluate(config, workdir, allow_changes=FLAGS.resume_with_changes)
     parallel.print0(f'done: {summary}')
   elif FLAGS.mode == 'prepare':
-    from ecam_jax import train
+    from ecam_jax.data import prepare
 
-    train.prepare_data(config, train.prepare_workdir(workdir))
+    prepare.prepare_data(config, prepare.prepare_workdir(workdir))
   elif FLAGS.mode == 'eval':
     from ecam_jax import evaluate
 

@@ -1,16 +1,17 @@
 """Validation during training: every slice of the validation cases through the model,
 TP/FP/FN per slice from the devices, then per-volume and per-slice scores computed once
-from the counts of all hosts, and the validation loss; and a PNG of a few slices with
-overlays."""
+from the counts of all hosts, and the validation loss; the best checkpoint's choice; a PNG
+of a few slices with overlays. `Validator` does all of it once per validation."""
 
 import pathlib
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from ecam_jax import overlay, parallel, scoring
+from ecam_jax import classes, overlay, parallel, scoring, steps
 from ecam_jax.data.pipeline import eval_batches
 from ecam_jax.losses import loss_weights
 
@@ -153,3 +154,102 @@ def write_overlay_png(
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     overlay.write_png(path, overlay.tile(tiles, columns=min(4, len(tiles))))
+
+
+def selection(val: dict[str, float], best_by: str = 'mean') -> tuple[str, float]:
+  """(metric, value) that picks the best checkpoint, higher is better: the validation DSC
+  per volume (config.train.best_by: 'mean', a binary run's one DSC or the mean over the
+  classes; or the named class's or region's), or, when it is undefined (the validation
+  cases hold none of it and none was predicted), minus the validation loss."""
+  suffix = '' if best_by == 'mean' else f'/{best_by}'
+  dsc, voxels = val[f'dsc{suffix}'], val[f'label_voxels{suffix}']
+  if np.isfinite(dsc) and voxels > 0:
+    return f'val_dsc{suffix}', float(dsc)
+  return 'neg_val_loss', -float(val['loss'])
+
+
+def best_so_far(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+  """{'metric', 'value'} of the best checkpoint, read from the checkpoint itself."""
+  if meta is None:
+    return None
+  if 'selection' in meta:
+    return meta['selection']
+  return {'metric': 'val_dsc', 'value': meta['val_dsc']}  # saved by an earlier version
+
+
+class Validator:
+  """Validation during training, built once with its steps compiled: the scores of the
+  validation cases (`slice_table`, `scores`, `loss`), the best checkpoint kept by
+  config.train.best_by (`selection`), the record in metrics.jsonl and the PNG of a few
+  slices (config.train.overlay_slices) in WORKDIR/val_overlays."""
+
+  def __init__(self, model, config, cache, case_ids: list[str], mesh: Mesh, variables, saves):
+    """model: built for evaluation; variables: the state's (their shapes compile the steps);
+    saves: the run's checkpoint.Checkpointing (the best checkpoint and its rules)."""
+    self.config, self.cache, self.case_ids, self.mesh, self.saves = (
+      config,
+      cache,
+      case_ids,
+      mesh,
+      saves,
+    )
+    self.names = tuple(name for name, _ in classes.scored(config))
+    self.classes = classes.class_names(config)
+    self.best = best_so_far(saves.ckpts.best_meta())
+    self.pixels = len(cache.slices_of(case_ids)) * cache.image_size**2
+    size = cache.image_size
+    image, label = ((size, size, 1), np.float32), ((size, size, 1), np.uint8)
+    weights = config.loss.class_weights and tuple(map(float, config.loss.class_weights))
+    rows = parallel.fit_batch(config.eval.batch_size, mesh)
+    self.eval_step = (
+      steps.make_eval_step(model, mesh, config.eval.threshold, classes.membership(config), weights)
+      .lower(variables, parallel.batch_spec(mesh, rows, {'image': image, 'label': label}))
+      .compile()
+    )
+    self.picks = overlay_slices(cache, case_ids, config.train.overlay_slices)
+    self.predict_step = steps.make_predict_step(model, mesh)
+    if self.picks:
+      rows = -(-len(self.picks) // mesh.devices.size) * mesh.devices.size
+      spec = parallel.batch_spec(mesh, rows, {'image': image})['image']
+      self.predict_step = self.predict_step.lower(variables, spec).compile()
+
+  def __call__(self, state, step: int, epoch: int, monitor) -> dict[str, float]:
+    """Validates `state` after `step` (ending `epoch`): saves it as the best checkpoint
+    when it is, records and prints the scores, draws the overlays; returns the scores."""
+    config, variables = self.config, state.variables()
+    table, sums = slice_table(
+      self.eval_step, variables, self.cache, self.case_ids, config.eval.batch_size, self.mesh
+    )
+    val = scores(table, self.case_ids, self.names, self.classes)
+    val['loss'] = loss(sums, self.pixels, config.loss)
+    metric, value = selection(val, config.train.best_by)
+    best = self.best
+    if best is None or metric != best['metric'] or value > best['value']:
+      self.best = {'metric': metric, 'value': value}
+      self.saves.save_best(state, {'selection': self.best, 'val_dsc': val['dsc']})
+    if metric == 'neg_val_loss':
+      what = 'foreground' if config.train.best_by == 'mean' else config.train.best_by
+      monitor.note(
+        f'WARNING: the {len(self.case_ids)} validation case(s) hold no {what} voxel, so the '
+        'validation DSC is undefined; the best checkpoint is chosen by the validation loss '
+        'instead. Put cases with foreground in the val split (config.data.splits_file) for '
+        'a DSC-based choice.'
+      )
+    monitor.write(step, 'val', {**val, 'selected_by': metric, 'epoch': epoch})
+    per_class = ''.join(
+      f', {name} {val[f"dsc/{name}"]:.4f}' for name in self.names if len(self.names) > 1
+    )
+    monitor.note(
+      f'epoch {epoch} step {step}: val DSC {val["dsc"]:.4f}{per_class} (per slice '
+      f'{val["slice_dsc"]:.4f}), loss {val["loss"]:.4f}; best {metric} {self.best["value"]:.4f}'
+    )
+    write_overlay_png(
+      self.predict_step,
+      variables,
+      self.cache,
+      self.picks,
+      self.mesh,
+      monitor.path.parent / 'val_overlays' / f'step_{step:07d}.png',
+      config.eval.threshold,
+    )
+    return val

@@ -263,8 +263,8 @@ def test_flip_tta_averages_class_probabilities(trained):
 def test_best_checkpoint_by_the_mean_or_a_named_class():
   val = {'dsc': 0.6, 'label_voxels': 30, 'loss': 0.4}
   val |= {'dsc/organ': 0.9, 'label_voxels/organ': 20, 'dsc/tumour': 0.3, 'label_voxels/tumour': 10}
-  assert train._selection(val) == ('val_dsc', 0.6)
-  assert train._selection(val, 'tumour') == ('val_dsc/tumour', 0.3)
+  assert validate.selection(val) == ('val_dsc', 0.6)
+  assert validate.selection(val, 'tumour') == ('val_dsc/tumour', 0.3)
   # No tumour in the validation cases and none predicted: the loss decides instead.
   val |= {'dsc/tumour': float('nan'), 'label_voxels/tumour': 0}
-  assert train._selection(val, 'tumour') == ('neg_val_loss', -0.4)
+  assert validate.selection(val, 'tumour') == ('neg_val_loss', -0.4)

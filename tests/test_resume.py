@@ -19,7 +19,7 @@ import chex
 import pytest
 
 from ecam_jax import train
-from ecam_jax.data import phantom
+from ecam_jax.data import phantom, prepare
 from ecam_jax.errors import ConfigError, NonFiniteLossError
 
 import tiny_runs
@@ -207,7 +207,7 @@ def test_nonfinite_stop_never_checkpoints_past_the_bad_step(data, tmp_path):
   """With time-based saves due at every step (checkpoint_every_seconds=1e-9), a step whose
   loss is not finite must stop the run before any save of the state after it."""
   config = _config(data, checkpoint_every_seconds=1e-9, checkpoint_every_steps=1000)
-  cache, case_splits = train.prepare_data(config, train.prepare_workdir(tmp_path))
+  cache, case_splits = prepare.prepare_data(config, prepare.prepare_workdir(tmp_path))
   (case,) = case_splits['train']
   import numpy as np
 

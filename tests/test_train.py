@@ -13,7 +13,7 @@ from absl import flags
 
 from ecam_jax import train
 from ecam_jax.configuration import load_config
-from ecam_jax.data import phantom
+from ecam_jax.data import phantom, prepare
 from ecam_jax.errors import ConfigError
 
 import nifti_fixtures as fx
@@ -71,7 +71,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tiny_phantom, tmp_path, mo
 def _poison_training_case(config, workdir):
   """Prepares the cache, then writes NaN into the training case's slices (a corrupt cache:
   the compiled step is the same as in the other runs)."""
-  cache, case_splits = train.prepare_data(config, train.prepare_workdir(workdir))
+  cache, case_splits = prepare.prepare_data(config, prepare.prepare_workdir(workdir))
   (case,) = case_splits['train']
   image = np.load(cache.path / 'cases' / case / 'image.npy', mmap_mode='r+')
   image[:, 3, 3] = np.nan
@@ -109,7 +109,7 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('x')
   with pytest.raises(OSError, match='not writable'):
-    train.prepare_workdir(blocker / 'run')
+    prepare.prepare_workdir(blocker / 'run')
 
 
 def test_resume_with_reader_workers_sees_the_same_data(tiny_phantom, tmp_path):
@@ -154,7 +154,7 @@ def test_train_dsc_comes_from_counts_summed_over_the_log_window():
 
 def test_without_foreground_in_val_the_best_is_chosen_by_the_val_loss(tiny_phantom, tmp_path):
   config = _config(tiny_phantom)
-  cache, case_splits = train.prepare_data(config, train.prepare_workdir(tmp_path))
+  cache, case_splits = prepare.prepare_data(config, prepare.prepare_workdir(tmp_path))
   (case,) = case_splits['val']
   label = np.load(cache.path / 'cases' / case / 'label.npy', mmap_mode='r+')
   label[:] = 0  # the validation case now holds no foreground voxel

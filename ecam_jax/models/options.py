@@ -238,3 +238,30 @@ def config_section(network: str, variant: str, options: Options) -> ml_collectio
   for name, field in fields(type(options)).items():
     section[name] = _config_field(getattr(options, name), field.type)
   return section
+
+
+def _allowed(field: dataclasses.Field) -> str:
+  meta = field.metadata
+  if meta['choices'] is not None:
+    return ', '.join(f'`{c!r}`' for c in meta['choices'])
+  interval = meta['interval']
+  if interval is not None and field.type is int and interval.endswith(', inf)'):
+    return f'an integer >= {interval[1:-1].split(",")[0]}'
+  if interval is not None:
+    return f'a number in {interval}'
+  return _describe_type(field.type)
+
+
+def markdown_table(cls: type[Options]) -> str:
+  """The options of `cls` as a Markdown table (the docs pages embed it)."""
+  lines = [
+    '| option | default | allowed | on resume | what it does |',
+    '|---|---|---|---|---|',
+  ]
+  for name, field in fields(cls).items():
+    default = field.default
+    lines.append(
+      f'| `model.{name}` | `{default!r}` | {_allowed(field)} | {field.metadata["resume"]} | '
+      f'{field.metadata["doc"]} |'
+    )
+  return '\n'.join(lines)

@@ -1,13 +1,13 @@
 """JAX vs PyTorch on this CPU, side by side: runs the two benchmarks alternately and prints a
 markdown table of medians, the ratios JAX / PyTorch, and one JSON line.
 
-  .venv/bin/python benchmarks/compare_torch.py [--rounds 3] [--skip-jax]
+  .venv/bin/python benchmarks/torch_parity/compare_torch.py [--rounds 3] [--skip-jax]
 
 Each round runs, as subprocesses and one at a time, `python -m ecam_jax.bench` (JAX
-interpreter) and benchmarks/torch_bench.py (PyTorch interpreter) once per memory format
-(channels_last, contiguous); the order rotates from round to round so that a drift in
-the machine's speed does not favour one side. Each run prints one JSON object; a column's
-value is the median over rounds of the runs' own medians. The issue's targets: JAX's
+interpreter) and benchmarks/torch_parity/torch_bench.py (PyTorch interpreter) once per
+memory format (channels_last, contiguous); the order rotates from round to round so that a
+drift in the machine's speed does not favour one side. Each run prints one JSON object; a
+column's value is the median over rounds of the runs' own medians. The issue's targets: JAX's
 train step at most 1.5x PyTorch's channels-last time, folded inference at most 1.2x.
 
 The JAX command is a template (`--jax-cmd`, with {python} {variant} {base} {size} {batch}
@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]  # the repository root
 
 # --noloader: the data loader's rate needs the demo's phantom prepared; not compared here.
 JAX_CMD = (
@@ -37,8 +37,8 @@ JAX_CMD = (
   '--steps={steps} --warmup={warmup} --noloader'
 )
 TORCH_CMD = (
-  '{python} benchmarks/torch_bench.py --variant {variant} --base {base} --size {size} '
-  '--batch {batch} --infer-batch {infer_batch} --steps {steps} --warmup {warmup} '
+  '{python} benchmarks/torch_parity/torch_bench.py --variant {variant} --base {base} '
+  '--size {size} --batch {batch} --infer-batch {infer_batch} --steps {steps} --warmup {warmup} '
   '--infer-steps {steps} --infer-warmup {warmup} --memory-format {memory_format}'
 )
 TARGETS = {'train': 1.5, 'infer': 1.2}  # JAX / PyTorch channels_last, at most

@@ -1,6 +1,6 @@
 """Times the PyTorch EC-CaM-UNet (torch_ecam.py) on the CPU; prints one JSON object.
 
-  .venv-torch/bin/python benchmarks/torch_bench.py --variant ec_cam_unet --base 16 \
+  .venv-torch/bin/python benchmarks/torch_parity/torch_bench.py --variant ec_cam_unet --base 16 \
       --size 128 --batch 4 [--steps 20 --warmup 5] [--memory-format channels_last] \
       [--threads 2]
 

@@ -7,13 +7,12 @@ PyTorch's momentum 0.1 (Flax's 0.9) and eps 1e-5, SC through
 `F.scaled_dot_product_attention`. EC blocks fold into single 3x3 convs with bias for
 inference (`fold_ec`), as ACNet does.
 
-Not part of the `ecam_jax` package: the project does not depend on torch.
+Not part of the `ecam_jax` package, and reads none of its files (the variant table below
+is this file's own): the project does not depend on torch.
 """
 
 import copy
-import importlib.util
 import math
-import pathlib
 
 import torch
 import torch.nn.functional as F
@@ -24,17 +23,37 @@ BN_MOMENTUM = 0.1  # PyTorch's convention: Flax's momentum 0.9
 BN_EPS = 1e-5
 
 
-def _load_variants():
-  """ecam_jax/models/variants.py read by path: this file runs where jax is not installed."""
-  path = pathlib.Path(__file__).resolve().parents[1] / 'ecam_jax' / 'models' / 'variants.py'
-  spec = importlib.util.spec_from_file_location('ecam_variants', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+# The twin's own table of the 14 variants: name -> the switches of `UNet` below. It mirrors
+# the variant table of docs/model.md (every switch on is EC-CaM-UNet, every switch off the
+# plain U-Net). check_torch_ecam.py verifies the parameter counts of all 14 against the
+# JAX model at base 16 and 64, and, with the JAX interpreter, these switches against the
+# JAX variants' config.model (counts alone do not tell unet_sc from unet, nor fusion_add
+# from fusion_serial): that catches any drift between the two tables.
+_OFF = dict(use_cc=False, use_sc=False, use_mus=False, use_ec=False, use_dws=False)
+_ALL = dict(use_cc=True, use_sc=True, use_mus=True, use_ec=True, use_dws=True)
 
 
-# The rows of docs/model.md's variant table, shared with the JAX model: name -> switches.
-VARIANTS = {name: switches for name, (switches, _, _) in _load_variants().VARIANTS.items()}
+def _on(*parts: str, attention: str = 'none', fusion: str = 'conv') -> dict:
+  """The switches of a U-Net with only `parts` (cc, sc, mus, ec, dws) on."""
+  return {**_OFF, 'attention': attention, 'fusion': fusion, **{f'use_{p}': True for p in parts}}
+
+
+VARIANTS = {
+  'unet': _on(),
+  'unet_cc': _on('cc', attention='coa'),
+  'unet_sc': _on('sc', attention='coa'),
+  'unet_mus': _on('mus'),
+  'unet_ec': _on('ec'),
+  'unet_dws': _on('dws'),
+  'unet_coa': _on('cc', 'sc', attention='coa'),
+  'unet_coag_musfu': _on('cc', 'sc', 'mus', attention='coa'),
+  'unet_coag_musfu_ec': _on('cc', 'sc', 'mus', 'ec', attention='coa'),
+  'ec_cam_unet': {**_ALL, 'attention': 'coa', 'fusion': 'conv'},
+  'fusion_serial': {**_ALL, 'attention': 'coa', 'fusion': 'serial'},
+  'fusion_add': {**_ALL, 'attention': 'coa', 'fusion': 'add'},
+  'unet_se': _on(attention='se'),
+  'unet_cbam': _on(attention='cbam'),
+}
 
 # Loss weights (w_dice, w_bce, w_side) where a variant differs from (1, 1, 1):
 # the paper's U-Net baseline is trained with the Dice loss only (as in the JAX configs).

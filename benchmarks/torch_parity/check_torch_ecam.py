@@ -1,10 +1,13 @@
-"""Checks that benchmarks/torch_ecam.py is the JAX model's network (plain asserts; prints OK).
+"""Checks that torch_ecam.py (here) is the JAX model's network (plain asserts; prints OK).
 
-  .venv-torch/bin/python benchmarks/check_torch_ecam.py [--jax-python .venv/bin/python]
+From the repository root (--jax-python: the project's interpreter, default .venv/bin/python):
+  .venv-torch/bin/python benchmarks/torch_parity/check_torch_ecam.py [--jax-python PATH]
 
 1. Parameter counts equal the JAX model's (BN running statistics not counted) for every
    variant at base 16 and 64; the JAX counts come from the JAX interpreter when it is
-   there, else from the table below (measured with the JAX model).
+   there, else from the table below (measured with the JAX model). With the JAX
+   interpreter, torch_ecam.VARIANTS' switches and VARIANT_LOSS's weights equal each JAX
+   variant's config.model and config.loss too (the twin keeps its own copy of them).
 2. Folding EC (eval mode, after BN statistics and affine parameters moved) gives the
    unfolded model's outputs.
 3. With the JAX interpreter: the JAX model's variables loaded into the torch model give
@@ -28,7 +31,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import torch_ecam  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]  # the repository root
 
 # From the JAX model (sum of .size over variables['params'] at 128x128, 1 input channel,
 # 1 logit); used when the JAX interpreter is not available.
@@ -39,19 +42,25 @@ JAX_COUNTS = {
   ('ec_cam_unet', 64): 77176792,
 }
 
+# The JAX side of check 1: each variant's parameter count at each base, and (once per
+# variant) its switches and loss weights from config.model and config.loss, which
+# torch_ecam.VARIANTS and VARIANT_LOSS must equal.
 JAX_COUNT_SCRIPT = """
 import json, sys
 import jax
 from ecam_jax.configuration import load_config
 from ecam_jax.models.build import abstract_variables, build_model
-out = {}
+SWITCHES = ('use_cc', 'use_sc', 'use_mus', 'use_ec', 'use_dws', 'attention', 'fusion')
+counts, switches, losses = {}, {}, {}
 for item in sys.argv[1:]:
   variant, base = item.split(':')
   config = load_config('configs/default.py', f'variant={variant}')
+  switches[variant] = {k: config.model[k] for k in SWITCHES}
+  losses[variant] = [config.loss[k] for k in ('w_dice', 'w_bce', 'w_side')]
   config.model.base_channels = int(base)
   variables = abstract_variables(build_model(config.model), 128)
-  out[item] = int(sum(x.size for x in jax.tree.leaves(variables['params'])))
-print(json.dumps(out))
+  counts[item] = int(sum(x.size for x in jax.tree.leaves(variables['params'])))
+print(json.dumps({'counts': counts, 'switches': switches, 'losses': losses}))
 """
 
 # Writes an .npz: the JAX model's variables (BN parameters and statistics and every
@@ -62,7 +71,7 @@ import jax, jax.numpy as jnp, numpy as np
 from flax import traverse_util
 from ecam_jax.configuration import load_config
 from ecam_jax.losses import total_loss
-from ecam_jax.models.build import build_model, init_variables
+from ecam_jax.models.build import build_model, has_ec_blocks, init_variables
 from ecam_jax.models.layers import fold_ec
 path, variant, base, size, batch = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
 config = load_config('configs/default.py', f'variant={variant}')
@@ -97,8 +106,11 @@ def keep(tag, o):
     out[f'{tag}_side{i}'] = np.asarray(s)
 
 keep('eval', model.apply(variables, x, train=False))
-folded = build_model(config.model, folded=True)
-keep('folded', folded.apply(fold_ec(variables, config.model.bn_epsilon), x, train=False))
+if has_ec_blocks(config.model):
+  folded = build_model(config.model, folded=True)
+  keep('folded', folded.apply(fold_ec(variables, config.model.bn_epsilon), x, train=False))
+else:  # nothing to fold: the folded model is the model
+  keep('folded', model.apply(variables, x, train=False))
 
 def loss_fn(p):
   o, new = model.apply({'params': p, 'batch_stats': variables['batch_stats']}, x, train=True,
@@ -182,18 +194,30 @@ def nchw(a: np.ndarray) -> torch.Tensor:
   return torch.from_numpy(a.transpose(0, 3, 1, 2).copy())
 
 
+def run_jax(jax_python: str, script: str, *args: str) -> str:
+  """Runs `script` with the JAX interpreter in the repository root; its stdout. A failure
+  ends the check with the script's own error (its stderr's last lines)."""
+  run = subprocess.run(
+    [jax_python, '-c', script, *args], cwd=ROOT, capture_output=True, text=True, check=False
+  )
+  if run.returncode:
+    tail = '\n'.join(run.stderr.strip().splitlines()[-20:])
+    raise SystemExit(f'the JAX side failed (exit {run.returncode}), args {list(args)}:\n{tail}')
+  return run.stdout
+
+
 def check_counts(jax_python: str | None) -> None:
   items = [(v, b) for v in torch_ecam.VARIANTS for b in (16, 64)]
   if jax_python:
-    run = subprocess.run(
-      [jax_python, '-c', JAX_COUNT_SCRIPT, *(f'{v}:{b}' for v, b in items)],
-      cwd=ROOT,
-      capture_output=True,
-      text=True,
-      check=True,
-    )
-    found = json.loads(run.stdout.strip().splitlines()[-1])
-    want = {(v, b): found[f'{v}:{b}'] for v, b in items}
+    stdout = run_jax(jax_python, JAX_COUNT_SCRIPT, *(f'{v}:{b}' for v, b in items))
+    found = json.loads(stdout.strip().splitlines()[-1])
+    assert set(found['switches']) == set(torch_ecam.VARIANTS)
+    for variant, switches in found['switches'].items():
+      assert torch_ecam.VARIANTS[variant] == switches, (variant, torch_ecam.VARIANTS[variant])
+      weights = torch_ecam.VARIANT_LOSS.get(variant, (1.0, 1.0, 1.0))
+      assert list(weights) == found['losses'][variant], (variant, weights)
+    print(f'variants: the {len(found["switches"])} switch sets and loss weights equal the JAX ones')
+    want = {(v, b): found['counts'][f'{v}:{b}'] for v, b in items}
     for key, count in JAX_COUNTS.items():
       assert want[key] == count, (key, want[key], count)
   else:
@@ -242,20 +266,7 @@ def check_against_jax(jax_python: str, variant: str, scale: str = '1.0') -> None
   base, size, batch = 8, 64, 2
   with tempfile.TemporaryDirectory() as tmp:
     path = pathlib.Path(tmp) / 'jax.npz'
-    subprocess.run(
-      [
-        jax_python,
-        '-c',
-        JAX_DUMP_SCRIPT,
-        str(path),
-        variant,
-        *map(str, (base, size, batch)),
-        scale,
-      ],
-      cwd=ROOT,
-      check=True,
-      capture_output=True,
-    )
+    run_jax(jax_python, JAX_DUMP_SCRIPT, str(path), variant, *map(str, (base, size, batch)), scale)
     ref = dict(np.load(path))
   model = torch_ecam.build(variant, base, attention_scale=scale if scale == 'rsqrt' else 1.0)
   used = set()
