@@ -5,7 +5,7 @@ statistics, on a 1-case phantom at 32x32) is exported once through main; the fol
 StableHLO artifact in a fresh process and the check on the phantom volume share it. ONNX
 Runtime's logits are compared with the JAX model's (the training-time model: EC unfolded,
 side heads built) for the U-Net, the full model, each attention type and each SC form, on
-random and phantom slices. Every network of variants.py is exported in the slow test.
+random and phantom slices. Every registered network is exported by tests/test_networks.py.
 The graph pass and the converter's workarounds alone: test_conv_folding.py,
 test_onnx_model.py.
 """

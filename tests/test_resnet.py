@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ecam_jax.models.baselines import resnet_options
 from ecam_jax.models.baselines.resnet import (
   DEPTHS,
   BasicBlock,
@@ -246,3 +247,7 @@ def test_remat_gives_the_same_features_and_gradients():
 def test_unknown_depth_is_refused():
   with pytest.raises(ValueError, match='depth 152'):
     _abstract(ResNet(norm=NORM, depth=152))
+
+
+def test_the_depth_option_offers_the_depths_built():
+  assert tuple(sorted(DEPTHS)) == resnet_options.DEPTHS

@@ -2,9 +2,8 @@
 
 import dataclasses
 
+from ecam_jax.models.baselines.resnet_options import resnet_depth
 from ecam_jax.models.options import Network, Options, Preset, option
-
-RESNET_DEPTHS = (18, 34, 50, 101)  # resnet.py DEPTHS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,11 +13,7 @@ class CENetOptions(Options):
   base_channels: int = option(
     64, "the ResNet's base width; every other width scales with it", interval='[1, inf)'
   )
-  resnet_depth: int = option(
-    34,
-    'depth of the ResNet encoder (50 and 101 use Bottlenecks, 4x wider features)',
-    choices=RESNET_DEPTHS,
-  )
+  resnet_depth: int = resnet_depth(34)
 
   def input_multiple(self) -> int:
     return 32  # a ResNet at stride 32

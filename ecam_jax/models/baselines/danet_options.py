@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from ecam_jax.models.baselines.cenet_options import RESNET_DEPTHS
+from ecam_jax.models.baselines.resnet_options import output_stride, resnet_depth
 from ecam_jax.models.options import (
   Network,
   Options,
@@ -20,12 +20,8 @@ class DANetOptions(Options):
   base_channels: int = option(
     64, "the ResNet's base width; the head's widths follow", interval='[1, inf)'
   )
-  resnet_depth: int = option(
-    50, 'depth of the ResNet encoder (50 and 101 use Bottlenecks)', choices=RESNET_DEPTHS
-  )
-  output_stride: int = option(
-    8, "the ResNet's output stride (the stages past it dilate instead)", choices=(8, 16)
-  )
+  resnet_depth: int = resnet_depth(50)
+  output_stride: int = output_stride(8)
   deep_supervision: bool = option(
     True, "the position and channel branches' auxiliary heads, as side outputs (loss.w_side)"
   )

@@ -3,7 +3,7 @@
 import dataclasses
 
 from ecam_jax.errors import ConfigError
-from ecam_jax.models.baselines.cenet_options import RESNET_DEPTHS
+from ecam_jax.models.baselines.resnet_options import output_stride, resnet_depth
 from ecam_jax.models.options import Network, Options, Preset, option
 
 
@@ -14,12 +14,8 @@ class DeepLabV3PlusOptions(Options):
   base_channels: int = option(
     64, "the ResNet's base width; ASPP and decoder are 4x it", interval='[1, inf)'
   )
-  resnet_depth: int = option(
-    50, 'depth of the ResNet encoder (50 and 101 use Bottlenecks)', choices=RESNET_DEPTHS
-  )
-  output_stride: int = option(
-    16, "the ResNet's output stride (the stages past it dilate instead)", choices=(8, 16)
-  )
+  resnet_depth: int = resnet_depth(50)
+  output_stride: int = output_stride(16)
   aspp_rates: tuple[int, ...] = option(
     (6, 12, 18), "the ASPP's dilation rates at output stride 16 (doubled at 8)"
   )
