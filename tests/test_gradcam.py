@@ -53,7 +53,8 @@ def test_gradcam_equals_numpy_on_a_toy_network():
 def test_each_networks_attention_block_is_found(variant):
   config = load_config(ROOT / 'configs/demo.py', f'variant={variant}')
   config.model.base_channels = 4
-  config.model.resnet_depth = 18
+  if 'resnet_depth' in config.model:
+    config.model.resnet_depth = 18
   model = build_model(config.model)
   variables = init_variables(model, 0, 32)
   images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 1))
