@@ -14,7 +14,10 @@ import pytest
 
 from ecam_jax import infer, resume, train
 from ecam_jax.configuration import load_config
+from ecam_jax.data import phantom
 from ecam_jax.models.build import abstract_variables, build_model
+
+import tiny_runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / 'tests' / 'fixtures'
@@ -56,44 +59,29 @@ def test_parameter_trees_are_the_ones_earlier_code_built(key):
   assert _fingerprint(abstract_variables(model, 64)) == TREES[key]
 
 
-def _run_config():
-  """The fixture run's config (tests/fixtures/README.md), in today's keys."""
-  config = load_config(ROOT / 'configs/demo.py', 'variant=unet_ec')
-  config.data.phantom_cases = 3
-  config.data.phantom_size = 64
-  config.data.image_size = 32
-  config.data.split_sizes = (1, 1, 1)
-  config.data.prepare_workers = 1
-  config.model.base_channels = 2
-  config.model.use_dws = True
-  config.train.batch_size = 4
-  config.train.epochs = 2
-  config.train.log_every_steps = 4
-  config.train.warmup_steps = 0
-  config.train.overlay_slices = 0
-  return config
-
-
-def test_a_checkpoint_written_earlier_gives_the_same_predictions():
+def test_a_checkpoint_written_earlier_gives_the_same_predictions(tmp_path):
+  """The tiny run's best (step 8) and latest (step 12) checkpoints, restored by today's code
+  into today's network, predict what earlier code predicted."""
+  config = tiny_runs.config(tmp_path)
   x = np.random.default_rng(0).random((3, 32, 32), dtype=np.float32)
   expected = np.load(RUN / 'probabilities.npz')
   for which in ('best', 'latest'):
-    for fold in (True, False):
-      predictor = infer.Predictor(_run_config(), RUN / 'workdir', which, fold=fold)
-      name = f'{which}_folded' if fold else f'{which}_unfolded'
-      np.testing.assert_allclose(predictor.probabilities(x), expected[name], rtol=1e-6, atol=1e-7)
+    predictor = infer.Predictor(config, RUN / 'workdir', which)
+    np.testing.assert_allclose(predictor.probabilities(x), expected[which], rtol=1e-6, atol=1e-7)
 
 
 def test_a_run_stopped_by_earlier_code_resumes_to_what_the_uninterrupted_run_logged(tmp_path):
-  """Its stored config is in the flat layout of da1b17d (every network's options): read as
-  today's, it is the same config, so the run resumes at step 20 without
-  --resume_with_changes and logs what the same run, never stopped, logged then."""
+  """tests/tiny_runs.py's run, stopped by earlier code at step 12 (train.max_steps). Its
+  stored config is in the flat layout of da1b17d (every network's options): read as
+  today's, it is the same config, so the run resumes without --resume_with_changes and
+  logs what the same run, never stopped, logged then."""
+  phantom.generate(tmp_path / 'data', 3, seed=0, size=64)
   workdir = tmp_path / 'run'
   shutil.copytree(RUN / 'workdir', workdir)
-  summary = train.train_and_evaluate(_run_config(), str(workdir))
-  assert summary['step'] == 32
+  summary = train.train_and_evaluate(tiny_runs.config(tmp_path / 'data'), str(workdir))
+  assert summary['step'] == 16
   records = [json.loads(x) for x in (workdir / 'metrics.jsonl').read_text().splitlines()]
-  expected = json.loads((RUN / 'records_after_step_20.json').read_text())
+  expected = json.loads((RUN / 'records_after_step_12.json').read_text())
   assert len(records) == len(expected)
   for record, want in zip(records, expected, strict=True):
     record.pop('time')

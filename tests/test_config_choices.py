@@ -70,21 +70,28 @@ TRAINED = {
     },
   ),
   'cbam_serial': ('unet_cbam', {'model.use_mus': True, 'model.fusion': 'serial'}),
-  # The compared networks' own choices (each network's default is trained in its tests too).
-  'unetpp_single_head_half_pixel': (
-    'unetpp',
-    {'model.deep_supervision': False, 'model.align_corners': False},
-  ),
-  'deeplabv3plus_os8_resnet18': (
-    'deeplabv3plus',
-    {'model.output_stride': 8, 'model.resnet_depth': 18},
-  ),
-  'danet_os16_no_aux': ('danet', {'model.output_stride': 16, 'model.deep_supervision': False}),
 }
 
 # Traced, not run: (variant, changes, why). The network tests named train the same values
 # in their sharded-step tests (tests/step_equivalence.py).
 TRACED = {
+  'unetpp_single_head_half_pixel': (
+    'unetpp',
+    {'model.deep_supervision': False, 'model.align_corners': False},
+    'tests/test_networks.py trains UNet++ with its heads; without them three heads are gone; '
+    "the half-pixel resize is tests/test_resize.py's against PyTorch's formula",
+  ),
+  'deeplabv3plus_os8_resnet18': (
+    'deeplabv3plus',
+    {'model.output_stride': 8, 'model.resnet_depth': 18},
+    'tests/test_networks.py trains it at stride 16; stride 8 dilates one more stage '
+    '(tests/test_resnet.py: the dilated ResNet against the strided one)',
+  ),
+  'danet_os16_no_aux': (
+    'danet',
+    {'model.output_stride': 16, 'model.deep_supervision': False},
+    'tests/test_networks.py trains DA-Net at stride 8 with its auxiliary heads',
+  ),
   'plain_ec': (
     'unet_ec',
     {},
@@ -93,7 +100,7 @@ TRACED = {
   'cenet_resnet50': (
     'cenet',
     {'model.resnet_depth': 50},
-    "ResNet-50's Bottlenecks: DA-Net trains them (TRAINED danet_os16_no_aux, its ResNet-50)",
+    "ResNet-50's Bottlenecks: tests/test_resnet.py checks them against NumPy",
   ),
   'unetpp_deep_supervision': ('unetpp', {}, 'tests/test_networks.py trains it'),
   'cenet_resnet18': (

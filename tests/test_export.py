@@ -192,9 +192,8 @@ def test_shipped_onnx_has_batchnorm_folded_and_a_dynamic_batch(run):
     assert run_onnx(np.zeros((batch, SIZE, SIZE, 1), np.float32)).shape == (batch, SIZE, SIZE, 1)
 
 
-# Each attention type and each SC form; the plain U-Net; CE-Net for both converter
-# workarounds (its ResNet stem's padded max-pool, its RMP's positional max-pools and its
-# input-dilated transposed convs).
+# Each attention type and each SC form; the plain U-Net. (Every registered network, CE-Net
+# with both converter workarounds among them, converts in tests/test_networks.py.)
 NETWORK_CASES = {
   'unet': ('unet', {}),
   'ec_cam_unet': ('ec_cam_unet', {}),
@@ -202,7 +201,6 @@ NETWORK_CASES = {
   'coa_naive': ('unet_coa', {'attention_impl': 'naive'}),
   'se': ('unet_se', {}),
   'cbam': ('unet_cbam', {}),
-  'cenet': ('cenet', {'resnet_depth': 18, 'base_channels': 2}),
 }
 
 

@@ -1,7 +1,7 @@
 """The contract every registered network keeps (docs/adding-a-model.md), checked for each
 network of ecam_jax/models/registry.py at a small size: its registry entry and docs page,
 one train step sharded over 8 devices equal to one device (BatchNorm statistics included,
-K + 1 = 3 logits, the sharded run rematerialized), prediction in the input's geometry,
+the sharded run rematerialized), K + 1 logits, prediction in the input's geometry,
 bfloat16 compute with float32 outputs on a non-square input, an input size it cannot take
 refused by key, and its export to ONNX. A network's own test module keeps only what is
 specific to it (its blocks against NumPy, its reference parameter counts)."""
@@ -95,18 +95,34 @@ def test_docs_page_shows_the_declared_options(name):
 
 
 @pytest.mark.parametrize('name', NETWORKS)
-def test_sharded_step_with_three_classes_equals_one_device(name):
-  """K + 1 = 3 logits (two classes): one step on 8 devices, every level rematerialized,
-  against one device without remat (loss, gradient norm, counts, parameters, BatchNorm
-  statistics)."""
+def test_sharded_step_equals_one_device(name):
+  """One step on 8 devices, every level rematerialized, against one device without remat:
+  loss, gradient norm, counts, parameters, BatchNorm statistics. (The U-Net's is
+  tests/test_steps.py's program: the two share one compilation.)"""
   variant, model, size = small(name)
   config = se.config(variant, size=size, batch=8)
   config.model.update(model)
-  config.data.merge_foreground = False
-  config.data.classes = 'a:1,b:2'
-  config.model.num_classes = 3
   configuration.check(config)
   se.assert_one_step_equal(config, devices=8, sharded_model={'remat': True})
+
+
+@pytest.mark.parametrize('name', NETWORKS)
+def test_three_classes_give_three_logits_everywhere(name):
+  """K + 1 = 3 logits and side logits at the input's size (traced; the multi-class loss on
+  sharded batches: tests/test_steps.py)."""
+  config = small_config(name)
+  config.model.num_classes = 3
+  model = build_model(config.model)
+  size = config.data.image_size
+  x = jax.ShapeDtypeStruct((2, size, size, 1), jnp.float32)
+  out, _ = jax.eval_shape(
+    lambda v: model.apply(
+      v, x, True, mutable=['batch_stats'], rngs={dropout.RNG: jax.random.key(0)}
+    ),
+    abstract_variables(model, size),
+  )
+  for logits in (out['logits'], *out['side_logits']):
+    assert logits.shape == (2, size, size, 3)
 
 
 def _variables(config) -> dict:
