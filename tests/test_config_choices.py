@@ -55,9 +55,14 @@ TRAINED = {
     'unet_coag_musfu',
     {'model.aspp_1x1_branch': True, 'model.aspp_image_pool': True},
   ),
-  'coa_naive_bf16': (
+  'coa_naive_bf16_side': (
     'unet_coa',
-    {'model.attention_impl': 'naive', 'model.attention_scale': 0.5, 'model.dtype': 'bfloat16'},
+    {
+      'model.attention_impl': 'naive',
+      'model.attention_scale': 0.5,
+      'model.dtype': 'bfloat16',
+      'model.use_dws': True,
+    },
   ),
   'se_add_sides_remat': (
     'unet_se',
@@ -291,6 +296,10 @@ def test_one_sharded_train_step(name, monkeypatch):
   assert int(after.step) == 1
   moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), after.params, before)
   assert max(jax.tree.leaves(moved)) > 0
+  # Whatever the compute dtype (model.dtype), the state and the loss stay float32.
+  assert metrics['loss'].dtype == np.float32
+  for tree in (after.params, after.batch_stats, after.opt_state):
+    assert {x.dtype for x in jax.tree.leaves(tree) if x.ndim} == {np.dtype('float32')}
 
 
 @pytest.mark.parametrize('name', sorted(TRACED))

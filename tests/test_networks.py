@@ -116,10 +116,11 @@ def test_three_classes_give_three_logits_everywhere(name):
   size = config.data.image_size
   x = jax.ShapeDtypeStruct((2, size, size, 1), jnp.float32)
   out, _ = jax.eval_shape(
-    lambda v: model.apply(
+    lambda v, x: model.apply(
       v, x, True, mutable=['batch_stats'], rngs={dropout.RNG: jax.random.key(0)}
     ),
     abstract_variables(model, size),
+    x,
   )
   for logits in (out['logits'], *out['side_logits']):
     assert logits.shape == (2, size, size, 3)

@@ -1,5 +1,6 @@
-"""Mixed precision: bfloat16 compute with float32 parameters, optimizer state, BatchNorm
-statistics and loss; outputs close to float32's; training in bf16 reaches fp32's DSC."""
+"""Mixed precision: bfloat16 outputs close to float32's; training in bf16 reaches fp32's
+DSC. (A bf16 train step keeping float32 parameters, optimizer state, BatchNorm statistics
+and loss: tests/test_config_choices.py's coa_naive_bf16_side, with a side output.)"""
 
 import json
 import os
@@ -9,14 +10,10 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
-from ecam_jax import parallel, steps
 from ecam_jax.configuration import load_config
 from ecam_jax.models.build import abstract_variables, build_model
-from ecam_jax.optim import make_optimizer
-from ecam_jax.state import TrainState
 
 import numpy_ref as ref
 
@@ -44,33 +41,6 @@ def test_bf16_forward_is_close_to_fp32_and_outputs_are_fp32():
   assert b['logits'].dtype == jnp.float32 and b['side_logits'][0].dtype == jnp.float32
   err = float(jnp.linalg.norm(b['logits'] - a['logits']) / jnp.linalg.norm(a['logits']))
   assert 1e-5 < err < 5e-2, err  # bf16 arithmetic happened, and stayed close
-
-
-def test_bf16_train_step_keeps_fp32_state_and_loss():
-  config = _config('bfloat16')
-  mesh = parallel.data_mesh(jax.devices()[:4])
-  model = build_model(config.model, axis_name=parallel.AXIS)
-  tx, schedule = make_optimizer(config.train, 10)
-  variables = ref.host_variables(abstract_variables(model, 32))
-  state = TrainState(
-    step=np.zeros((), np.int32),
-    params=variables['params'],
-    batch_stats=variables['batch_stats'],
-    opt_state=tx.init(variables['params']),
-    rng=np.asarray(jax.random.key_data(jax.random.key(0))),
-    skipped=np.zeros((), np.int32),
-    first_nonfinite=np.full((), -1, np.int32),
-  )
-  state = jax.device_put(state, parallel.replicated(mesh))
-  rng = np.random.default_rng(0)
-  image = rng.random((8, 32, 32, 1), dtype=np.float32)
-  batch = parallel.global_batch(mesh, {'image': image, 'label': (image > 0.7).astype(np.uint8)})
-  state, metrics = steps.make_train_step(model, tx, schedule, config, mesh)(state, batch)
-  assert metrics['loss'].dtype == jnp.float32 and bool(metrics['finite'])
-  for tree in (state.params, state.batch_stats, state.opt_state):
-    assert {x.dtype for x in jax.tree.leaves(tree) if x.ndim} == {jnp.dtype('float32')}
-  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), state.params, variables['params'])
-  assert max(jax.tree.leaves(moved)) > 0
 
 
 @pytest.mark.slow
