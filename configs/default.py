@@ -33,12 +33,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.phantom_lesion_prob = 0.5
   data.phantom_lesion_scale = 1.0
   data.phantom_lesion_drop_hu = 35.0
-  data.layout = 'msd'  # 'msd' | 'kits19' | 'paired'
+  data.layout = 'msd'  # 'msd' | 'nnunet' (nnU-Net v2 raw) | 'kits19' | 'paired'
   data.dataset = 'custom'  # names the paper's split sizes: see ecam_jax/data/splits.py
   # Unset ('' / None): what the msd layout's dataset.json declares, else CT and labels (0, 1).
   # An explicit value that disagrees with dataset.json is refused. config.json records the
   # resolved values.
-  data.modality = ''  # 'CT': HU window; 'MR' (any non-CT): percentile clip + z-score per volume
+  data.modality = ''  # one channel: 'CT': HU window; 'MR' (any non-CT): percentile clip + z-score
+  # The name of each input channel, in order, as dataset.json names them ('CT', 'T2', 'ADC',
+  # ...); each is normalized by its name as nnU-Net reads them: 'CT' as CT (see
+  # ct_normalization), 'noNorm' not at all, 'rescale_to_0_1' to [0, 1], 'rgb_to_0_1' / 255,
+  # any other (MRI, T2, ADC, zscore) clipped at mr_percentiles and z-scored per volume.
+  # Unset: dataset.json's, else (modality,). model.in_channels is set from it.
+  data.channels = config_dict.placeholder(tuple)
+  # CT channels: 'window' (hu_window scaled to [0, 1], the paper's) | 'nnunet' (clipped to the
+  # 0.5 and 99.5 percentiles of the training cases' foreground intensities and z-scored with
+  # their mean and std, computed once with the cache and recorded in config.json)
+  data.ct_normalization = 'window'
+  data.ct_statistics = config_dict.placeholder(tuple)  # 'nnunet': (p0.5, p99.5, mean, std); set
   data.label_values = config_dict.placeholder(tuple)  # every value a label file may hold
   data.foreground_labels = config_dict.placeholder(tuple)  # None: every non-zero label value
   # True: the paper's setting, every foreground label merged into one class (1 logit,
@@ -56,7 +67,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.mr_percentiles = (0.5, 99.5)  # MR clip percentiles before the z-score
   data.image_size = 512  # in-plane size after resizing (square)
   data.cache_dir = ''  # '' = WORKDIR/cache
-  data.splits_file = ''  # a user's splits.json; overrides the sizes below
+  # A user's splits.json ({"train", "val", "test"}), or nnU-Net's splits_final.json (a list
+  # of {"train", "val"}, one per fold, of which data.fold is used); overrides the sizes below
+  data.splits_file = ''
+  data.fold = 0
   data.split_sizes = config_dict.placeholder(tuple)
   data.split_ratios = (0.8, 0.05, 0.15)  # used when split_sizes is None
   data.split_seed = 0

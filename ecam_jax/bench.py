@@ -98,12 +98,12 @@ def _synthetic_batch(config, mesh, rng: np.random.Generator) -> dict[str, np.nda
   batch = config.train.batch_size
   b = parallel.fit_batch(batch, mesh, 'config.train.batch_size')
   s = config.data.image_size
-  image = rng.random((b, s, s, 1), dtype=np.float32)
+  image = rng.random((b, s, s, config.model.in_channels), dtype=np.float32)
   yy, xx = np.mgrid[:s, :s] / s
   label = ((yy - 0.5) ** 2 + (xx - 0.4) ** 2 < 0.02).astype(np.uint8)
   return {
     'image': image,
-    'label': np.broadcast_to(label[None, ..., None], image.shape).copy(),
+    'label': np.broadcast_to(label[None, ..., None], (b, s, s, 1)).copy(),
     'valid': np.arange(b) < batch,
   }
 
@@ -167,7 +167,7 @@ def bench_infer(
   variables = jax.device_put(variables, parallel.replicated(mesh))
   batch = parallel.fit_batch(config.eval.batch_size, mesh, 'config.eval.batch_size')
   s = config.data.image_size
-  images = np.random.default_rng(1).random((batch, s, s, 1), dtype=np.float32)
+  images = np.random.default_rng(1).random((batch, s, s, config.model.in_channels), np.float32)
   images = jax.device_put(images, parallel.batch_sharded(mesh))
   predict = steps.make_predict_step(model, mesh, config.eval.tta_flip)
   return _median_ms(lambda: predict(variables, images), repeats, warmup) / batch

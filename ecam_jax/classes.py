@@ -72,6 +72,10 @@ def format_classes(classes: tuple[tuple[str, int], ...]) -> str:
   return ','.join(f'{name}:{value}' for name, value in classes)
 
 
+def format_regions(regions: tuple[tuple[str, tuple[int, ...]], ...]) -> str:
+  return ','.join(f'{name}:{"+".join(str(v) for v in values)}' for name, values in regions)
+
+
 def is_multiclass(config: ml_collections.ConfigDict) -> bool:
   return not config.data.merge_foreground
 

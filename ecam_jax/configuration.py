@@ -99,7 +99,8 @@ def sibling_config(this_file: str, name: str, arg: str | None = None):
 
 # Keys whose value is one of a few words, and the words.
 CHOICES = {
-  'data.layout': ('msd', 'kits19', 'paired'),
+  'data.layout': ('msd', 'nnunet', 'kits19', 'paired'),
+  'data.ct_normalization': ('window', 'nnunet'),
   'data.modality': ('', 'CT', 'MR'),  # '': what dataset.json declares (msd), else CT
   'train.schedule': ('cosine', 'constant'),
   'train.nonfinite': ('stop', 'skip'),
@@ -112,6 +113,7 @@ INTEGERS = {
   'data.phantom_size': 32,
   'data.image_size': 16,
   'data.split_seed': 0,
+  'data.fold': 0,
   'data.num_workers': 0,
   'data.prefetch_batches': 0,
   'data.prepare_workers': 1,
@@ -219,6 +221,31 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
         f'config.data.foreground_labels has {undeclared}, not among '
         f'config.data.label_values={label_values}'
       )
+  channels = _get(config, 'data.channels')
+  if channels is not None and not (
+    isinstance(channels, (tuple, list))
+    and channels
+    and all(isinstance(c, str) and c for c in channels)
+  ):
+    raise ConfigError(
+      f"config.data.channels={channels!r}; expected the name of each channel, e.g. ('T2', 'ADC')"
+    )
+  statistics = _get(config, 'data.ct_statistics')
+  if statistics is not None and not (
+    isinstance(statistics, (tuple, list))
+    and all(
+      isinstance(s, (tuple, list))
+      and len(s) == 4
+      and all(_is_number(v) for v in s)
+      and s[0] <= s[1]
+      and s[3] > 0
+      for s in statistics
+    )
+  ):
+    raise ConfigError(
+      f'config.data.ct_statistics={statistics!r}; expected one (p_lo, p_hi, mean, std) per CT '
+      'channel with p_lo <= p_hi and std > 0 (computed with the cache when unset)'
+    )
   classes.parse_classes(data.classes)  # ConfigError naming the key and the item
   classes.parse_regions(data.regions)
   sizes = data.split_sizes

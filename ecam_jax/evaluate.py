@@ -158,8 +158,8 @@ def evaluate_split(
   scores = {}
   for case_id in tqdm.tqdm(case_splits[split], desc=f'eval {split}', unit='case'):
     case = cases[case_id]
-    image = volumes.load_nifti(case.image)
-    pred = predictor.segment_file(case.image, out / 'predictions' / f'{case_id}.nii.gz')
+    image = volumes.load_channels(case.images, len(config.data.channels))[0]
+    pred = predictor.segment_file(case.images, out / 'predictions' / f'{case_id}.nii.gz')
     label_img = volumes.load_nifti(case.label)
     label = volumes.integer_labels(label_img, case.label)
     if not classes.is_multiclass(config):  # the written mask holds 1; the label its values
@@ -201,7 +201,8 @@ def _case_overlay(
   config: ml_collections.ConfigDict,
   path: pathlib.Path,
 ) -> None:
-  """A few slices with the most label (or prediction) voxels, contours over the image."""
+  """A few slices with the most label (or prediction) voxels, contours over the image
+  (channel 0)."""
   areas = (label | pred).sum(axis=tuple(a for a in range(3) if a != axis))
   picks = np.argsort(-areas, kind='stable')[: config.eval.overlay_slices]
   data = volumes.normalize(np.asanyarray(image.dataobj), config.data)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ecam_jax.data import volumes
+from ecam_jax.data import layouts, volumes
 from ecam_jax.errors import ConfigError, DataError
 from ecam_jax.export import contract, folder, runtimes, segment
 
@@ -25,7 +25,11 @@ def check(export: str | pathlib.Path, source: str | pathlib.Path, batch: int = 8
   """The report the command prints (module docstring) for one volume, as a dict."""
   export = pathlib.Path(export)
   terms = contract.read(export)
-  image = volumes.load_nifti(source)
+  channels = len(contract.data_settings(terms).channels)
+  (_, files), *more = layouts.cases_at(pathlib.Path(source), channels)
+  if more:
+    raise DataError(f'--input {source}: {len(more) + 1} cases; give one volume')
+  image = volumes.load_channels(files, channels)
   onnx = segment.segment(terms, image, runtimes.onnx_runtime(export / folder.ONNX), batch)
   hlo = segment.segment(terms, image, runtimes.stablehlo_runtime(export / folder.STABLEHLO), batch)
   difference = max(float(np.abs(a - b).max()) for a, b in zip(onnx.views, hlo.views, strict=True))
@@ -53,7 +57,12 @@ def check(export: str | pathlib.Path, source: str | pathlib.Path, batch: int = 8
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--export', required=True, help='the export folder (--mode=export)')
-  parser.add_argument('--input', required=True, help='a NIfTI volume (.nii or .nii.gz)')
+  parser.add_argument(
+    '--input',
+    required=True,
+    help='a NIfTI volume (.nii or .nii.gz): one file, a 4-D file of the channels, or the '
+    'CASE_0000 file of a case whose channels are files beside it',
+  )
   parser.add_argument('--batch', type=int, default=8, help='slices per runtime call')
   args = parser.parse_args(argv)
   try:

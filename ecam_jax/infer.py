@@ -1,6 +1,7 @@
 """Segmenting volumes with a trained model (prediction only; scoring is evaluate.py's).
 
-A volume goes: NIfTI -> canonical axial slices, normalized and resized (data/volumes.py)
+A case (one NIfTI file, one file per channel as nnU-Net names them, or one 4-D file of
+several channels) goes: -> canonical axial slices, normalized and resized (data/volumes.py)
 -> the model on batches of slices, spread over this process's devices (EC folded into
 single convs; optional flip TTA, averaging probabilities) -> probabilities resized back
 (linearly) and thresholded at config.eval.threshold, or, with several classes, the most
@@ -14,6 +15,7 @@ import gzip
 import numbers
 import os
 import pathlib
+from collections.abc import Sequence
 
 import jax
 import ml_collections
@@ -27,7 +29,7 @@ from ecam_jax import checkpoint, classes, configuration, parallel, steps
 from ecam_jax.atomic import write_bytes_atomic
 from ecam_jax.data import layouts, volumes
 from ecam_jax.data import source as data_source
-from ecam_jax.data.layouts import NIFTI_SUFFIXES, case_id_of
+from ecam_jax.data.layouts import NIFTI_SUFFIXES
 from ecam_jax.errors import DataError
 from ecam_jax.models.build import abstract_variables, build_model, has_ec_blocks
 from ecam_jax.models.layers import fold_ec
@@ -93,44 +95,61 @@ class Predictor:
     self._step = steps.make_predict_step(model, self.mesh, config.eval.tta_flip)
 
   def probabilities(self, slices: np.ndarray, progress: bool = False) -> np.ndarray:
-    """float32 [Z, S, S] preprocessed slices -> foreground probabilities [Z, S, S] (one
-    logit) or each class's [Z, S, S, K + 1] (softmax).
+    """float32 [Z, S, S, C] preprocessed slices ([Z, S, S] for one channel) -> foreground
+    probabilities [Z, S, S] (one logit) or each class's [Z, S, S, K + 1] (softmax).
 
     Batches of config.eval.batch_size slices rounded up to a multiple of the device count
     (`parallel.fit_batch`); the last batch is padded with zero slices to the same size (one
     compiled shape) whose outputs are dropped."""
     batch = parallel.fit_batch(self.config.eval.batch_size, self.mesh, 'config.eval.batch_size')
+    slices = slices[..., None] if slices.ndim == 3 else slices
     out = []
     starts = range(0, slices.shape[0], batch)
     for start in tqdm.tqdm(starts, desc='slices', unit='batch', disable=not progress, leave=False):
-      chunk = slices[start : start + batch, ..., None]
+      chunk = slices[start : start + batch]
       padded = parallel.pad_rows(chunk, batch)
       images = jax.device_put(padded, parallel.batch_sharded(self.mesh))
       out.append(np.asarray(self._step(self.variables, images))[: chunk.shape[0]])
     if not out:
       k = self.config.model.num_classes
-      return np.zeros((*slices.shape, *((k,) if k > 1 else ())), np.float32)
+      return np.zeros((*slices.shape[:3], *((k,) if k > 1 else ())), np.float32)
     return np.concatenate(out)
 
-  def segment_image(self, image: nib.Nifti1Image, progress: bool = False) -> np.ndarray:
-    """A NIfTI image -> its label map in the image's own voxel grid (same shape): 1 where
-    foreground (binary), else each class's label value; 0 background."""
+  def segment_image(
+    self, image: nib.Nifti1Image | Sequence[nib.Nifti1Image], progress: bool = False
+  ) -> np.ndarray:
+    """A NIfTI image (or one per channel, on one grid) -> its label map in the image's own
+    voxel grid (channel 0's shape): 1 where foreground (binary), else each class's label
+    value; 0 background."""
     slices, record = volumes.preprocess_image(image, self.config.data)
     prob = self.probabilities(slices, progress)
     return label_map(prob, record, self.config.eval, self.label_values)
 
   def segment_array(self, volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """From Python: a 3-D array (in the voxel order `affine` describes) -> uint8 mask."""
+    """From Python: a 3-D array, or [x, y, z, C] with its channels last (in the voxel order
+    `affine` describes) -> uint8 mask."""
     volume = np.asarray(volume)
-    if volume.ndim != 3:
-      raise ValueError(f'expected a 3-D volume, got an array of shape {volume.shape}')
-    return self.segment_image(nib.Nifti1Image(volume, np.asarray(affine, np.float64)))
+    if volume.ndim not in (3, 4):
+      raise ValueError(f'expected a 3-D volume or [x, y, z, C], got shape {volume.shape}')
+    affine = np.asarray(affine, np.float64)
+    if volume.ndim == 3:
+      return self.segment_image(nib.Nifti1Image(volume, affine))
+    return self.segment_image(
+      [nib.Nifti1Image(volume[..., c], affine) for c in range(volume.shape[-1])]
+    )
 
-  def segment_file(self, source: pathlib.Path, target: pathlib.Path, progress=False) -> np.ndarray:
-    """Segments `source` into `target` (uint8 NIfTI, the source's shape and affine)."""
-    image = volumes.load_nifti(source)
-    mask = self.segment_image(image, progress)
-    write_mask(mask, image, target)
+  def segment_file(
+    self,
+    source: str | os.PathLike | Sequence[str | os.PathLike],
+    target: pathlib.Path,
+    progress=False,
+  ) -> np.ndarray:
+    """Segments a case into `target` (uint8 NIfTI with channel 0's shape and affine): one
+    file, one file per channel, or one 4-D file of the model's channels."""
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    channels = volumes.load_channels(sources, len(volumes.channel_names(self.config.data)))
+    mask = self.segment_image(channels, progress)
+    write_mask(mask, channels[0], target)
     return mask
 
 
@@ -176,26 +195,16 @@ def write_mask(mask: np.ndarray, like: nib.Nifti1Image, path: pathlib.Path) -> N
   write_bytes_atomic(path, data)
 
 
-def _nifti_inputs(source: pathlib.Path) -> list[pathlib.Path]:
-  if source.is_file():
-    return [source]
-  if source.is_dir():
-    files = layouts.nifti_files(source)
-    if not files:
-      raise DataError(f'--input {source}: no .nii or .nii.gz files in this folder')
-    return files
-  raise DataError(f'--input {source} does not exist')
-
-
-def plan_outputs(source: str, target: str) -> list[tuple[pathlib.Path, pathlib.Path]]:
-  """(input, output) pairs; an output that would overwrite an input is an error."""
+def plan_outputs(source: str, target: str, channels: int = 1) -> list[tuple[tuple, pathlib.Path]]:
+  """(input files of a case, output) pairs; an output that would overwrite an input is an
+  error."""
   src, dst = pathlib.Path(source).expanduser(), pathlib.Path(target).expanduser()
-  inputs = _nifti_inputs(src)
+  cases = layouts.cases_at(src, channels)
   if src.is_file() and dst.name.endswith(NIFTI_SUFFIXES):
-    pairs = [(src, dst)]
-  else:  # a folder (created if missing) receives CASE.nii.gz per input
-    pairs = [(p, dst / f'{case_id_of(p)}.nii.gz') for p in inputs]
-  resolved_inputs = {p.resolve() for p in inputs}
+    pairs = [(cases[0][1], dst)]
+  else:  # a folder (created if missing) receives CASE.nii.gz per case
+    pairs = [(files, dst / f'{case}.nii.gz') for case, files in cases]
+  resolved_inputs = {p.resolve() for files, _ in pairs for p in files}
   for _, out in pairs:
     if out.resolve() in resolved_inputs:
       raise DataError(f'--output {out} is an input file; refusing to overwrite it')
@@ -205,11 +214,13 @@ def plan_outputs(source: str, target: str) -> list[tuple[pathlib.Path, pathlib.P
 def predict_paths(
   config: ml_collections.ConfigDict, workdir: str, source: str, target: str, which: str
 ) -> list[pathlib.Path]:
-  """--mode=predict: segments a NIfTI file or every one in a folder."""
-  pairs = plan_outputs(source, target)
-  for src, _ in pairs:  # fail on a bad input before the first (slow) prediction
-    volumes.header_info(src)
-  data_source.resolve_settings(config, pathlib.Path(workdir))  # e.g. modality, from config.json
+  """--mode=predict: segments a case (a NIfTI file, or its channel files) or every case in
+  a folder."""
+  data_source.resolve_settings(config, pathlib.Path(workdir))  # e.g. channels, from config.json
+  channels = len(config.data.channels)
+  pairs = plan_outputs(source, target, channels)
+  for files, _ in pairs:  # fail on a bad input before the first (slow) prediction
+    volumes.case_grid(files, channels)
   predictor = Predictor(config, workdir, which)
   for src, dst in tqdm.tqdm(pairs, desc='volumes', unit='vol', disable=len(pairs) == 1):
     predictor.segment_file(src, dst, progress=len(pairs) == 1)

@@ -39,6 +39,7 @@ FREE = (
   'data.num_workers',
   'data.prefetch_batches',
   'data.prepare_workers',
+  'data.ct_statistics',  # computed from the data with the cache, which the fingerprint checks
   'train.max_steps',  # where this invocation stops; the schedule spans train.epochs
   'train.log_every_steps',
   'train.eval_every_epochs',
@@ -51,9 +52,13 @@ FREE = (
   'eval',
 )
 # Keys added after checkpoints recorded their config, with the value that computes what
-# the code did before the key existed: a checkpoint whose config lacks one of them was
-# trained that way, so the key is unchanged while it keeps this value.
+# the code did before the key existed (or how to read it from the stored config): a
+# checkpoint whose config lacks one of them was trained that way, so the key is unchanged
+# while it keeps this value.
 LATER_KEYS = {
+  'data.channels': lambda old: [old['data.modality']],  # one channel, named by its modality
+  'data.ct_normalization': 'window',
+  'data.fold': 0,
   'data.merge_foreground': True,
   'data.classes': '',
   'data.regions': '',
@@ -98,7 +103,8 @@ def changes(saved: dict[str, Any], current: ml_collections.ConfigDict) -> list[t
   FREE. The saved config is read in today's layout (`former_keys.upgrade`); a LATER_KEYS
   key it lacks counts as its value before it existed."""
   old, new = former_keys.upgrade(flatten(saved)), flatten(current)
-  old = {**{k: v for k, v in LATER_KEYS.items() if k in new}, **old}
+  later = {k: v(old) if callable(v) else v for k, v in LATER_KEYS.items() if k in new}
+  old = {**later, **old}
   network = new['model.name']
   missing = object()
   return [

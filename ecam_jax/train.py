@@ -134,7 +134,10 @@ def train_and_evaluate(
   # waits only 30 s for the others on CPU (gloo), less than compile times differ on a busy
   # host; after the barrier the processes run in lockstep.
   size = cache.image_size
-  train_spec = {'image': ((size, size, 1), np.float32), 'label': ((size, size, 1), np.uint8)}
+  train_spec = {
+    'image': ((size, size, cache.channels), np.float32),
+    'label': ((size, size, 1), np.uint8),
+  }
   train_step = (
     steps.make_train_step(model, tx, schedule, config, mesh)
     .lower(state, parallel.batch_spec(mesh, padded_batch, {**train_spec, 'valid': ((), bool)}))

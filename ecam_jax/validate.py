@@ -141,7 +141,7 @@ def write_overlay_png(
   classes, where the most probable class is not background: the classes' union)."""
   if not picks:
     return
-  images = np.stack([np.asarray(cache.image(c)[z]) for c, z in picks])[..., None]
+  images = np.stack([np.asarray(cache.image(c)[z]) for c, z in picks])  # [N, S, S, C]
   labels = np.stack([np.asarray(cache.label(c)[z]) for c, z in picks])
   padded = parallel.pad_rows(images, mesh.devices.size)
   batch = parallel.global_batch_from_full(mesh, {'image': padded})
@@ -198,7 +198,7 @@ class Validator:
     self.best = best_so_far(saves.ckpts.best_meta())
     self.pixels = len(cache.slices_of(case_ids)) * cache.image_size**2
     size = cache.image_size
-    image, label = ((size, size, 1), np.float32), ((size, size, 1), np.uint8)
+    image, label = ((size, size, cache.channels), np.float32), ((size, size, 1), np.uint8)
     weights = config.loss.class_weights and tuple(map(float, config.loss.class_weights))
     rows = parallel.fit_batch(config.eval.batch_size, mesh)
     self.eval_step = (

@@ -232,10 +232,10 @@ def test_msd_mr_task_caches_with_default_py_and_no_data_settings(tmp_path):
   splits.check(ids, config.data, tmp_path / 'work')
   sc = cache.prepare_cache(config, tmp_path / 'work', progress=False)
   settings = json.loads((sc.path / 'manifest.json').read_text())['settings']
-  assert settings['modality'] == 'MR' and settings['foreground_labels'] == [1]
+  assert settings['channels'] == ['MRI'] and settings['foreground_labels'] == [1]
   assert 'mr_percentiles' in settings and 'hu_window' not in settings
   image = np.asarray(sc.image(ids[0]))
-  assert image.shape == (6, 512, 512)
+  assert image.shape == (6, 512, 512, 1)
   # z-scored (CT would lie in [0, 1]); resizing smooths, so the std is only near 1
   assert abs(float(image.mean())) < 0.1 and image.min() < -0.5 and 0.5 < image.std() < 1.1
   label = volumes.load_nifti(tmp_path / 'heart' / 'labelsTr' / f'{ids[0]}.nii.gz')

@@ -112,6 +112,7 @@ def test_a_stored_config_in_the_earlier_layout_reads_as_todays(variant):
   same, (key, value) = TODAY[variant]
   config = load_config(ROOT / 'configs/demo.py', f'variant={variant}')
   config.model.update(same)
+  config.data.channels = ('CT',)  # as the run resolves it from the data before it resumes
   assert resume.changes(CONFIGS[variant], config) == []
   config.model[key] = value
   assert [k for k, _, _ in resume.changes(CONFIGS[variant], config)] == [f'model.{key}']

@@ -153,7 +153,7 @@ REFUSED = [
   ({'model.attention': 'se'}, 'model.use_cc'),  # CC and SC are parts of CoA only
   ({'train.schedule': 'linear'}, 'train.schedule'),
   ({'train.nonfinite': 'ignore'}, 'train.nonfinite'),
-  ({'data.layout': 'nnunet'}, 'data.layout'),
+  ({'data.layout': 'decathlon'}, 'data.layout'),
   ({'data.modality': 'PET'}, 'data.modality'),
 ]
 

@@ -32,7 +32,7 @@ def test_every_config_file_passes(name):
 # (key, a value that cannot work): each must raise ConfigError naming the key.
 BAD = [
   ('seed', -1),
-  ('data.layout', 'nnunet'),
+  ('data.layout', 'decathlon'),
   ('data.modality', 'PET'),
   ('data.phantom_cases', -1),
   ('data.phantom_size', 16),
@@ -215,6 +215,8 @@ FREE = {
   'data.dataset',
   'data.cache_dir',
   'data.splits_file',
+  'data.channels',  # names; checked against the dataset by layouts.resolve_settings
+  'data.ct_statistics',  # numbers checked by check; computed from the data when unset
 }
 
 

@@ -89,7 +89,7 @@ def _phantom_slices(root: pathlib.Path, count: int = 6) -> np.ndarray:
   config = _config('unet')
   slices, _ = volumes.preprocess_image(image, config.data)
   mid = len(slices) // 2
-  return slices[mid - count // 2 : mid + count - count // 2, ..., None]
+  return slices[mid - count // 2 : mid + count - count // 2]
 
 
 def _save_run(workdir: pathlib.Path, config, variables: dict, step: int = 7) -> None:
@@ -143,10 +143,13 @@ def test_export_writes_the_folder_and_its_contract(run):
   assert names == {'model.onnx', 'model.float16.onnx', 'model.stablehlo', 'preprocessing.json'}
   assert not [p for p in workdir.iterdir() if p.name.startswith(('.tmp-', '.old-'))]
   terms = contract.read(out)
-  assert terms['input']['intensity'] == {
-    'modality': 'CT',
+  (channel,) = terms['input']['channels']
+  assert channel == {
+    'channel': 0,
+    'name': 'CT',
+    'normalization': 'CT',
     'hu_window': [-160.0, 240.0],
-    'formula': terms['input']['intensity']['formula'],
+    'formula': channel['formula'],
   }
   assert terms['input']['orientation']['axcodes'] == ['S', 'P', 'L']
   assert terms['input']['resize']['size'] == [SIZE, SIZE]
@@ -267,7 +270,7 @@ def test_export_check_on_the_phantom_agrees_and_matches_the_predictor(run, phant
   terms = contract.read(workdir / 'export')
   image = volumes.load_nifti(volume)
   from_contract = segment.segment(
-    terms, image, runtimes.stablehlo_runtime(workdir / 'export' / 'model.stablehlo')
+    terms, [image], runtimes.stablehlo_runtime(workdir / 'export' / 'model.stablehlo')
   )
   predictor = infer.Predictor(config, None, variables=variables)
   expected = predictor.segment_image(image)
@@ -303,7 +306,7 @@ def test_multiclass_export_contract_and_labels(phantom_root, tmp_path):
     logits.transpose(0, 2, 3, 1), expected, rtol=0, atol=_tolerance(expected)
   )
   image = volumes.load_nifti(sorted((phantom_root / 'imagesTr').glob('*.nii.gz'))[0])
-  labels = segment.segment(terms, image, jax.jit(net.logits)).labels
+  labels = segment.segment(terms, [image], jax.jit(net.logits)).labels
   expected_labels = infer.Predictor(config, None, variables=variables).segment_image(image)
   assert np.count_nonzero(labels != expected_labels) <= 2  # rounding at a tie
 

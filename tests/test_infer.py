@@ -158,7 +158,7 @@ def _sigmoid(x):
 def test_flip_tta_is_the_mean_of_both_views(trained):
   config, workdir, root = trained
   slices, _ = volumes.preprocess_image(next((root / 'imagesTr').iterdir()), config.data)
-  images = slices[:8, ..., None]
+  images = slices[:8]
   plain = infer.Predictor(config, workdir, 'best', fold=False)
   config.eval.tta_flip = True
   try:

@@ -79,7 +79,7 @@ def test_msd_explicit_settings_that_agree_are_kept(tmp_path):
 
 def test_msd_explicit_settings_that_disagree_name_the_key(tmp_path):
   _write_mr_task(tmp_path)
-  with pytest.raises(ConfigError, match=r"modality 'MRI' \(MR\) but config.data.modality='CT'"):
+  with pytest.raises(ConfigError, match=r"channel 'MRI' \(MR\) but config.data.modality='CT'"):
     layouts.resolve_settings(fx.config(tmp_path, modality='CT').data)
   with pytest.raises(
     ConfigError, match=r'foreground_labels has \[2\], not among .* \[0, 1\] \(.*dataset.json'
@@ -100,8 +100,12 @@ def test_msd_without_modality_is_ct_and_bad_labels_are_named(tmp_path):
   _write_mr_task(tmp_path, labels={'0': 'background'})
   with pytest.raises(ConfigError, match=r'no foreground: the declared label values are \[0\]'):
     layouts.resolve_settings(fx.config(tmp_path).data)
-  _write_mr_task(tmp_path, modality={'0': 'T1', '1': 'T2'})
-  with pytest.raises(DataError, match='2 channels; only single-channel'):
+  _write_mr_task(tmp_path, modality={'0': 'T1', '1': 'T2'})  # two channels, each z-scored
+  data = fx.config(tmp_path).data
+  layouts.resolve_settings(data)
+  assert (data.channels, data.modality) == (('T1', 'T2'), '')
+  _write_mr_task(tmp_path, modality={'0': 'T1', '2': 'T2'})
+  with pytest.raises(DataError, match=r'"modality" has the keys \[.0., .2.\]; expected'):
     layouts.resolve_settings(fx.config(tmp_path).data)
 
 

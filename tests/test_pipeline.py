@@ -192,7 +192,7 @@ def test_eval_batches_cover_every_slice_once_in_order(slice_cache):
   images = np.concatenate([b['image'] for b in batches])
   labels = np.concatenate([b['label'] for b in batches])
   for i in range(12):
-    np.testing.assert_array_equal(images[i, ..., 0], sc.image(cases[case[i]])[z[i]])
+    np.testing.assert_array_equal(images[i], sc.image(cases[case[i]])[z[i]])
     np.testing.assert_array_equal(labels[i, ..., 0], sc.label(cases[case[i]])[z[i]])
   assert not images[12:].any() and not labels[12:].any()
   halves = [

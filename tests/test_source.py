@@ -66,7 +66,7 @@ def test_predict_without_root_uses_what_training_recorded(tmp_path):
 
 
 def test_predict_without_root_or_record_asks_for_the_modality(tmp_path):
-  with pytest.raises(ConfigError, match=r'config.data.modality is unset .*config.json'):
+  with pytest.raises(ConfigError, match=r'config.data.channels .* is unset .*config.json'):
     source.resolve_settings(fx.config(), tmp_path)
   config = fx.config(modality='MR')
   source.resolve_settings(config, tmp_path)

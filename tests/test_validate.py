@@ -50,7 +50,7 @@ def test_any_device_count_gives_the_single_device_counts(setup, devices):
 def test_counts_scores_and_loss_match_numpy(setup):
   config, sc, model, variables = setup
   table, sums = _table(setup, 1, 4)
-  images = np.stack([np.asarray(sc.image(c)) for c in sc.case_ids])[..., None]
+  images = np.stack([np.asarray(sc.image(c)) for c in sc.case_ids])  # [N, Z, S, S, C]
   labels = np.stack([np.asarray(sc.label(c)) for c in sc.case_ids]).astype(np.float64)
   logits = np.concatenate(
     [np.asarray(model.apply(variables, im, train=False)['logits'][..., 0]) for im in images]

@@ -70,20 +70,27 @@ def test_record_round_trips_through_json():
   assert again == record
 
 
-def test_normalize_ct_window_and_mr_zscore():
-  data = fx.config(modality='CT').data
+def test_normalize_each_channel_by_its_name():
+  """CT: the window; MR (any other name): percentile clip and z-score; nnU-Net's noNorm,
+  rescale_to_0_1 and rgb_to_0_1 as named; nnU-Net's CT scheme with its statistics."""
+  data = fx.config().data
+  data.channels = ('CT', 'MR', 'noNorm', 'Rescale_to_0_1', 'rgb_to_0_1', 'T2')
   hu = np.array([-1000, -100, 70, 240, 3000], np.int16)
-  np.testing.assert_allclose(volumes.normalize(hu, data), [0, 0, 0.5, 1, 1], atol=1e-6)
-  data.modality = 'MR'
+  np.testing.assert_allclose(volumes.normalize(hu, data, 0), [0, 0, 0.5, 1, 1], atol=1e-6)
   data.mr_percentiles = (10.0, 90.0)
   mr = np.concatenate([np.linspace(0, 100, 1001), [1e6]])
-  out = volumes.normalize(mr, data)
-  assert out.dtype == np.float32
-  assert abs(out.mean()) < 1e-5 and abs(out.std() - 1) < 1e-4
-  assert out.max() == out[-1] and np.isclose(out[-1], out[out < out[-1] + 1].max())  # clipped
-  data.modality = ''
-  with pytest.raises(ConfigError, match="config.data.modality=''"):
-    volumes.normalize(hu, data)
+  for channel in (1, 5):
+    out = volumes.normalize(mr, data, channel)
+    assert out.dtype == np.float32
+    assert abs(out.mean()) < 1e-5 and abs(out.std() - 1) < 1e-4
+    assert out.max() == out[-1] and np.isclose(out[-1], out[out < out[-1] + 1].max())  # clipped
+  np.testing.assert_array_equal(volumes.normalize(hu, data, 2), hu.astype(np.float32))
+  np.testing.assert_allclose(volumes.normalize(hu, data, 3), (hu + 1000) / 4000, atol=1e-7)
+  np.testing.assert_allclose(volumes.normalize(hu, data, 4), hu / 255, rtol=1e-6)
+  data.ct_normalization = 'nnunet'
+  data.ct_statistics = ((-50.0, 150.0, 40.0, 20.0),)
+  expected = (np.clip(hu, -50, 150) - 40) / 20
+  np.testing.assert_allclose(volumes.normalize(hu, data, 0), expected, rtol=1e-6)
 
 
 def test_resize_inplane_orders():
@@ -100,8 +107,10 @@ def test_resize_inplane_orders():
 def test_preprocess_image_from_file(tmp_path):
   image, _ = fx.volume(0, (24, 20, 6))
   path = fx.write_nifti(tmp_path / 'x.nii.gz', image, fx.LPS)
-  x, record = volumes.preprocess_image(path, fx.config(modality='CT').data)
-  assert x.shape == (6, 32, 32) and x.dtype == np.float32
+  data = fx.config(modality='CT').data
+  data.channels = ('CT',)
+  x, record = volumes.preprocess_image(path, data)
+  assert x.shape == (6, 32, 32, 1) and x.dtype == np.float32
   assert x.min() >= 0 and x.max() <= 1
   assert record.shape == (24, 20, 6) and record.canonical_shape == (6, 20, 24)
   np.testing.assert_allclose(record.affine, fx.LPS)
@@ -164,13 +173,13 @@ def test_image_and_label_shapes_or_affines_differ(tmp_path):
   image = fx.write_nifti(tmp_path / 'i.nii.gz', np.zeros((4, 4, 4), np.int16))
   label = fx.write_nifti(tmp_path / 'l.nii.gz', np.zeros((4, 4, 5), np.uint8))
   with pytest.raises(DataError, match=r'l\.nii\.gz: shape \(4, 4, 5\) differs from its image'):
-    volumes.check_pair(image, label)
+    volumes.check_pair([image], label)
   label = fx.write_nifti(tmp_path / 'l.nii.gz', np.zeros((4, 4, 4), np.uint8), fx.RAS)
   with pytest.raises(DataError, match=r'l\.nii\.gz: affine differs from its image'):
-    volumes.check_pair(image, label)
+    volumes.check_pair([image], label)
   shifted = fx.LPS.copy()
   shifted[0, 3] += 1e-5  # rounding, not a different grid
-  volumes.check_pair(image, fx.write_nifti(tmp_path / 'l.nii.gz', np.zeros((4, 4, 4)), shifted))
+  volumes.check_pair([image], fx.write_nifti(tmp_path / 'l.nii.gz', np.zeros((4, 4, 4)), shifted))
 
 
 def test_label_values_outside_declared_set(tmp_path):

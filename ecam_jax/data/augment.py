@@ -7,7 +7,9 @@ about the image centre, counter-clockwise as displayed (row 0 at the top) for po
 angles, as scipy.ndimage.rotate; and, on the image only, a Gaussian blur with probability
 aug.blur_prob and sigma uniform in aug.blur_sigma (pixels). Image and label go through the
 same flip and the same sampling grid: the image bilinearly with the edge replicated, the
-label by nearest neighbour with 0 (background) outside.
+label by nearest neighbour with 0 (background) outside. Every channel of an image moves
+with the others (flip, rotation); the blur, which changes intensities, is drawn for each
+channel on its own.
 """
 
 from typing import NamedTuple
@@ -18,23 +20,26 @@ import ml_collections
 
 
 class AugmentParams(NamedTuple):
-  """What one example's key draws: scalars, so a batch of them is [B] arrays."""
+  """What one example's key draws: scalars and [C] per channel (a batch: [B], [B, C])."""
 
   flip: jax.Array  # bool
   angle: jax.Array  # float32, degrees
-  blur: jax.Array  # bool
-  sigma: jax.Array  # float32, pixels
+  blur: jax.Array  # bool [C]
+  sigma: jax.Array  # float32 [C], pixels
 
 
-def sample_params(key: jax.Array, aug: ml_collections.ConfigDict) -> AugmentParams:
-  """The augmentation one example gets from its own key."""
+def sample_params(
+  key: jax.Array, aug: ml_collections.ConfigDict, channels: int = 1
+) -> AugmentParams:
+  """The augmentation one example of `channels` channels gets from its own key (the first
+  channel's draws are the same whatever the count)."""
   k_flip, k_angle, k_blur, k_sigma = jax.random.split(key, 4)
   lo, hi = aug.blur_sigma
   return AugmentParams(
     flip=jax.random.bernoulli(k_flip, aug.flip_prob),
     angle=jax.random.uniform(k_angle, (), jnp.float32, -aug.rotate_degrees, aug.rotate_degrees),
-    blur=jax.random.bernoulli(k_blur, aug.blur_prob),
-    sigma=jax.random.uniform(k_sigma, (), jnp.float32, lo, hi),
+    blur=jax.random.bernoulli(k_blur, aug.blur_prob, (channels,)),
+    sigma=jax.random.uniform(k_sigma, (channels,), jnp.float32, lo, hi),
   )
 
 
@@ -70,27 +75,36 @@ def gaussian_blur(image: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
 def apply_params(
   params: AugmentParams, image: jax.Array, label: jax.Array, radius: int
 ) -> tuple[jax.Array, jax.Array]:
-  """One example: image float32 [H, W, 1], label [H, W, 1] (dtype kept)."""
-  img, lab = image[..., 0], label[..., 0].astype(jnp.float32)  # [H, W]
-  img = jnp.where(params.flip, img[:, ::-1], img)
+  """One example: image float32 [H, W, C], label [H, W, 1] (dtypes kept)."""
+  lab = label[..., 0].astype(jnp.float32)  # [H, W]
   lab = jnp.where(params.flip, lab[:, ::-1], lab)
-  coords = rotation_coordinates(params.angle, *img.shape)
-  img = jax.scipy.ndimage.map_coordinates(img, coords, order=1, mode='nearest')
+  coords = rotation_coordinates(params.angle, *lab.shape)
   lab = jax.scipy.ndimage.map_coordinates(lab, coords, order=0, mode='constant', cval=0.0)
-  img = jnp.where(params.blur, gaussian_blur(img, params.sigma, radius), img)
-  return img[..., None].astype(image.dtype), jnp.round(lab)[..., None].astype(label.dtype)
+
+  def channel(img: jax.Array, blur: jax.Array, sigma: jax.Array) -> jax.Array:  # [H, W]
+    img = jnp.where(params.flip, img[:, ::-1], img)
+    img = jax.scipy.ndimage.map_coordinates(img, coords, order=1, mode='nearest')
+    return jnp.where(blur, gaussian_blur(img, sigma, radius), img)
+
+  channels = [
+    channel(image[..., c], params.blur[c], params.sigma[c]) for c in range(image.shape[-1])
+  ]
+  return jnp.stack(channels, axis=-1).astype(image.dtype), jnp.round(lab)[..., None].astype(
+    label.dtype
+  )
 
 
 def augment_batch(
   keys: jax.Array, images: jax.Array, labels: jax.Array, aug: ml_collections.ConfigDict
 ) -> tuple[jax.Array, jax.Array]:
-  """keys [B] (jax.random.key), images float32 [B, H, W, 1], labels [B, H, W, 1].
+  """keys [B] (jax.random.key), images float32 [B, H, W, C], labels [B, H, W, 1].
 
   Jittable and vmapped: an example's result depends only on its own key.
   """
   radius = blur_radius(max(aug.blur_sigma))
+  channels = images.shape[-1]
 
   def one(key, image, label):
-    return apply_params(sample_params(key, aug), image, label, radius)
+    return apply_params(sample_params(key, aug, channels), image, label, radius)
 
   return jax.vmap(one)(keys, images, labels)

@@ -1,13 +1,13 @@
 """The preprocessing cache: every case once through volumes.py, then slices by memory map.
 
 Reading one slice of a `.nii.gz` decompresses everything before it; training reads slices
-in random order, so each case is preprocessed once into `.npy` arrays (float32 image and
-binary uint8 label, `[Z, S, S]`) that a memory map reads a slice of in well under a
-millisecond. The folder:
+in random order, so each case is preprocessed once into `.npy` arrays (float32 image
+`[Z, S, S, C]` of C channels and uint8 label `[Z, S, S]`) that a memory map reads a slice of
+in well under a millisecond. The folder:
 
     cache/manifest.json          written last: the cache is complete iff it exists
     cache/index.npz              per slice: case position, z, foreground flag
-    cache/cases/<id>/image.npy   float32 [Z, S, S]
+    cache/cases/<id>/image.npy   float32 [Z, S, S, C]
     cache/cases/<id>/label.npy   uint8 [Z, S, S]: 1 where foreground (or the class index)
     cache/cases/<id>/meta.json   sources, settings, the undo record, foreground slices
 
@@ -31,10 +31,10 @@ import numpy as np
 import tqdm
 
 from ecam_jax.atomic import TEMP_PREFIXES, atomic_path, remove, write_json_atomic
-from ecam_jax.data import layouts, volumes
+from ecam_jax.data import fingerprint, layouts, volumes
 from ecam_jax.errors import DataError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: images [Z, S, S, C] (1: [Z, S, S], one channel)
 IMAGE_DTYPE = np.float32
 
 
@@ -63,6 +63,7 @@ class SliceCache:
     self.fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
     self.case_ids: list[str] = [c['case_id'] for c in meta['cases']]
     self.image_size: int = meta['settings']['image_size']
+    self.channels: int = len(meta['settings']['channels'])
     self._position = {case_id: k for k, case_id in enumerate(self.case_ids)}
     with np.load(self.path / 'index.npz') as f:
       self.index = SliceIndex(f['case'], f['z'], f['foreground'])
@@ -83,7 +84,7 @@ class SliceCache:
     return self._arrays[key]
 
   def image(self, case_id: str) -> np.memmap:
-    """float32 [Z, S, S], normalized (see volumes.normalize)."""
+    """float32 [Z, S, S, C], each channel normalized (see volumes.normalize)."""
     return self._array(case_id, 'image')
 
   def label(self, case_id: str) -> np.memmap:
@@ -115,19 +116,22 @@ def cache_path(config: ml_collections.ConfigDict, workdir: str | os.PathLike) ->
 
 def _settings(data: ml_collections.ConfigDict, declared: tuple[int, ...]) -> dict[str, Any]:
   """Everything that changes the cached arrays: a change rebuilds every case."""
+  schemes = [volumes.normalization_of(c) for c in data.channels]
   settings = {
     'version': CACHE_VERSION,
     'dtype': np.dtype(IMAGE_DTYPE).name,
-    'modality': data.modality,
+    'channels': list(data.channels),
     'image_size': int(data.image_size),
     'foreground_labels': sorted(int(v) for v in data.foreground_labels),
     'declared_labels': list(declared),
   }
   if not data.merge_foreground:  # a binary cache keeps its key (and its files) as before
     settings['classes'] = data.classes
-  if data.modality == 'CT':
+  if 'CT' in schemes and data.ct_normalization == 'nnunet':
+    settings['ct_statistics'] = [[float(v) for v in s] for s in data.ct_statistics]
+  elif 'CT' in schemes:
     settings['hu_window'] = [float(v) for v in data.hu_window]
-  else:
+  if 'zscore' in schemes:
     settings['mr_percentiles'] = [float(v) for v in data.mr_percentiles]
   return settings
 
@@ -135,7 +139,7 @@ def _settings(data: ml_collections.ConfigDict, declared: tuple[int, ...]) -> dic
 def _sources(case: layouts.Case) -> dict[str, list]:
   """What identifies a case's files: resolved path, size and modification time."""
   out = {}
-  for key, path in (('image', case.image), ('label', case.label)):
+  for key, path in (*((f'image{c}', p) for c, p in enumerate(case.images)), ('label', case.label)):
     stat = path.stat()
     out[key] = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
   return out
@@ -164,10 +168,10 @@ def _build_case(
 ) -> None:
   """Reads, checks and preprocesses one case into cases_dir/<id> (all of it or nothing)."""
   data_config = ml_collections.ConfigDict(data)
-  image = volumes.load_nifti(case.image)
+  channels = volumes.load_channels(case.images, len(data_config.channels))
   label = volumes.load_nifti(case.label)
   volumes.check_label_values(label, declared, case.label)
-  x, record = volumes.preprocess_image(image, data_config)  # [Z, S, S]
+  x, record = volumes.preprocess_image(channels, data_config)  # [Z, S, S, C]
   y = volumes.preprocess_label(label, data_config)  # [Z, S, S]
   meta = {
     'sources': sources,
@@ -202,6 +206,21 @@ def _build_all(jobs: list[tuple], workers: int, progress: bool) -> None:
       pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _resolve_ct_statistics(data, cases: list[layouts.Case], path: pathlib.Path) -> None:
+  """Fills data.ct_statistics (ct_normalization 'nnunet', when unset) from the cases'
+  intensities: computed once and kept in the cache folder, keyed by the cases' files."""
+  if data.ct_normalization != 'nnunet' or data.ct_statistics or not volumes.ct_channels(data):
+    return
+  record = path / 'ct_statistics.json'
+  key = {'sources': [_sources(c) for c in cases], 'channels': list(data.channels)}
+  stored = _read_json(record)
+  if not (isinstance(stored, dict) and stored.get('key') == key):
+    stored = {'key': key, 'statistics': fingerprint.ct_statistics(cases, data)}
+    path.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(record, stored)
+  data.ct_statistics = tuple(tuple(float(v) for v in s) for s in stored['statistics'])
+
+
 def prepare_cache(
   config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, progress: bool = True
 ) -> SliceCache:
@@ -214,6 +233,7 @@ def prepare_cache(
   path = cache_path(config, workdir)
   cases = layouts.discover_cases(data)
   layouts.resolve_settings(data)  # a no-op after source.resolve_data, which training runs first
+  _resolve_ct_statistics(data, cases, path)
   declared = tuple(data.label_values)
   settings = _settings(data, declared)
   sources = {c.case_id: _sources(c) for c in cases}
@@ -227,7 +247,7 @@ def prepare_cache(
   cases_dir = path / 'cases'
   stale = [c for c in cases if not _is_built(cases_dir / c.case_id, sources[c.case_id], settings)]
   for case in stale:  # cheap header checks of every case before any is built
-    volumes.check_pair(case.image, case.label)
+    volumes.check_pair(case.images, case.label, len(data.channels))
   remove(path / 'manifest.json')  # from here until the end, the cache is incomplete
   cases_dir.mkdir(parents=True, exist_ok=True)
   keep = {c.case_id for c in cases}

@@ -1,8 +1,13 @@
-"""Finding the cases of a dataset: three folder layouts, each as its own documentation says.
+"""Finding the cases of a dataset: four folder layouts, each as its own documentation says.
 
 - `msd` (Medical Segmentation Decathlon): `dataset.json` whose `training` list names
   image/label pairs (`./imagesTr/x.nii.gz`, `./labelsTr/x.nii.gz`), whose `labels` maps
-  label values to names and whose `modality` names the channel(s).
+  label values to names and whose `modality` names the channel(s); a multi-modal case is
+  one 4-D file, a channel per `modality` entry.
+- `nnunet` (nnU-Net v2's raw format): `dataset.json` with `channel_names`, `labels`,
+  `numTraining` and `file_ending`; `imagesTr/{CASE}_{XXXX}{file_ending}` (one file per
+  channel XXXX = 0000, 0001, ...) and `labelsTr/{CASE}{file_ending}`. An MSD-style folder
+  whose dataset.json is of this form is read as this layout, with a note.
 - `kits19` (KiTS19 challenge repository): `case_00000/imaging.nii.gz` and
   `case_00000/segmentation.nii.gz`; the official test cases (210-299) have no segmentation
   and are skipped, with a note.
@@ -13,18 +18,21 @@ macOS resource forks (`._*`) and other hidden files are ignored everywhere.
 """
 
 import dataclasses
-import json
 import pathlib
 import re
-from typing import Any
 
 import ml_collections
 from absl import logging
 
+from ecam_jax.data import dataset_json as dataset_json_module
 from ecam_jax.errors import ConfigError, DataError
 
 LAYOUTS = {
   'msd': 'dataset.json with a training list, imagesTr/ and labelsTr/',
+  'nnunet': (
+    "nnU-Net v2's dataset.json (channel_names, labels, file_ending), imagesTr/"
+    '{CASE}_{XXXX}{file_ending} per channel and labelsTr/{CASE}{file_ending}'
+  ),
   'kits19': 'case_00000/, case_00001/, ... folders holding imaging.nii.gz and segmentation.nii.gz',
   'paired': 'images/ and labels/ holding NIfTI files with matching names',
 }
@@ -33,11 +41,17 @@ NIFTI_SUFFIXES = ('.nii.gz', '.nii')
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-  """One volume and its label (None where a dataset has no label for it)."""
+  """One case: its image files (one per channel, or one 4-D file holding every channel)
+  and its label (None where a dataset has no label for it)."""
 
   case_id: str
-  image: pathlib.Path
+  images: tuple[pathlib.Path, ...]
   label: pathlib.Path | None
+
+  @property
+  def image(self) -> pathlib.Path:
+    """The file of channel 0, whose grid the label and every prediction share."""
+    return self.images[0]
 
 
 def case_id_of(path: pathlib.Path) -> str:
@@ -46,6 +60,15 @@ def case_id_of(path: pathlib.Path) -> str:
     if path.name.endswith(suffix):
       return path.name[: -len(suffix)]
   return path.stem
+
+
+CHANNEL_FILE = re.compile(r'^(?P<case>.+)_(?P<channel>\d{4})$')
+
+
+def channel_of(path: pathlib.Path) -> tuple[str, int] | None:
+  """(case id, channel) of nnU-Net's `{CASE}_{XXXX}` image file name, else None."""
+  match = CHANNEL_FILE.match(case_id_of(path))
+  return (match['case'], int(match['channel'])) if match else None
 
 
 def _visible(path: pathlib.Path) -> bool:
@@ -57,6 +80,51 @@ def nifti_files(folder: pathlib.Path) -> list[pathlib.Path]:
   return sorted(
     p for p in folder.iterdir() if p.is_file() and _visible(p) and p.name.endswith(NIFTI_SUFFIXES)
   )
+
+
+def _grouped(files: list[pathlib.Path], channels: int, where: str) -> list[tuple[str, tuple]]:
+  """(case id, its files) of NIfTI files: nnU-Net's {CASE}_{XXXX} channel files grouped by
+  case when every file is named so, else one case per file (a 4-D file of every channel
+  when the model takes several)."""
+  named = [channel_of(p) for p in files]
+  if not all(named):
+    return [(case_id_of(p), (p,)) for p in files]
+  groups: dict[str, dict[int, pathlib.Path]] = {}
+  for path, (case, channel) in zip(files, named, strict=True):
+    groups.setdefault(case, {})[channel] = path
+  cases = []
+  for case, found in sorted(groups.items()):
+    if sorted(found) != list(range(channels)):
+      raise DataError(
+        f'--input {where}: case {case!r} has the channel files {sorted(found)}; the model '
+        f'takes {channels}: expected {case}_0000 .. {case}_{channels - 1:04d}'
+      )
+    cases.append((case, tuple(found[c] for c in range(channels))))
+  return cases
+
+
+def cases_at(source: pathlib.Path, channels: int) -> list[tuple[str, tuple]]:
+  """(case id, files) of the cases to segment at `source` (--input): a folder's cases, or
+  one file's (its channel siblings {CASE}_0001, ... beside an nnU-Net {CASE}_0000 file
+  when the model takes several)."""
+  if source.is_dir():
+    files = nifti_files(source)
+    if not files:
+      raise DataError(f'--input {source}: no .nii or .nii.gz files in this folder')
+    return _grouped(files, channels, str(source))
+  if not source.is_file():
+    raise DataError(f'--input {source} does not exist')
+  parsed = channel_of(source)
+  if channels > 1 and parsed is not None:
+    suffix = source.name[len(case_id_of(source)) :]
+    files = [source.parent / f'{parsed[0]}_{c:04d}{suffix}' for c in range(channels)]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+      raise DataError(
+        f'--input {source}: the model takes {channels} channels; {missing[0]} is missing'
+      )
+    return [(parsed[0], tuple(files))]
+  return [(parsed[0] if parsed else case_id_of(source), (source,))]
 
 
 def _root(data_config: ml_collections.ConfigDict) -> pathlib.Path:
@@ -72,13 +140,43 @@ def _root(data_config: ml_collections.ConfigDict) -> pathlib.Path:
   return root
 
 
+def dataset_json(data_config: ml_collections.ConfigDict) -> dataset_json_module.Declared | None:
+  """The msd or nnunet layout's dataset.json, read (None for the other layouts)."""
+  if data_config.layout not in ('msd', 'nnunet'):
+    return None
+  path = _root(data_config) / 'dataset.json'
+  if not path.is_file():
+    raise DataError(
+      f'{path} is missing; the {data_config.layout!r} layout expects {LAYOUTS[data_config.layout]}'
+    )
+  return dataset_json_module.read(path)
+
+
+def resolve_layout(data_config: ml_collections.ConfigDict) -> str | None:
+  """Reads an msd-layout folder whose dataset.json is nnU-Net v2's as the nnunet layout
+  (sets data.layout); returns a note saying so, else None."""
+  if data_config.layout != 'msd':
+    return None
+  path = _root(data_config) / 'dataset.json'
+  if path.is_file() and dataset_json_module.form_of(dataset_json_module.read_json(path)) == (
+    dataset_json_module.NNUNET
+  ):
+    data_config.layout = 'nnunet'
+    return (
+      f"note: {path} is in nnU-Net v2's format (channel_names, no training list): the "
+      "dataset is read with config.data.layout='nnunet'"
+    )
+  return None
+
+
 def discover_cases(data_config: ml_collections.ConfigDict) -> list[Case]:
   """The labelled cases under `data_config.root`, sorted by case id.
 
   Every file a case names exists when this returns; reading them is volumes.py's job.
   """
   root = _root(data_config)
-  finder = {'msd': _msd_cases, 'kits19': _kits_cases, 'paired': _paired_cases}[data_config.layout]
+  finders = {'msd': _msd_cases, 'nnunet': _nnunet_cases, 'kits19': _kits_cases}
+  finder = finders.get(data_config.layout, _paired_cases)
   cases = finder(root, data_config)
   if not cases:
     raise DataError(
@@ -96,16 +194,52 @@ def discover_cases(data_config: ml_collections.ConfigDict) -> list[Case]:
   return sorted(cases, key=lambda c: c.case_id)
 
 
-DEFAULT_MODALITY = 'CT'  # where neither the config nor dataset.json names one
+DEFAULT_MODALITY = 'CT'  # where neither the config nor dataset.json names the channel
 DEFAULT_LABEL_VALUES = (0, 1)  # layouts without dataset.json, when the config declares none
 
 
-def resolve_settings(data_config: ml_collections.ConfigDict) -> None:
-  """Fills config.data.modality, label_values and foreground_labels where they are unset.
+def _resolve_channels(data, declared: dataset_json_module.Declared | None) -> None:
+  """data.channels (the channel names, in order) and, for one channel, data.modality."""
+  named = declared.channels if declared is not None else None
+  where = declared.path if declared is not None else None
+  if data.channels is not None:
+    channels = tuple(str(c) for c in data.channels)
+    if not channels:
+      raise ConfigError('config.data.channels=(); expected the name of each channel')
+    if named is not None and channels != named:
+      raise ConfigError(
+        f'{where} declares the channels {list(named)} but config.data.channels='
+        f"{channels}; leave it unset (None) to use the dataset's"
+      )
+  elif named is not None:
+    channels = named
+  else:
+    channels = (data.modality or DEFAULT_MODALITY,)
+  if len(channels) > 1 and data.modality:
+    raise ConfigError(
+      f'config.data.modality={data.modality!r} names one channel, but the dataset has '
+      f'{len(channels)}: {list(channels)} (each normalized by its name; leave '
+      'config.data.modality unset)'
+    )
+  modality = 'CT' if channels[0].strip().upper() == 'CT' else 'MR'
+  if len(channels) == 1 and data.modality and data.modality != modality:
+    raise ConfigError(
+      f'{where or "config.data.channels"} declares the channel {channels[0]!r} ({modality}) '
+      f"but config.data.modality={data.modality!r}; leave config.data.modality unset ('') "
+      "to use the dataset's"
+    )
+  data.channels = channels
+  data.modality = modality if len(channels) == 1 else ''
 
-  The msd layout's dataset.json declares the modality ('CT' stays CT, any other channel
-  name (MRI, MR, T2, ...) is normalized as MR, as nnU-Net does) and the label values;
-  other layouts use config.data.label_values, else {0} and the foreground labels, else
+
+def resolve_settings(data_config: ml_collections.ConfigDict) -> None:
+  """Fills config.data.channels, modality, label_values and foreground_labels where unset.
+
+  The msd and nnunet layouts' dataset.json declares the channels (`modality` or
+  `channel_names`; each channel is normalized by its name, as nnU-Net reads them: 'CT' as
+  CT, any other (MRI, T2, ADC, ...) z-scored as MR) and the label values; other layouts use
+  config.data.modality (one channel) or config.data.channels, else CT, and
+  config.data.label_values, else {0} and the foreground labels, else
   DEFAULT_LABEL_VALUES. Foreground defaults to every non-zero label value. An explicit
   setting that disagrees with dataset.json raises ConfigError naming the key, as do
   foreground labels that are not label values. Setting a value to what this resolved
@@ -113,18 +247,10 @@ def resolve_settings(data_config: ml_collections.ConfigDict) -> None:
   only: cheap enough to run before any volume is read.
   """
   data = data_config
-  path, name, modality, labels = None, None, None, None
-  if data.layout == 'msd':
-    path = _root(data) / 'dataset.json'
-    meta = _read_dataset_json(path)
-    name, labels = _declared_modality(meta, path), _declared_labels(meta, path)
-    modality = name and ('CT' if name.strip().upper() == 'CT' else 'MR')
-  if modality and data.modality and data.modality != modality:
-    raise ConfigError(
-      f'{path} declares modality {name!r} ({modality}) but config.data.modality='
-      f"{data.modality!r}; leave config.data.modality unset ('') to use the dataset's"
-    )
-  data.modality = data.modality or modality or DEFAULT_MODALITY
+  declared = dataset_json(data)
+  _resolve_channels(data, declared)
+  labels = declared.label_values if declared is not None else None
+  path = declared.path if declared is not None else None
   if labels is not None:
     if data.label_values is not None and sorted(set(data.label_values)) != list(labels):
       raise ConfigError(
@@ -143,7 +269,7 @@ def resolve_settings(data_config: ml_collections.ConfigDict) -> None:
   foreground = tuple(sorted(int(v) for v in data.foreground_labels))
   undeclared = sorted(set(foreground) - set(labels))
   if undeclared:
-    where = f'{path} "labels"' if data.layout == 'msd' else 'config.data.label_values'
+    where = f'{path} "labels"' if path else 'config.data.label_values'
     raise ConfigError(
       f'config.data.foreground_labels has {undeclared}, not among the declared label values '
       f'{list(labels)} ({where})'
@@ -157,67 +283,25 @@ def resolve_settings(data_config: ml_collections.ConfigDict) -> None:
 
 
 def declared_names(data_config: ml_collections.ConfigDict) -> dict[int, str]:
-  """Label value -> name, as the msd layout's dataset.json "labels" gives them (names made
-  identifiers: 'left atrium' -> 'left_atrium'); {} for other layouts."""
-  if data_config.layout != 'msd':
-    return {}
-  path = _root(data_config) / 'dataset.json'
-  labels = _read_dataset_json(path).get('labels')
-  _declared_labels({'labels': labels}, path)
-  names = {}
-  for value, name in labels.items():
-    word = re.sub(r'[^A-Za-z0-9_-]+', '_', str(name).strip()).strip('_')
-    names[int(value)] = word if word[:1].isalpha() else f'label{int(value)}'
-  return names
+  """Label value -> name, as dataset.json's "labels" gives them (names made identifiers:
+  'left atrium' -> 'left_atrium'); {} for layouts without dataset.json."""
+  declared = dataset_json(data_config)
+  return {} if declared is None else dict(declared.names)
 
 
-def _read_dataset_json(path: pathlib.Path) -> dict[str, Any]:
-  if not path.is_file():
-    raise DataError(f'{path} is missing; the msd layout expects {LAYOUTS["msd"]}')
-  try:
-    meta = json.loads(path.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise DataError(f'{path} is not valid JSON ({e})') from None
-  if not isinstance(meta, dict):
-    raise DataError(f'{path}: expected a JSON object, found {type(meta).__name__}')
-  return meta
-
-
-def _declared_labels(meta: dict[str, Any], path: pathlib.Path) -> tuple[int, ...]:
-  labels = meta.get('labels')
-  try:
-    values = tuple(sorted(int(k) for k in labels))
-  except (TypeError, ValueError):
-    values = ()
-  if not isinstance(labels, dict) or not values or min(values) < 0:
-    raise DataError(
-      f'{path}: "labels" is {labels!r}; expected a mapping like {{"0": "background", "1": ...}}'
-    )
-  return values
-
-
-def _declared_modality(meta: dict[str, Any], path: pathlib.Path) -> str | None:
-  """The channel name dataset.json's "modality" gives (e.g. 'CT', 'MRI'), None if none."""
-  modality = meta.get('modality')
-  if not isinstance(modality, dict) or not modality:
-    return None  # not every dataset.json written by hand has it; the config then decides
-  if len(modality) > 1:
-    raise DataError(
-      f'{path}: modality {modality} has {len(modality)} channels; only single-channel '
-      'volumes are supported'
-    )
-  (name,) = modality.values()
-  return str(name)
+def declared_regions(data_config: ml_collections.ConfigDict) -> tuple:
+  """nnU-Net v2's region labels (name, values) of dataset.json; () for other layouts."""
+  declared = dataset_json(data_config)
+  return () if declared is None else declared.regions
 
 
 def _msd_cases(root: pathlib.Path, data_config) -> list[Case]:
-  path = root / 'dataset.json'
-  meta = _read_dataset_json(path)
-  training = meta.get('training')
-  if not isinstance(training, list):
+  declared = dataset_json(data_config)
+  path = declared.path
+  if declared.training is None:
     raise DataError(f'{path}: expected a "training" list of {{"image", "label"}} entries')
   cases = []
-  for i, entry in enumerate(training):
+  for i, entry in enumerate(declared.training):
     if not isinstance(entry, dict) or not {'image', 'label'} <= entry.keys():
       raise DataError(f'{path}: training[{i}] is {entry!r}; expected {{"image": .., "label": ..}}')
     files = {}
@@ -227,7 +311,58 @@ def _msd_cases(root: pathlib.Path, data_config) -> list[Case]:
         raise DataError(f'{file} is listed in {path} (training[{i}].{key}) but does not exist')
       files[key] = file
     if _visible(files['image']):
-      cases.append(Case(case_id_of(files['image']), files['image'], files['label']))
+      cases.append(Case(case_id_of(files['image']), (files['image'],), files['label']))
+  return cases
+
+
+def _nnunet_cases(root: pathlib.Path, data_config) -> list[Case]:
+  """Every labelsTr/{CASE}{ending} with its imagesTr/{CASE}_{XXXX}{ending}, XXXX one per
+  channel; an image without a label, a label without images or a missing channel file is a
+  DataError naming the case and the file."""
+  declared = dataset_json(data_config)
+  ending, channels = declared.file_ending, len(declared.channels)
+  images_dir, labels_dir = root / 'imagesTr', root / 'labelsTr'
+  for folder in (images_dir, labels_dir):
+    if not folder.is_dir():
+      raise DataError(f'{folder} is missing; the nnunet layout expects {LAYOUTS["nnunet"]}')
+  labels = {
+    p.name[: -len(ending)]: p
+    for p in labels_dir.iterdir()
+    if p.is_file() and _visible(p) and p.name.endswith(ending)
+  }
+  images: dict[str, dict[int, pathlib.Path]] = {}
+  for p in images_dir.iterdir():
+    parsed = channel_of(p) if p.is_file() and _visible(p) and p.name.endswith(ending) else None
+    if parsed is not None:
+      images.setdefault(parsed[0], {})[parsed[1]] = p
+  orphans = sorted(set(images) - set(labels))
+  if orphans:
+    first = images[orphans[0]]
+    raise DataError(
+      f'case {orphans[0]!r}: {first[min(first)]} has no label file '
+      f'{labels_dir / (orphans[0] + ending)}'
+    )
+  cases = []
+  for case_id, label in sorted(labels.items()):
+    files = images.get(case_id, {})
+    for channel in range(channels):
+      if channel not in files:
+        raise DataError(
+          f'case {case_id!r}: {images_dir / f"{case_id}_{channel:04d}{ending}"} is missing '
+          f'({channels} channels: {list(declared.channels)} in {declared.path})'
+        )
+    extra = sorted(set(files) - set(range(channels)))
+    if extra:
+      raise DataError(
+        f'case {case_id!r}: {files[extra[0]]} is channel {extra[0]}, but {declared.path} '
+        f'declares {channels} channels'
+      )
+    cases.append(Case(case_id, tuple(files[c] for c in range(channels)), label))
+  if declared.num_training is not None and declared.num_training != len(cases):
+    raise DataError(
+      f'{declared.path}: "numTraining" is {declared.num_training} but {labels_dir} holds '
+      f'{len(cases)} labelled cases'
+    )
   return cases
 
 
@@ -238,7 +373,7 @@ def _kits_cases(root: pathlib.Path, data_config) -> list[Case]:
     if not image.is_file():
       raise DataError(f'{image} is missing; the kits19 layout expects {LAYOUTS["kits19"]}')
     if label.is_file():
-      cases.append(Case(folder.name, image, label))
+      cases.append(Case(folder.name, (image,), label))
     else:
       unlabelled.append(folder.name)
   if unlabelled:
@@ -268,4 +403,4 @@ def _paired_cases(root: pathlib.Path, data_config) -> list[Case]:
         f'{root / src}: {len(unmatched)} files have no file of the same name in '
         f'{root / dst} (e.g. {unmatched[0]}); the paired layout matches by file name'
       )
-  return [Case(case_id_of(images[n]), images[n], labels[n]) for n in sorted(images)]
+  return [Case(case_id_of(images[n]), (images[n],), labels[n]) for n in sorted(images)]

@@ -27,7 +27,8 @@ from ecam_jax.errors import ConfigError, DataError
 
 
 class SliceSource:
-  """A grain random-access source of every slice in a cache: {'image', 'label'} [S, S, 1].
+  """A grain random-access source of every slice in a cache: {'image' [S, S, C], 'label'
+  [S, S, 1]}.
 
   Memory maps are opened lazily in each process that reads (grain workers get a pickled
   copy holding only the folder), and the repr names the cache's content for grain's
@@ -53,7 +54,7 @@ class SliceSource:
     case_id = cache.case_ids[cache.index.case[position]]
     z = cache.index.z[position]
     return {
-      'image': np.asarray(cache.image(case_id)[z])[..., None],  # [S, S, 1] float32
+      'image': np.asarray(cache.image(case_id)[z]),  # [S, S, C] float32
       'label': np.asarray(cache.label(case_id)[z])[..., None],  # [S, S, 1] uint8
     }
 
@@ -109,6 +110,7 @@ class DrawSource:
     self._offset = process_index * self._local
     self._epoch_length = len(pool) // batch * batch
     self._size = cache.image_size
+    self._channels = cache.channels
     self._cached: tuple[int, np.ndarray] = (-1, np.zeros(0, np.int64))
 
   def __len__(self) -> int:
@@ -119,7 +121,7 @@ class DrawSource:
     slot = self._offset + row  # the row of the (padded) global batch
     if slot >= self._global:
       return {
-        'image': np.zeros((self._size, self._size, 1), np.float32),
+        'image': np.zeros((self._size, self._size, self._channels), np.float32),
         'label': np.zeros((self._size, self._size, 1), np.uint8),
         'valid': np.False_,
       }
@@ -199,8 +201,8 @@ def train_dataset(
   start_batch: int = 0,
   padded_batch: int | None = None,
 ) -> grain.MapDataset:
-  """This process's endless training batches {'image', 'label'} [b, S, S, 1] and 'valid'
-  [b] from global batch `start_batch` on, as a MapDataset; global batches are padded to
+  """This process's endless training batches 'image' [b, S, S, C], 'label' [b, S, S, 1] and
+  'valid' [b] from global batch `start_batch` on, as a MapDataset; global batches are padded to
   `padded_batch` rows when given (DrawSource)."""
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} is not in [0, {process_count})')
@@ -291,8 +293,8 @@ def eval_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
   """Every slice of these cases once, in order: case by case, z ascending.
 
-  Yields this process's rows of each global batch of `batch_size`: 'image' float32 and
-  'label' uint8 [b, S, S, 1], 'case' (int32 position in case_ids), 'z' (int32) and
+  Yields this process's rows of each global batch of `batch_size`: 'image' float32
+  [b, S, S, C] and 'label' uint8 [b, S, S, 1], 'case' (int32 position in case_ids), 'z' (int32) and
   'valid' (bool; the padding rows that fill the last batch are False and hold zeros).
   """
   if batch_size < 1 or batch_size % process_count:
@@ -307,7 +309,7 @@ def eval_batches(
   for start in range(0, len(positions), batch_size):
     rows = positions[start + process_index * local : start + (process_index + 1) * local]
     out = {
-      'image': np.zeros((local, size, size, 1), np.float32),
+      'image': np.zeros((local, size, size, cache.channels), np.float32),
       'label': np.zeros((local, size, size, 1), np.uint8),
       'case': np.zeros(local, np.int32),
       'z': np.zeros(local, np.int32),
@@ -316,7 +318,7 @@ def eval_batches(
     for i, position in enumerate(rows):
       case_id = cache.case_ids[cache.index.case[position]]
       z = cache.index.z[position]
-      out['image'][i, ..., 0] = cache.image(case_id)[z]
+      out['image'][i] = cache.image(case_id)[z]
       out['label'][i, ..., 0] = cache.label(case_id)[z]
       out['case'][i] = case_of[cache.index.case[position]]
       out['z'][i] = z

@@ -19,7 +19,15 @@ from ecam_jax.data import layouts, phantom
 from ecam_jax.errors import ConfigError
 
 # The config.data keys resolve_settings fills in when they are unset.
-DATASET_SETTINGS = ('modality', 'label_values', 'foreground_labels', 'classes')
+DATASET_SETTINGS = (
+  'modality',
+  'channels',
+  'label_values',
+  'foreground_labels',
+  'classes',
+  'regions',
+  'ct_statistics',
+)
 
 
 def resolve_root(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
@@ -52,12 +60,35 @@ def resolve_root(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> No
 
 def resolve_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[layouts.Case]:
   """The dataset's labelled cases, sorted by id, with config.data's dataset settings filled
-  in (layouts.resolve_settings): what training and evaluation call first."""
+  in (layouts.resolve_settings) and the model's inputs and outputs set from them: what
+  training and evaluation call first."""
   resolve_root(config, workdir)
+  note = layouts.resolve_layout(config.data)
+  if note:
+    parallel.print0(note)
   cases = layouts.discover_cases(config.data)
-  layouts.resolve_settings(config.data)
-  classes.resolve(config, layouts.declared_names(config.data))
+  _resolve_dataset(config)
   return cases
+
+
+def _resolve_dataset(config: ml_collections.ConfigDict) -> None:
+  data = config.data
+  layouts.resolve_settings(data)
+  if not data.regions and not data.merge_foreground:
+    data.regions = classes.format_regions(layouts.declared_regions(data))
+  classes.resolve(config, layouts.declared_names(data))
+  resolve_inputs(config)
+
+
+def resolve_inputs(config: ml_collections.ConfigDict) -> None:
+  """Sets config.model.in_channels from config.data.channels (it may be left at 1)."""
+  channels = len(config.data.channels)
+  if config.model.in_channels not in (1, channels):
+    raise ConfigError(
+      f'config.model.in_channels={config.model.in_channels}; the data has {channels} '
+      f'channels ({list(config.data.channels)}) (leave it at 1: set from the data)'
+    )
+  config.model.in_channels = channels
 
 
 def resolve_settings(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
@@ -70,8 +101,8 @@ def resolve_settings(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
   data = config.data
   if data.root:
     resolve_root(config, workdir)
-    layouts.resolve_settings(data)
-    classes.resolve(config, layouts.declared_names(data))
+    layouts.resolve_layout(data)
+    _resolve_dataset(config)
     return
   recorded = pathlib.Path(workdir) / 'config.json'
   try:
@@ -82,9 +113,13 @@ def resolve_settings(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
     if data[key] in ('', None) and trained.get(key) not in ('', None):
       value = trained[key]
       data[key] = tuple(value) if isinstance(value, list) else value
-  if not data.modality:
+  if data.channels is None and data.modality:
+    data.channels = (data.modality,)  # recorded by a run from before multi-channel input
+  if data.channels is None:
     raise ConfigError(
-      f'config.data.modality is unset and neither config.data.root nor {recorded} says '
-      "which it is; set config.data.modality ('CT' or 'MR') or config.data.root"
+      f'config.data.channels (or, for one channel, config.data.modality) is unset and '
+      f'neither config.data.root nor {recorded} says which it is; set '
+      "config.data.modality ('CT' or 'MR'), config.data.channels or config.data.root"
     )
   classes.resolve(config, {})
+  resolve_inputs(config)

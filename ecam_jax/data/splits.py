@@ -2,10 +2,12 @@
 
 Splitting by case (never by slice) keeps every slice of a volume in one split. The paper's
 sizes are the defaults for its datasets; any other dataset is split by ratios. A user's
-splits file (`data.splits_file`) overrides both. Cases with foreground and cases without
-are split separately (stratified), so that val and test hold foreground whenever the data
-has enough of it: validation that sees no foreground cannot select a model. `check` runs
-the checks that need only the case list, before the preprocessing cache is built.
+splits file (`data.splits_file`: {"train", "val", "test"}, or nnU-Net's splits_final.json,
+a list of {"train", "val"} folds of which `data.fold` is used) overrides both. Cases with
+foreground and cases without are split separately (stratified), so that val and test hold
+foreground whenever the data has enough of it: validation that sees no foreground cannot
+select a model. `check` runs the checks that need only the case list, before the
+preprocessing cache is built.
 """
 
 import json
@@ -121,7 +123,7 @@ def check(
   and a WORKDIR/splits.json from an earlier run against both. Reads no volume."""
   ids = sorted(case_ids)
   if data_config.splits_file:
-    read_splits_file(data_config.splits_file, ids)
+    read_splits_file(data_config.splits_file, ids, data_config.fold)
     return
   sizes = split_sizes(len(ids), data_config)
   path = pathlib.Path(workdir) / 'splits.json'
@@ -171,7 +173,7 @@ def make_splits(
   ids = sorted(case_ids)
   path = pathlib.Path(workdir) / 'splits.json'
   if data_config.splits_file:
-    splits = read_splits_file(data_config.splits_file, ids)
+    splits = read_splits_file(data_config.splits_file, ids, data_config.fold)
     user_file = pathlib.Path(data_config.splits_file)
     if path.is_file() and user_file != path and _read_json(path) != splits:
       raise DataError(_changed(path, f'config.data.splits_file is {data_config.splits_file}'))
@@ -211,8 +213,12 @@ def describe(splits: dict[str, list[str]], foreground_cases: Collection[str]) ->
   return ', '.join(parts)
 
 
-def read_splits_file(path: str | os.PathLike, case_ids: list[str]) -> dict[str, list[str]]:
-  """A user's splits.json, checked against the cases found."""
+def read_splits_file(
+  path: str | os.PathLike, case_ids: list[str], fold: int = 0
+) -> dict[str, list[str]]:
+  """A user's splits.json, checked against the cases found: {"train", "val", "test"}, or
+  nnU-Net's splits_final.json (a list of {"train", "val"}, one per fold; fold `fold` is
+  read, its test split empty)."""
   path = pathlib.Path(path)
   try:
     raw = json.loads(path.read_text())
@@ -220,7 +226,19 @@ def read_splits_file(path: str | os.PathLike, case_ids: list[str]) -> dict[str, 
     raise DataError(f'config.data.splits_file: {path} does not exist') from None
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise DataError(f'{path} is not valid JSON ({e})') from None
-  expected = 'a JSON object {"train": [ids], "val": [ids], "test": [ids]}'
+  expected = (
+    'a JSON object {"train": [ids], "val": [ids], "test": [ids]}, or a list of '
+    '{"train": [ids], "val": [ids]} folds (nnU-Net\'s splits_final.json)'
+  )
+  if isinstance(raw, list):
+    if not 0 <= fold < len(raw):
+      raise DataError(
+        f'{path} holds {len(raw)} folds; config.data.fold={fold} is not one of them '
+        f'(0 .. {len(raw) - 1})'
+      )
+    raw = raw[fold]
+    if not (isinstance(raw, dict) and set(raw) == {'train', 'val'}):
+      raise DataError(f'{path}: fold {fold} is {str(raw)[:80]}; expected {expected}')
   if not isinstance(raw, dict) or not set(raw) <= set(SPLITS):
     raise DataError(f'{path}: expected {expected}')
   known, seen, splits = set(case_ids), {}, {}

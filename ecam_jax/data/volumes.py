@@ -3,11 +3,13 @@
 The canonical array is `[Z, H, W]` with nibabel axis codes ('S', 'P', 'L'): axis 0 runs
 from inferior to superior, rows from anterior (row 0, the top of the image) to posterior,
 columns from the patient's right (column 0, the image's left) to the patient's left: the
-radiological view of an axial slice, whatever the file's affine. Intensities are then
-normalized (CT: a HU window scaled to [0, 1]; MR: percentile clip and z-score per volume)
-and slices are resized in-plane with `scipy.ndimage.zoom` (grid mode: pixel areas, not
-pixel centres, are aligned). A `VolumeRecord` keeps what `restore` needs to put a
-prediction back into the file's voxel grid.
+radiological view of an axial slice, whatever the file's affine. A case has one or
+several channels (one file each, or one 4-D file), all on one grid; each is normalized by
+its name (`normalization_of`: CT a HU window scaled to [0, 1] or nnU-Net's CT scheme; MR
+and any other name a percentile clip and z-score per volume) and slices are resized
+in-plane with `scipy.ndimage.zoom` (grid mode: pixel areas, not pixel centres, are
+aligned), giving [Z, S, S, C]. A `VolumeRecord` keeps what `restore` needs to put a
+prediction back into the file's voxel grid (channel 0's).
 """
 
 import dataclasses
@@ -15,6 +17,7 @@ import gzip
 import os
 import pathlib
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -59,7 +62,9 @@ def _lists(value):
   return [_lists(v) for v in value] if isinstance(value, tuple) else value
 
 
-def _open(path: str | os.PathLike) -> nib.Nifti1Image:
+def _open(path: str | os.PathLike, channels: int = 1) -> nib.Nifti1Image:
+  """The file's image, its header checked: one 3-D volume, or with `channels` > 1 a 4-D
+  [x, y, z, channels] one."""
   path = pathlib.Path(path)
   if not path.name.endswith(('.nii', '.nii.gz')):
     raise DataError(f'{path}: expected a NIfTI file (.nii or .nii.gz)')
@@ -72,7 +77,12 @@ def _open(path: str | os.PathLike) -> nib.Nifti1Image:
   if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
     raise DataError(f'{path}: expected a NIfTI image, found {type(img).__name__}')
   shape = _volume_shape(img.shape)
-  if len(shape) != 3:
+  if channels > 1 and (len(shape) != 4 or shape[3] != channels):
+    raise DataError(
+      f'{path}: array shape {img.shape}; expected a 4-D volume of {channels} channels '
+      '[x, y, z, C] (dataset.json "modality" names that many)'
+    )
+  if channels == 1 and len(shape) != 3:
     raise DataError(f'{path}: array shape {img.shape}; expected one 3-D volume')
   return img
 
@@ -85,31 +95,58 @@ def _volume_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
   return shape
 
 
-def header_info(path: str | os.PathLike) -> tuple[tuple[int, int, int], np.ndarray]:
-  """(3-D shape, 4x4 affine) from the header alone: cheap checks before reading any data."""
-  img = _open(path)
-  return _volume_shape(img.shape), img.affine
+def header_info(
+  path: str | os.PathLike, channels: int = 1
+) -> tuple[tuple[int, int, int], np.ndarray]:
+  """(3-D shape, 4x4 affine) from the header alone: cheap checks before reading any data.
+  With `channels` > 1 the file is a 4-D one of that many channels."""
+  img = _open(path, channels)
+  return _volume_shape(img.shape)[:3], img.affine
 
 
-def check_pair(image_path: str | os.PathLike, label_path: str | os.PathLike) -> None:
-  """Raises DataError when a label does not lie on its image's voxel grid."""
-  (ishape, iaff), (lshape, laff) = header_info(image_path), header_info(label_path)
-  if ishape != lshape:
-    raise DataError(f'{label_path}: shape {lshape} differs from its image {image_path} {ishape}')
-  if not np.allclose(iaff, laff, atol=AFFINE_TOLERANCE_MM, rtol=0):
+def _check_grid(path, shape, affine, reference, ref_shape, ref_affine, what: str) -> None:
+  if shape != ref_shape:
+    raise DataError(f'{path}: shape {shape} differs from {what} {reference} {ref_shape}')
+  if not np.allclose(affine, ref_affine, atol=AFFINE_TOLERANCE_MM, rtol=0):
     raise DataError(
-      f'{label_path}: affine differs from its image {image_path} by up to '
-      f'{np.abs(iaff - laff).max():.4g} (allowed {AFFINE_TOLERANCE_MM}):\n{laff}\nvs\n{iaff}'
+      f'{path}: affine differs from {what} {reference} by up to '
+      f'{np.abs(affine - ref_affine).max():.4g} (allowed {AFFINE_TOLERANCE_MM}):\n{affine}\n'
+      f'vs\n{ref_affine}'
     )
 
 
-def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
+def case_grid(
+  images: Sequence[str | os.PathLike], channels: int = 1
+) -> tuple[tuple[int, int, int], np.ndarray]:
+  """(3-D shape, affine) of a case's image: one file per channel (all on channel 0's grid)
+  or one 4-D file of `channels` channels; from the headers alone. A channel file on
+  another grid, or a 4-D file with another channel count, is a DataError naming it."""
+  if len(images) == 1:
+    return header_info(images[0], channels)
+  if len(images) != channels:
+    raise DataError(f'{images[0]}: {len(images)} channel files, expected {channels}')
+  shape, affine = header_info(images[0])
+  for path in images[1:]:
+    _check_grid(path, *header_info(path), images[0], shape, affine, 'channel 0')
+  return shape, affine
+
+
+def check_pair(
+  images: Sequence[str | os.PathLike], label_path: str | os.PathLike, channels: int = 1
+) -> None:
+  """Raises DataError when a case's channels, or its label, do not lie on one voxel grid."""
+  shape, affine = case_grid(images, channels)
+  _check_grid(label_path, *header_info(label_path), images[0], shape, affine, 'its image')
+
+
+def load_nifti(path: str | os.PathLike, channels: int = 1) -> nib.Nifti1Image:
   """The file's image with its data read into memory and checked.
 
   Raises DataError naming the file when it is not NIfTI, is corrupt or truncated, is not
-  one 3-D volume, or has NaN or infinite voxels.
+  one 3-D volume (a 4-D one of `channels` channels when that is > 1), or has NaN or
+  infinite voxels.
   """
-  img = _open(path)
+  img = _open(path, channels)
   try:
     data = np.asanyarray(img.dataobj)
   except _READ_ERRORS as e:
@@ -120,6 +157,20 @@ def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
     if bad:
       raise DataError(f'{path}: {bad} NaN or infinite voxels; expected finite values')
   return type(img)(data, img.affine, img.header)
+
+
+def load_channels(images: Sequence[str | os.PathLike], channels: int = 1) -> list[nib.Nifti1Image]:
+  """A case's channels as 3-D images on one grid: one file per channel, or one 4-D file
+  [x, y, z, C] split along its last axis (MSD's multi-modal tasks). Checked as
+  `load_nifti` and `case_grid` check them."""
+  case_grid(images, channels)
+  if len(images) == 1 and channels > 1:
+    img = load_nifti(images[0], channels)
+    data = np.asanyarray(img.dataobj)
+    header = img.header.copy()
+    header.set_data_shape(data.shape[:3])
+    return [nib.Nifti1Image(data[..., c], img.affine, header) for c in range(channels)]
+  return [load_nifti(path) for path in images]
 
 
 def integer_labels(img: nib.Nifti1Image, path: str | os.PathLike) -> np.ndarray:
@@ -179,22 +230,77 @@ def from_canonical(canonical: np.ndarray, record: VolumeRecord) -> np.ndarray:
   return nib.orientations.apply_orientation(canonical, inverse)
 
 
-def normalize(array: np.ndarray, data_config: ml_collections.ConfigDict) -> np.ndarray:
-  """float32 intensities: CT window -> [0, 1]; MR percentile clip -> z-score per volume.
+# nnU-Net's channel_names that name a normalization (matched case-insensitively); any other
+# name (MRI, T2, ADC, zscore, ...) is z-scored per volume.
+NORMALIZATIONS = {
+  'ct': 'CT',
+  'nonorm': 'noNorm',
+  'rescale_to_0_1': 'rescale_to_0_1',
+  'rgb_to_0_1': 'rgb_to_0_1',
+}
 
-  data.hu_window and data.mr_percentiles are checked by configuration.check, and
-  data.modality filled in by layouts.resolve_settings, before any volume is read.
+
+def normalization_of(channel: str) -> str:
+  """How a channel named `channel` is normalized: 'CT', 'noNorm', 'rescale_to_0_1',
+  'rgb_to_0_1' or 'zscore'."""
+  return NORMALIZATIONS.get(str(channel).strip().lower(), 'zscore')
+
+
+def channel_names(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """config.data.channels, or for one channel config.data.modality."""
+  if data_config.channels:
+    return tuple(data_config.channels)
+  if data_config.modality:
+    return (data_config.modality,)
+  raise ConfigError(
+    'config.data.channels is unset (and config.data.modality too): they are read from the '
+    "dataset (source.resolve_data), or set config.data.modality ('CT' or 'MR') or "
+    'config.data.channels'
+  )
+
+
+def ct_channels(data_config: ml_collections.ConfigDict) -> list[int]:
+  """The channels normalized as CT."""
+  names = channel_names(data_config)
+  return [c for c, name in enumerate(names) if normalization_of(name) == 'CT']
+
+
+def normalize(
+  array: np.ndarray, data_config: ml_collections.ConfigDict, channel: int = 0
+) -> np.ndarray:
+  """float32 intensities of channel `channel` (data.channels names it), by its name: CT a
+  window (data.hu_window) scaled to [0, 1], or with data.ct_normalization='nnunet' clipped
+  to data.ct_statistics' percentiles and z-scored with their mean and std; 'zscore' (MR and
+  any other name) clipped at data.mr_percentiles and z-scored per volume; 'noNorm' as it
+  is; 'rescale_to_0_1' to [0, 1] per volume; 'rgb_to_0_1' divided by 255.
+
+  The keys are checked by configuration.check, and data.channels filled in by
+  layouts.resolve_settings, before any volume is read.
   """
   array = np.asarray(array, np.float32)
-  if data_config.modality == 'CT':
+  scheme = normalization_of(channel_names(data_config)[channel])
+  if scheme == 'CT' and data_config.ct_normalization == 'nnunet':
+    if not data_config.ct_statistics:
+      raise ConfigError(
+        "config.data.ct_statistics is unset; config.data.ct_normalization='nnunet' needs "
+        "them (computed with the cache, recorded in the workdir's config.json)"
+      )
+    lo, hi, mean, std = data_config.ct_statistics[ct_channels(data_config).index(channel)]
+    return ((np.clip(array, lo, hi) - mean) / max(float(std), 1e-8)).astype(np.float32)
+  if scheme == 'CT':
     lo, hi = (float(v) for v in data_config.hu_window)
     return (np.clip(array, lo, hi) - lo) / np.float32(hi - lo)
-  if data_config.modality == 'MR':
-    p_lo, p_hi = data_config.mr_percentiles
-    lo, hi = np.percentile(array, (p_lo, p_hi))
-    array = np.clip(array, lo, hi)
-    return ((array - array.mean()) / max(float(array.std()), 1e-6)).astype(np.float32)
-  raise ConfigError(f"config.data.modality={data_config.modality!r}; expected 'CT' or 'MR'")
+  if scheme == 'noNorm':
+    return array
+  if scheme == 'rescale_to_0_1':
+    lo, hi = float(array.min()), float(array.max())
+    return ((array - lo) / max(hi - lo, 1e-8)).astype(np.float32)
+  if scheme == 'rgb_to_0_1':
+    return array / np.float32(255)
+  p_lo, p_hi = data_config.mr_percentiles
+  lo, hi = np.percentile(array, (p_lo, p_hi))
+  array = np.clip(array, lo, hi)
+  return ((array - array.mean()) / max(float(array.std()), 1e-6)).astype(np.float32)
 
 
 def resize_inplane(array: np.ndarray, size: int | tuple[int, int], order: int) -> np.ndarray:
@@ -213,12 +319,27 @@ def resize_inplane(array: np.ndarray, size: int | tuple[int, int], order: int) -
 
 
 def preprocess_image(
-  source: str | os.PathLike | nib.Nifti1Image, data_config: ml_collections.ConfigDict
+  channels: Sequence[nib.Nifti1Image | str | os.PathLike] | nib.Nifti1Image | str | os.PathLike,
+  data_config: ml_collections.ConfigDict,
 ) -> tuple[np.ndarray, VolumeRecord]:
-  """What the network sees of a volume: float32 [Z, S, S], S = data.image_size, and its record."""
-  img = source if isinstance(source, nib.Nifti1Image) else load_nifti(source)
-  canonical, record = to_canonical(np.asanyarray(img.dataobj), img.affine)  # [Z, H, W]
-  return resize_inplane(normalize(canonical, data_config), data_config.image_size, 1), record
+  """What the network sees of a case: float32 [Z, S, S, C], S = data.image_size, C the
+  channels (images or files, as `load_channels` gives them; one for a single channel), and
+  channel 0's record."""
+  single = isinstance(channels, (nib.Nifti1Image, str, os.PathLike))
+  images = [channels] if single else list(channels)
+  images = [img if isinstance(img, nib.Nifti1Image) else load_nifti(img) for img in images]
+  names = channel_names(data_config)
+  if len(images) != len(names):
+    raise DataError(
+      f'{images[0].get_filename() or "the image"}: {len(images)} channels; the model takes '
+      f'{len(names)} ({list(names)})'
+    )
+  out, record = [], None
+  for c, img in enumerate(images):
+    canonical, rec = to_canonical(np.asanyarray(img.dataobj), img.affine)  # [Z, H, W]
+    record = record or rec
+    out.append(resize_inplane(normalize(canonical, data_config, c), data_config.image_size, 1))
+  return np.stack(out, axis=-1), record
 
 
 def preprocess_label(img: nib.Nifti1Image, data_config: ml_collections.ConfigDict) -> np.ndarray:

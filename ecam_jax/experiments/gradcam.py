@@ -95,21 +95,21 @@ def _cache(row_dir: pathlib.Path) -> data_cache.SliceCache:
 
 
 def slice_arrays(row_dir: pathlib.Path, slices: list[tuple[str, int]]):
-  """(images [S, H, W] float32, labels [S, H, W] uint8) of `slices`, preprocessed."""
+  """(images [S, H, W, C] float32, labels [S, H, W] uint8) of `slices`, preprocessed."""
   cache = _cache(row_dir)
   images = np.stack([np.asarray(cache.image(case)[z]) for case, z in slices])
   return images, np.stack([np.asarray(cache.label(case)[z]) for case, z in slices])
 
 
 def row_maps(row_dir: pathlib.Path, variant: str, images: np.ndarray) -> np.ndarray:
-  """Grad-CAM maps [S, H, W] of a trained row's best checkpoint on `images` [S, H, W]."""
+  """Grad-CAM maps [S, H, W] of a trained row's best checkpoint on `images` [S, H, W, C]."""
   config = _row_config(row_dir)
   model = build_model(config.model)
   mesh = parallel.data_mesh(jax.local_devices()[:1])
   size = config.data.image_size
   target = parallel.abstract(abstract_variables(model, size), parallel.replicated(mesh))
   variables, _ = checkpoint.restore_variables(row_dir, 'best', target)
-  return gradcam(model, variables, jnp.asarray(images)[..., None], TARGETS[variant])
+  return gradcam(model, variables, jnp.asarray(images), TARGETS[variant])
 
 
 def write_grid(table: Table, workdir: pathlib.Path, path: pathlib.Path) -> pathlib.Path:
@@ -130,7 +130,7 @@ def write_grid(table: Table, workdir: pathlib.Path, path: pathlib.Path) -> pathl
   if slices:
     images, labels = slice_arrays(finished[0][1], slices)
     for i, (case, z) in enumerate(slices):
-      axes[i, 0].imshow(images[i], cmap='gray')
+      axes[i, 0].imshow(images[i, ..., 0], cmap='gray')
       axes[i, 0].set_title(f'{case} z={z}', fontsize=7)
       axes[i, 1].imshow(labels[i], cmap='gray')
   for column, (row, row_dir, state) in enumerate(runs, start=2):
@@ -140,7 +140,7 @@ def write_grid(table: Table, workdir: pathlib.Path, path: pathlib.Path) -> pathl
       continue
     maps = row_maps(row_dir, row.variant, images)
     for i in range(len(slices)):
-      axes[i, column].imshow(images[i], cmap='gray')
+      axes[i, column].imshow(images[i, ..., 0], cmap='gray')
       axes[i, column].imshow(maps[i], cmap='jet', alpha=0.5, vmin=0, vmax=1)
   axes[0, 1].set_title('ground truth', fontsize=8)
   with atomic_path(path) as tmp:

@@ -23,7 +23,8 @@ from ecam_jax.data import volumes
 from ecam_jax.errors import DataError
 
 FILE = 'preprocessing.json'
-FORMAT, VERSION = 'ecam-jax export', 1
+FORMAT, VERSION = 'ecam-jax export', 2  # 2: the input's channels (1: one channel)
+READABLE = (1, 2)
 # Distributions whose versions made an export.
 DISTRIBUTIONS = ('ecam-jax', 'jax', 'jaxlib', 'flax', 'numpy', 'jax2onnx', 'onnx', 'onnxruntime')
 
@@ -34,22 +35,38 @@ _ZOOM_HOW = (
 )
 
 
-def _intensity(data: ml_collections.ConfigDict) -> dict[str, Any]:
-  if data.modality == 'CT':
+def _intensity(data: ml_collections.ConfigDict, channel: int) -> dict[str, Any]:
+  """How channel `channel` is normalized (volumes.normalize), with its numbers."""
+  name = data.channels[channel]
+  scheme = volumes.normalization_of(name)
+  out: dict[str, Any] = {'channel': channel, 'name': name, 'normalization': scheme}
+  if scheme == 'CT' and data.ct_normalization == 'nnunet':
+    lo, hi, mean, std = data.ct_statistics[volumes.ct_channels(data).index(channel)]
+    out.update(
+      ct_statistics=[lo, hi, mean, std],
+      formula='(clip(x, lo, hi) - mean) / max(std, 1e-8) with ct_statistics, in float32',
+    )
+  elif scheme == 'CT':
     lo, hi = (float(v) for v in data.hu_window)
-    return {
-      'modality': 'CT',
-      'hu_window': [lo, hi],
-      'formula': '(clip(x, lo, hi) - lo) / (hi - lo) with [lo, hi] = hu_window, in float32',
-    }
-  return {
-    'modality': 'MR',
-    'percentiles': [float(v) for v in data.mr_percentiles],
-    'formula': (
-      'clip(x, p_lo, p_hi) with p_lo, p_hi = numpy.percentile(volume, percentiles), then '
-      '(x - mean) / max(std, 1e-6) with the mean and std of the clipped volume, in float32'
-    ),
-  }
+    out.update(
+      hu_window=[lo, hi],
+      formula='(clip(x, lo, hi) - lo) / (hi - lo) with [lo, hi] = hu_window, in float32',
+    )
+  elif scheme == 'zscore':
+    out.update(
+      percentiles=[float(v) for v in data.mr_percentiles],
+      formula=(
+        'clip(x, p_lo, p_hi) with p_lo, p_hi = numpy.percentile(volume, percentiles), then '
+        '(x - mean) / max(std, 1e-6) with the mean and std of the clipped volume, in float32'
+      ),
+    )
+  else:
+    out['formula'] = {
+      'noNorm': 'x as float32',
+      'rescale_to_0_1': '(x - min) / max(max - min, 1e-8) over the volume, in float32',
+      'rgb_to_0_1': 'x / 255, in float32',
+    }[scheme]
+  return out
 
 
 def input_section(data: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -66,7 +83,12 @@ def input_section(data: ml_collections.ConfigDict) -> dict[str, Any]:
         "to posterior, columns from the patient's right to left (radiological view)"
       ),
     },
-    'intensity': _intensity(data),
+    'channels': [_intensity(data, c) for c in range(len(data.channels))],
+    'channels_how': (
+      "one NIfTI file per channel (nnU-Net's CASE_0000, CASE_0001, ...) or one 4-D file "
+      "[x, y, z, C], all on channel 0's grid; each normalized by itself, then stacked last: "
+      '[Z, S, S, C] (NHWC) or [Z, C, S, S] (NCHW)'
+    ),
     'resize': {'size': [s, s], 'method': _ZOOM.format(zoom=f'{s} / H, {s} / W') + _ZOOM_HOW},
     'steps': 'orientation, then the intensity over the whole volume, then the resize',
   }
@@ -161,8 +183,10 @@ def read(folder: str | pathlib.Path) -> dict[str, Any]:
     raise DataError(f'{path} cannot be read as JSON ({e})') from None
   if not isinstance(contract, dict) or contract.get('format') != FORMAT:
     raise DataError(f'{path} is not an ecam-jax export contract (no "format": "{FORMAT}")')
-  if contract.get('version') != VERSION:
-    raise DataError(f'{path}: version {contract.get("version")!r}; this code reads {VERSION}')
+  if contract.get('version') not in READABLE:
+    raise DataError(
+      f'{path}: version {contract.get("version")!r}; this code reads versions {list(READABLE)}'
+    )
   return contract
 
 
@@ -176,13 +200,18 @@ def eval_settings(contract: dict[str, Any]) -> ml_collections.ConfigDict:
 
 
 def data_settings(contract: dict[str, Any]) -> ml_collections.ConfigDict:
-  """The config.data values `volumes.preprocess_image` reads, from the contract alone."""
-  intensity = contract['input']['intensity']
+  """The config.data values `volumes.preprocess_image` reads, from the contract alone (a
+  version-1 contract's one channel included)."""
+  channels = contract['input'].get('channels') or [contract['input']['intensity']]
+  first = {key: c[key] for c in channels for key in c}  # the numbers each scheme needs
+  statistics = [c['ct_statistics'] for c in channels if 'ct_statistics' in c]
   return ml_collections.ConfigDict(
     {
-      'modality': intensity['modality'],
-      'hu_window': tuple(intensity.get('hu_window', (0.0, 1.0))),
-      'mr_percentiles': tuple(intensity.get('percentiles', (0.0, 100.0))),
+      'channels': tuple(c.get('name', c.get('modality')) for c in channels),
+      'ct_normalization': 'nnunet' if statistics else 'window',
+      'ct_statistics': tuple(tuple(s) for s in statistics) or None,
+      'hu_window': tuple(first.get('hu_window', (0.0, 1.0))),
+      'mr_percentiles': tuple(first.get('percentiles', (0.0, 100.0))),
       'image_size': int(contract['input']['resize']['size'][0]),
     }
   )

@@ -28,14 +28,14 @@ VERIFY_SLICES, VERIFY_SEED = 2, 0
 
 
 def _artifacts(net: network.Network, folded_convs: int, float16: bool) -> dict[str, Any]:
-  s, k, b = net.image_size, net.num_classes, onnx_model.BATCH
+  s, c, k, b = net.image_size, net.in_channels, net.num_classes, onnx_model.BATCH
 
   def tensor(name: str, shape: list) -> dict[str, Any]:
     return {'name': name, 'shape': shape, 'dtype': 'float32'}
 
   onnx_entry = {
     'layout': 'NCHW',
-    'input': tensor(onnx_model.INPUT, [b, 1, s, s]),
+    'input': tensor(onnx_model.INPUT, [b, c, s, s]),
     'output': tensor(onnx_model.OUTPUT, [b, k, s, s]),
     'opset': onnx_model.OPSET,
     'batchnorm_folded_into_convs': folded_convs,
@@ -43,7 +43,7 @@ def _artifacts(net: network.Network, folded_convs: int, float16: bool) -> dict[s
   }
   hlo_entry = {
     'layout': 'NHWC',
-    'input': tensor('images', [stablehlo.BATCH, s, s, 1]),
+    'input': tensor('images', [stablehlo.BATCH, s, s, c]),
     'output': tensor('logits', [stablehlo.BATCH, s, s, k]),
     'platforms': list(stablehlo.PLATFORMS),
     'load': "jax.export.deserialize(bytearray(open(path, 'rb').read())).call(images)",
@@ -54,7 +54,8 @@ def _artifacts(net: network.Network, folded_convs: int, float16: bool) -> dict[s
 def verify(net: network.Network, folder: pathlib.Path, float16: bool) -> dict[str, Any]:
   """Runs the written artifacts on random slices against the JAX model (module docstring)."""
   rng = np.random.default_rng(VERIFY_SEED)
-  images = rng.uniform(size=(VERIFY_SLICES, net.image_size, net.image_size, 1)).astype(np.float32)
+  shape = (VERIFY_SLICES, net.image_size, net.image_size, net.in_channels)
+  images = rng.uniform(size=shape).astype(np.float32)
   expected = np.asarray(jax.jit(net.logits)(images))
   scale = max(1.0, float(np.abs(expected).max()))
   runs = {

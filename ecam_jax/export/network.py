@@ -25,11 +25,12 @@ from ecam_jax.models.layers import fold_ec
 
 @dataclasses.dataclass(frozen=True)
 class Network:
-  """images float32 [B, S, S, 1] (NHWC, preprocessed slices) -> logits float32 [B, S, S, K]."""
+  """images float32 [B, S, S, C] (NHWC, preprocessed slices) -> logits float32 [B, S, S, K]."""
 
   model: Any  # the flax module, built for inference
   variables: dict  # NumPy arrays: EC folded where the network has EC blocks
   image_size: int
+  in_channels: int
   num_classes: int
   ec_folded: bool
 
@@ -54,6 +55,7 @@ def from_variables(config: ml_collections.ConfigDict, variables: dict) -> Networ
     model=build_model(inference_settings(config.model), folded=folded),
     variables=jax.tree.map(np.asarray, jax.device_get(variables)),
     image_size=int(config.data.image_size),
+    in_channels=int(config.model.in_channels),
     num_classes=int(config.model.num_classes),
     ec_folded=folded,
   )

@@ -1,7 +1,7 @@
 """model.onnx: the inference network converted by jax2onnx, then made lean offline.
 
 1. jax2onnx traces `Network.logits` with a symbolic batch dimension and writes an ONNX
-   graph (NCHW at the boundary: input 'image' [batch, 1, S, S], output 'logits'
+   graph (NCHW at the boundary: input 'image' [batch, C, S, S], output 'logits'
    [batch, K, S, S], the layout ONNX tools expect).
 2. ONNX Runtime's basic graph optimizations, saved offline: constant folding (each
    BatchNorm's scale and shift become constants), cancelling the NHWC <-> NCHW transposes
@@ -134,7 +134,7 @@ def convert(network: Network, name: str = 'ecam_jax'):
   try:
     model = jax2onnx.to_onnx(
       logits,
-      inputs=[(BATCH, s, s, 1)],
+      inputs=[(BATCH, s, s, network.in_channels)],
       model_name=name,
       opset=OPSET,
       inputs_as_nchw=[0],

@@ -1,5 +1,5 @@
 """Running an export's artifacts, each behind the same function: float32 images
-[B, S, S, 1] (NHWC, the network's layout) -> logits [B, S, S, K] as NumPy.
+[B, S, S, C] (NHWC, the network's layout) -> logits [B, S, S, K] as NumPy.
 
 Neither needs the model code: ONNX Runtime reads model.onnx (NCHW at its boundary, turned
 here), and JAX alone reads model.stablehlo.

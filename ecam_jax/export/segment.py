@@ -31,8 +31,8 @@ def _logits(run: Run, slices: np.ndarray, batch: int) -> np.ndarray:
   out = []
   for start in range(0, len(slices), batch):
     chunk = slices[start : start + batch]
-    padded = np.zeros((batch, *slices.shape[1:], 1), np.float32)
-    padded[: len(chunk), ..., 0] = chunk
+    padded = np.zeros((batch, *slices.shape[1:]), np.float32)
+    padded[: len(chunk)] = chunk
     out.append(run(padded)[: len(chunk)])
   return np.concatenate(out)
 
@@ -46,10 +46,12 @@ def _probabilities(logits: np.ndarray) -> np.ndarray:
   return e / e.sum(axis=-1, keepdims=True)
 
 
-def segment(contract: dict, image: nib.Nifti1Image, run: Run, batch: int = 8) -> Segmentation:
-  """One volume through one runtime, as the contract says."""
-  slices, record = volumes.preprocess_image(image, contract_lib.data_settings(contract))
-  run(np.zeros((batch, *slices.shape[1:], 1), np.float32))  # compiles: not in `seconds`
+def segment(
+  contract: dict, channels: list[nib.Nifti1Image], run: Run, batch: int = 8
+) -> Segmentation:
+  """One case (its channels' images) through one runtime, as the contract says."""
+  slices, record = volumes.preprocess_image(channels, contract_lib.data_settings(contract))
+  run(np.zeros((batch, *slices.shape[1:]), np.float32))  # compiles: not in `seconds`
   start = time.perf_counter()
   views = [_logits(run, slices, batch)]
   if contract['output']['tta_flip']:

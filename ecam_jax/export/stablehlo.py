@@ -5,7 +5,7 @@ TPU at once, with a symbolic batch dimension: JAX alone runs it, on any of them,
 this package (the module's code is not needed to read it):
 
   exported = jax.export.deserialize(bytearray(open('model.stablehlo', 'rb').read()))
-  logits = exported.call(images)  # float32 [B, S, S, 1] (NHWC) -> [B, S, S, K]
+  logits = exported.call(images)  # float32 [B, S, S, C] (NHWC) -> [B, S, S, K]
 
 JAX promises to read serialized modules of an older JAX for at least six months (its
 export compatibility guarantee); re-export after upgrading past that.
@@ -24,6 +24,6 @@ def serialize(network: Network) -> bytes:
   """The network's logits, exported for every platform of PLATFORMS."""
   (batch,) = jax.export.symbolic_shape(BATCH)
   s = network.image_size
-  spec = jax.ShapeDtypeStruct((batch, s, s, 1), jnp.float32)
+  spec = jax.ShapeDtypeStruct((batch, s, s, network.in_channels), jnp.float32)
   exported = jax.export.export(jax.jit(network.logits), platforms=PLATFORMS)(spec)
   return bytes(exported.serialize())

@@ -82,6 +82,9 @@ def attention_chunk() -> Any:
 class Options(abc.ABC):
   """The options every network has."""
 
+  in_channels: int = option(
+    1, 'input channels per pixel, set from data.channels (their count)', interval='[1, inf)'
+  )
   num_classes: int = option(
     1,
     'logits per pixel: 1 (one merged foreground, sigmoid), or K + 1 (softmax) set from '
