@@ -103,3 +103,60 @@ def assert_prediction_keeps_geometry(config, variables, folder: pathlib.Path, sh
   np.testing.assert_array_equal(written.header.get_sform(), source.header.get_sform())
   np.testing.assert_array_equal(np.asanyarray(written.dataobj), mask)
   assert set(np.unique(mask)) <= {0, 1}
+
+
+def channel_volumes(seed: int, shape=(24, 24, 8), channels: int = 2):
+  """([one int16 image per channel], uint8 label): channel 0 is `volume`'s image, channel c
+  the same anatomy with another contrast and noise."""
+  image, label = volume(seed, shape)
+  rng = np.random.default_rng(1000 + seed)
+  extra = [
+    (image * (1 + c) + rng.normal(0, 10, shape)).round().astype(np.int16)
+    for c in range(1, channels)
+  ]
+  return [image, *extra], label
+
+
+NNUNET_LABELS = {'background': 0, 'organ': 1, 'tumour': 2}
+
+
+def write_nnunet(
+  root: pathlib.Path,
+  num_cases: int = 3,
+  shape=(24, 24, 8),
+  channels=('T2', 'ADC'),
+  labels=None,
+  file_ending='.nii.gz',
+) -> pathlib.Path:
+  """A dataset in nnU-Net v2's raw format: imagesTr/{CASE}_{XXXX}, labelsTr/{CASE}."""
+  for i in range(num_cases):
+    images, label = channel_volumes(i, shape, len(channels))
+    for c, image in enumerate(images):
+      write_nifti(root / 'imagesTr' / f'case_{i:03d}_{c:04d}{file_ending}', image)
+    write_nifti(root / 'labelsTr' / f'case_{i:03d}{file_ending}', label)
+  meta = {
+    'channel_names': {str(c): name for c, name in enumerate(channels)},
+    'labels': NNUNET_LABELS if labels is None else labels,
+    'numTraining': num_cases,
+    'file_ending': file_ending,
+  }
+  (root / 'dataset.json').write_text(json.dumps(meta))
+  return root
+
+
+def write_msd_4d(root: pathlib.Path, num_cases: int = 3, shape=(24, 24, 8), channels=('T2', 'ADC')):
+  """The same cases as `write_nnunet` in MSD v1's layout: one 4-D [x, y, z, C] file each."""
+  ids = [f'case_{i:03d}' for i in range(num_cases)]
+  for i, case_id in enumerate(ids):
+    images, label = channel_volumes(i, shape, len(channels))
+    write_nifti(root / 'imagesTr' / f'{case_id}.nii.gz', np.stack(images, axis=-1))
+    write_nifti(root / 'labelsTr' / f'{case_id}.nii.gz', label)
+  meta = {
+    'modality': {str(c): name for c, name in enumerate(channels)},
+    'labels': {str(v): name for name, v in NNUNET_LABELS.items()},
+    'training': [
+      {'image': f'./imagesTr/{c}.nii.gz', 'label': f'./labelsTr/{c}.nii.gz'} for c in ids
+    ],
+  }
+  (root / 'dataset.json').write_text(json.dumps(meta))
+  return root

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ecam_jax.configuration import load_config
-from ecam_jax.data import cache, source, splits, volumes
+from ecam_jax.data import cache, layouts, source, splits, volumes
 from ecam_jax.errors import ConfigError, DataError
 
 import nifti_fixtures as fx
@@ -248,3 +248,78 @@ def test_foreground_cases_are_those_with_a_foreground_slice(dataset, tmp_path):
   fx.write_nifti(dataset / 'labelsTr' / 'case_001.nii.gz', empty)
   sc = cache.prepare_cache(fx.config(dataset), tmp_path / 'work', progress=False)
   assert sc.foreground_cases() == {'case_000', 'case_002'}
+
+
+def test_an_nnunet_dataset_and_the_same_data_in_msd_4d_layout_give_the_same_cache(tmp_path):
+  """Two channels (T2, ADC: each z-scored on its own), as nnU-Net v2 channel files and as
+  MSD v1 4-D files: the same arrays, records and slice index."""
+  nnunet = fx.config(fx.write_nnunet(tmp_path / 'v2'), layout='nnunet')
+  msd = fx.config(fx.write_msd_4d(tmp_path / 'v1'), layout='msd')
+  caches = []
+  for config, work in ((nnunet, 'a'), (msd, 'b')):
+    layouts.resolve_settings(config.data)
+    caches.append(cache.prepare_cache(config, tmp_path / work, progress=False))
+  a, b = caches
+  assert a.case_ids == b.case_ids and a.channels == b.channels == 2
+  for case_id in a.case_ids:
+    assert a.image(case_id).shape == (8, 32, 32, 2)
+    np.testing.assert_array_equal(a.image(case_id), b.image(case_id))
+    np.testing.assert_array_equal(a.label(case_id), b.label(case_id))
+    assert a.record(case_id) == b.record(case_id)
+    for c in range(2):  # each channel z-scored on its own (before the resize)
+      assert abs(float(np.mean(a.image(case_id)[..., c]))) < 0.2
+  np.testing.assert_array_equal(a.index.foreground, b.index.foreground)
+
+
+def test_channel_files_of_one_case_on_another_grid_or_a_4d_file_of_other_channels(tmp_path):
+  root = fx.write_nnunet(tmp_path / 'v2')
+  config = fx.config(root, layout='nnunet')
+  layouts.resolve_settings(config.data)
+  second = root / 'imagesTr' / 'case_001_0001.nii.gz'
+  fx.write_nifti(second, np.zeros((24, 24, 7), np.int16))
+  with pytest.raises(
+    DataError,
+    match=r'case_001_0001\.nii\.gz: shape \(24, 24, 7\) differs from channel 0 .*case_001_0000',
+  ):
+    cache.prepare_cache(config, tmp_path / 'a', progress=False)
+  fx.write_nifti(second, np.zeros((24, 24, 8), np.int16), fx.RAS)
+  with pytest.raises(DataError, match=r'case_001_0001\.nii\.gz: affine differs from channel 0'):
+    cache.prepare_cache(config, tmp_path / 'a', progress=False)
+  root = fx.write_msd_4d(tmp_path / 'v1', channels=('T2', 'ADC', 'DWI'))
+  meta = json.loads((root / 'dataset.json').read_text())
+  meta['modality'] = {'0': 'T2', '1': 'ADC'}
+  (root / 'dataset.json').write_text(json.dumps(meta))
+  config = fx.config(root)
+  layouts.resolve_settings(config.data)
+  with pytest.raises(
+    DataError,
+    match=r'case_000\.nii\.gz: array shape \(24, 24, 8, 3\); expected a 4-D volume of 2 channels',
+  ):
+    cache.prepare_cache(config, tmp_path / 'b', progress=False)
+
+
+def test_nnunets_ct_normalization_uses_the_foreground_statistics_of_every_case(tmp_path):
+  """ct_normalization='nnunet': (p0.5, p99.5, mean, std) of the labelled voxels of every
+  case (NumPy here, every voxel: the cases hold fewer than the 10,000 sampled), kept in
+  config.data.ct_statistics and the cache's settings; the cached slices use them."""
+  root = fx.write_msd(tmp_path / 'data', num_cases=3, shape=(24, 20, 6))
+  config = fx.config(root, ct_normalization='nnunet')
+  layouts.resolve_settings(config.data)
+  sc = cache.prepare_cache(config, tmp_path / 'work', progress=False)
+  voxels = []
+  for i in range(3):
+    image = nib.load(root / 'imagesTr' / f'case_{i:03d}.nii.gz').get_fdata()
+    label = nib.load(root / 'labelsTr' / f'case_{i:03d}.nii.gz').get_fdata()
+    voxels.append(image[label > 0])
+  voxels = np.concatenate(voxels)
+  lo, hi = np.percentile(voxels, (0.5, 99.5))
+  ((got_lo, got_hi, mean, std),) = config.data.ct_statistics
+  np.testing.assert_allclose(
+    [got_lo, got_hi, mean, std], [lo, hi, voxels.mean(), voxels.std()], rtol=1e-9
+  )
+  settings = json.loads((sc.path / 'manifest.json').read_text())['settings']
+  assert settings['ct_statistics'] == [[got_lo, got_hi, mean, std]] and 'hu_window' not in settings
+  x, _ = volumes.preprocess_image(root / 'imagesTr' / 'case_000.nii.gz', config.data)
+  np.testing.assert_array_equal(sc.image('case_000'), x)
+  # clipped to [p0.5, p99.5], then z-scored (the linear resize stays in that range)
+  assert (lo - mean) / std - 1e-5 <= x.min() < 0 < x.max() <= (hi - mean) / std + 1e-5

@@ -190,3 +190,122 @@ def test_missing_root_names_it_and_the_layout(tmp_path, layout):
 def test_empty_folder_is_an_error(tmp_path):
   with pytest.raises(DataError, match='no labelled cases'):
     layouts.discover_cases(fx.config(tmp_path, layout='kits19').data)
+
+
+# --- nnU-Net v2 raw datasets ---------------------------------------------------------------
+
+
+def _nnunet(tmp_path, **kwargs):
+  root = fx.write_nnunet(tmp_path / 'data', **kwargs)
+  return root, fx.config(root, layout='nnunet')
+
+
+def test_nnunet_layout_finds_each_case_with_its_channels(tmp_path):
+  root, config = _nnunet(tmp_path)
+  (root / 'imagesTr' / '._case_000_0000.nii.gz').write_bytes(b'resource fork')
+  cases = layouts.discover_cases(config.data)
+  assert [c.case_id for c in cases] == ['case_000', 'case_001', 'case_002']
+  assert cases[1].images == (
+    root / 'imagesTr' / 'case_001_0000.nii.gz',
+    root / 'imagesTr' / 'case_001_0001.nii.gz',
+  )
+  assert (
+    cases[1].label == root / 'labelsTr' / 'case_001.nii.gz' and cases[1].image == cases[1].images[0]
+  )
+  layouts.resolve_settings(config.data)
+  data = config.data
+  assert (data.channels, data.modality, data.label_values) == (('T2', 'ADC'), '', (0, 1, 2))
+  assert layouts.declared_names(data) == {1: 'organ', 2: 'tumour'}
+
+
+def test_an_msd_folder_with_an_nnunet_dataset_json_is_read_as_nnunet(tmp_path):
+  root, config = _nnunet(tmp_path)
+  config.data.layout = 'msd'
+  note = layouts.resolve_layout(config.data)
+  assert config.data.layout == 'nnunet' and "layout='nnunet'" in note and 'channel_names' in note
+  assert layouts.resolve_layout(config.data) is None  # already nnunet
+  assert len(layouts.discover_cases(config.data)) == 3
+
+
+def test_nii_file_ending_and_a_single_ct_channel(tmp_path):
+  root, config = _nnunet(tmp_path, channels=('CT',), file_ending='.nii')
+  cases = layouts.discover_cases(config.data)
+  assert cases[0].images == (root / 'imagesTr' / 'case_000_0000.nii',)
+  layouts.resolve_settings(config.data)
+  assert (config.data.channels, config.data.modality) == (('CT',), 'CT')
+
+
+@pytest.mark.parametrize(
+  ('damage', 'message'),
+  [
+    (
+      lambda r: (r / 'imagesTr/case_001_0001.nii.gz').unlink(),
+      r"case 'case_001': .*case_001_0001\.nii\.gz is missing \(2 channels",
+    ),
+    (
+      lambda r: (r / 'labelsTr/case_002.nii.gz').unlink(),
+      r"case 'case_002': .*case_002_0000\.nii\.gz has no label file",
+    ),
+    (
+      lambda r: [(r / f'imagesTr/case_000_000{c}.nii.gz').unlink() for c in (0, 1)],
+      r"case 'case_000': .*case_000_0000\.nii\.gz is missing",
+    ),
+    (
+      lambda r: (r / 'imagesTr/case_000_0002.nii.gz').write_bytes(b'x'),
+      r"case 'case_000': .*case_000_0002\.nii\.gz is channel 2, but",
+    ),
+    (
+      lambda r: (r / 'labelsTr/case_000.nii.gz').rename(r / 'labelsTr/case_000.nii'),
+      r"case 'case_000': .*has no label file",
+    ),
+  ],
+)
+def test_nnunet_missing_or_extra_files_name_the_case_and_the_file(tmp_path, damage, message):
+  root, config = _nnunet(tmp_path)
+  damage(root)
+  with pytest.raises(DataError, match=message):
+    layouts.discover_cases(config.data)
+
+
+def test_nnunet_num_training_must_count_the_cases(tmp_path):
+  root, config = _nnunet(tmp_path)
+  meta = json.loads((root / 'dataset.json').read_text())
+  meta['numTraining'] = 4
+  (root / 'dataset.json').write_text(json.dumps(meta))
+  with pytest.raises(DataError, match=r'"numTraining" is 4 but .*labelsTr holds 3 labelled cases'):
+    layouts.discover_cases(config.data)
+
+
+def test_explicit_channels_that_disagree_with_dataset_json_name_the_key(tmp_path):
+  _, config = _nnunet(tmp_path)
+  config.data.channels = ('T2',)
+  with pytest.raises(
+    ConfigError, match=r"declares the channels \['T2', 'ADC'\] but config.data.channels"
+  ):
+    layouts.resolve_settings(config.data)
+  _, config = _nnunet(tmp_path)
+  config.data.modality = 'MR'
+  with pytest.raises(
+    ConfigError, match=r"config.data.modality='MR' names one channel, but the dataset has 2"
+  ):
+    layouts.resolve_settings(config.data)
+
+
+def test_cases_to_predict_from_channel_files_or_a_4d_file(tmp_path):
+  root, _ = _nnunet(tmp_path)
+  images = root / 'imagesTr'
+  cases = layouts.cases_at(images, 2)
+  assert [c for c, _ in cases] == ['case_000', 'case_001', 'case_002']
+  assert cases[0][1] == (images / 'case_000_0000.nii.gz', images / 'case_000_0001.nii.gz')
+  assert layouts.cases_at(images / 'case_001_0000.nii.gz', 2) == [('case_001', cases[1][1])]
+  (images / 'case_002_0001.nii.gz').unlink()
+  with pytest.raises(
+    DataError, match=r"case 'case_002' has the channel files \[0\]; the model takes 2"
+  ):
+    layouts.cases_at(images, 2)
+  with pytest.raises(DataError, match=r'case_002_0001\.nii\.gz is missing'):
+    layouts.cases_at(images / 'case_002_0000.nii.gz', 2)
+  four_d = fx.write_msd_4d(tmp_path / 'msd', num_cases=1)
+  assert layouts.cases_at(four_d / 'imagesTr', 2) == [
+    ('case_000', (four_d / 'imagesTr/case_000.nii.gz',))
+  ]

@@ -193,3 +193,21 @@ def test_check_refuses_an_old_splits_json_for_other_cases_or_sizes(tmp_path):
     splits.check(EIGHT, fx.config(split_sizes=(5, 2, 1)).data, tmp_path)
   with pytest.raises(DataError, match=r"splits\.json holds other splits .*'case_8'"):
     splits.check([*EIGHT, 'case_8'], fx.config(split_sizes=(7, 1, 1)).data, tmp_path)
+
+
+def test_nnunets_splits_final_json_is_read_at_the_configs_fold(tmp_path):
+  """A list of {"train", "val"} folds (nnU-Net's splits_final.json): data.fold picks one;
+  its test split is empty; a fold that is not there is named."""
+  folds = [{'train': IDS[:8], 'val': IDS[8:]}, {'train': IDS[4:], 'val': IDS[:4]}]
+  path = tmp_path / 'splits_final.json'
+  path.write_text(json.dumps(folds))
+  data = fx.config(splits_file=str(path), fold=1).data
+  got = splits.make_splits(IDS, data, tmp_path / 'w')
+  assert got == {'train': sorted(IDS[4:]), 'val': sorted(IDS[:4]), 'test': []}
+  data.fold = 2
+  with pytest.raises(DataError, match=r'holds 2 folds; config.data.fold=2 is not one of them'):
+    splits.check(IDS, data, tmp_path / 'w2')
+  path.write_text(json.dumps([{'train': IDS[:8]}]))
+  data.fold = 0
+  with pytest.raises(DataError, match=r'fold 0 is .*expected a JSON object'):
+    splits.check(IDS, data, tmp_path / 'w3')

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ecam_jax.data import volumes
-from ecam_jax.errors import ConfigError, DataError
+from ecam_jax.errors import DataError
 
 import nifti_fixtures as fx
 
