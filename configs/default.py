@@ -70,7 +70,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # A user's splits.json ({"train", "val", "test"}), or nnU-Net's splits_final.json (a list
   # of {"train", "val"}, one per fold, of which data.fold is used); overrides the sizes below
   data.splits_file = ''
-  data.fold = 0
+  # k-fold cross-validation: '' = the train/val/test split below; '0' .. folds - 1 = that
+  # fold of the dataset's folds (made once into the cache folder's splits_final.json; the
+  # test split below stays held out); 'all' = train and validate on every non-test case
+  data.fold = ''
+  data.folds = 5
   data.split_sizes = config_dict.placeholder(tuple)
   data.split_ratios = (0.8, 0.05, 0.15)  # used when split_sizes is None
   data.split_seed = 0

@@ -113,7 +113,7 @@ INTEGERS = {
   'data.phantom_size': 32,
   'data.image_size': 16,
   'data.split_seed': 0,
-  'data.fold': 0,
+  'data.folds': 2,
   'data.num_workers': 0,
   'data.prefetch_batches': 0,
   'data.prepare_workers': 1,
@@ -245,6 +245,17 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
       f'config.data.ct_statistics={statistics!r}; expected one (p_lo, p_hi, mean, std) per CT '
       'channel with p_lo <= p_hi and std > 0 (computed with the cache when unset)'
+    )
+  fold = _get(config, 'data.fold')
+  if not (fold in ('', 'all') or (isinstance(fold, str) and fold.isdigit())):
+    raise ConfigError(
+      f"config.data.fold={fold!r}; expected '' (the train/val/test split), a fold number "
+      "such as '0', or 'all'"
+    )
+  if fold.isdigit() and not data.splits_file and int(fold) >= data.folds:
+    raise ConfigError(
+      f'config.data.fold={fold!r} with config.data.folds={data.folds}; expected a fold '
+      f"number 0 .. {data.folds - 1}, or 'all'"
     )
   classes.parse_classes(data.classes)  # ConfigError naming the key and the item
   classes.parse_regions(data.regions)

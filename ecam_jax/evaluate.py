@@ -149,7 +149,7 @@ def evaluate_split(
 
   workdir = pathlib.Path(workdir)
   cases = {c.case_id: c for c in source.resolve_data(config, workdir)}
-  case_splits = splits.read_splits_file(workdir / 'splits.json', sorted(cases))
+  case_splits = splits.read_splits_file(workdir / 'splits.json', sorted(cases), run_file=True)
   if not case_splits.get(split):
     raise DataError(f'{workdir / "splits.json"}: the {split!r} split has no cases to score')
   predictor = infer.Predictor(config, workdir, which)

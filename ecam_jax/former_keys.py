@@ -8,6 +8,8 @@ read by `upgrade`: renamed options take their new names, and the options of netw
 than the stored one (which that network never read) are dropped. An option missing from a
 stored config counts as its declared default, which computes what the network computed
 before the option existed (the rule for adding an option, docs/adding-a-model.md).
+`data.fold` was an integer (the fold of a user's splits_final.json, 0 by default, read
+only with `data.splits_file`); it is a string now ('', a fold number, or 'all').
 No jax here.
 """
 
@@ -28,9 +30,12 @@ RENAMED = {
 def upgrade(flat: dict[str, Any]) -> dict[str, Any]:
   """A flattened stored config ({'model.use_cc': ...}) in today's layout: config.model as
   its network's name, variant and options (missing ones at their defaults)."""
+  flat = dict(flat)
+  if isinstance(flat.get('data.fold'), int):  # until 2026-12: the fold of a splits file
+    flat['data.fold'] = str(flat['data.fold']) if flat.get('data.splits_file') else ''
   name = flat.get('model.name')
   if name not in registry.NETWORKS:
-    return dict(flat)  # an unknown network: the config check names it
+    return flat  # an unknown network: the config check names it
   declared = options.fields(registry.NETWORKS[name].options)
   out = {k: v for k, v in flat.items() if not k.startswith('model.')}
   for key, value in flat.items():

@@ -58,7 +58,8 @@ FREE = (
 LATER_KEYS = {
   'data.channels': lambda old: [old['data.modality']],  # one channel, named by its modality
   'data.ct_normalization': 'window',
-  'data.fold': 0,
+  'data.fold': '',
+  'data.folds': 5,
   'data.merge_foreground': True,
   'data.classes': '',
   'data.regions': '',

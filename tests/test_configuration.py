@@ -198,6 +198,7 @@ CHECKED_ELSEWHERE = {
   'data.mr_percentiles',
   'data.split_ratios',
   'data.split_sizes',
+  'data.fold',  # '', a fold number below data.folds, or 'all'
   'data.label_values',
   'data.foreground_labels',
   'augment.blur_sigma',

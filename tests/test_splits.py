@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from ecam_jax.data import splits
+from ecam_jax.data import split_report, splits
 from ecam_jax.errors import ConfigError, DataError
 
 import nifti_fixtures as fx
@@ -111,12 +111,13 @@ def test_val_and_test_get_a_foreground_case(tmp_path, seed):
   foreground alone in val; every seed now gives val and test one with foreground."""
   foreground = {'case_1', 'case_4', 'case_6'}
   data = fx.config(split_sizes=(6, 1, 1), split_seed=seed).data
-  result = splits.make_splits(EIGHT, data, tmp_path, foreground_cases=foreground)
+  result = splits.make_splits(EIGHT, data, tmp_path, foreground)
   _check_partition(result, EIGHT)
   assert [len(result[s]) for s in splits.SPLITS] == [6, 1, 1]
   assert [len(set(result[s]) & foreground) for s in splits.SPLITS] == [1, 1, 1]
-  assert splits.describe(result, foreground) == (
-    'train 6 cases (1 with foreground), val 1 (1), test 1 (1)'
+  assert split_report.describe(result, foreground) == (
+    'train 6 cases (1 with foreground: 33% of its voxels, 1 slices), val 1 (1: 33%, 1 slices), '
+    'test 1 (1: 33%, 1 slices)'
   )
 
 
@@ -152,7 +153,10 @@ def test_few_foreground_cases_go_to_train_then_val(tmp_path):
   assert 'case_3' in one['train']
   two = splits.make_splits(EIGHT, data, tmp_path / '2', {'case_3', 'case_5'})
   assert [len(set(two[s]) & {'case_3', 'case_5'}) for s in splits.SPLITS] == [1, 1, 0]
-  assert splits.describe(two, set()) == 'train 6 cases (0 with foreground), val 1 (0), test 1 (0)'
+  assert split_report.describe(two, set()) == (
+    'train 6 cases (0 with foreground: 0% of its voxels, 0 slices), val 1 (0: 0%, 0 slices), '
+    'test 1 (0: 0%, 0 slices)'
+  )
 
 
 def test_splits_json_from_before_stratification_is_kept(tmp_path):
@@ -163,14 +167,14 @@ def test_splits_json_from_before_stratification_is_kept(tmp_path):
   order = np.random.default_rng(0).permutation(8)  # how splits were made before
   assert old['val'] == [EIGHT[order[6]]] and old['test'] == [EIGHT[order[7]]]
   foreground = set(EIGHT) - set(old['val']) - set(old['test'])  # no foreground in val/test
-  again = splits.make_splits(EIGHT, data, tmp_path, foreground_cases=foreground)
+  again = splits.make_splits(EIGHT, data, tmp_path, foreground)
   assert again == old
   with pytest.raises(DataError, match=r'splits\.json holds other splits'):
     splits.make_splits(
       EIGHT,
       fx.config(split_sizes=(6, 1, 1), split_seed=3).data,
       tmp_path,
-      foreground_cases=foreground,
+      foreground,
     )
 
 
@@ -196,18 +200,98 @@ def test_check_refuses_an_old_splits_json_for_other_cases_or_sizes(tmp_path):
 
 
 def test_nnunets_splits_final_json_is_read_at_the_configs_fold(tmp_path):
-  """A list of {"train", "val"} folds (nnU-Net's splits_final.json): data.fold picks one;
-  its test split is empty; a fold that is not there is named."""
+  """A list of {"train", "val"} folds (nnU-Net's splits_final.json): data.fold picks one
+  (or all of fold 0's cases); its test split is empty; a fold that is not there, or none
+  chosen, is named."""
   folds = [{'train': IDS[:8], 'val': IDS[8:]}, {'train': IDS[4:], 'val': IDS[:4]}]
   path = tmp_path / 'splits_final.json'
   path.write_text(json.dumps(folds))
-  data = fx.config(splits_file=str(path), fold=1).data
+  data = fx.config(splits_file=str(path), fold='1').data
   got = splits.make_splits(IDS, data, tmp_path / 'w')
   assert got == {'train': sorted(IDS[4:]), 'val': sorted(IDS[:4]), 'test': []}
-  data.fold = 2
-  with pytest.raises(DataError, match=r'holds 2 folds; config.data.fold=2 is not one of them'):
+  data.fold = 'all'
+  assert splits.make_splits(IDS, data, tmp_path / 'all') == {'train': IDS, 'val': IDS, 'test': []}
+  data.fold = '2'
+  with pytest.raises(DataError, match=r"holds 2 folds; config.data.fold='2' is not one of them"):
+    splits.check(IDS, data, tmp_path / 'w2')
+  data.fold = ''
+  with pytest.raises(DataError, match=r'holds 2 folds; set config.data.fold to one of 0 .. 1'):
     splits.check(IDS, data, tmp_path / 'w2')
   path.write_text(json.dumps([{'train': IDS[:8]}]))
-  data.fold = 0
+  data.fold = '0'
   with pytest.raises(DataError, match=r'fold 0 is .*expected a JSON object'):
     splits.check(IDS, data, tmp_path / 'w3')
+  path.write_text(json.dumps({'train': IDS[:8], 'val': IDS[8:]}))
+  with pytest.raises(DataError, match=r"holds one split, not folds; config.data.fold='0'"):
+    splits.check(IDS, data, tmp_path / 'w4')
+
+
+# --- training served first, and what a run is told ----------------------------------------
+
+# The small MR dataset of issue 26: 8 cases, one with 20 foreground slices, one with 2.
+LARGE, TINY = 'case_2', 'case_5'
+AMOUNTS = {c: splits.Amount(0, 0) for c in EIGHT} | {
+  LARGE: splits.Amount(4000, 20),
+  TINY: splits.Amount(60, 2),
+}
+VOXELS = 8 * 30 * 64 * 64  # 8 cases of 30 slices of 64 x 64
+
+
+@pytest.mark.parametrize('seed', range(8))
+def test_training_gets_the_large_foreground_case_whatever_the_seed(tmp_path, seed):
+  """The default split of the issue's dataset (6/1/1 by the default ratios) gives training
+  the large case: before, seeds that drew it for val left training 2 slices in 120."""
+  data = fx.config(split_seed=seed).data
+  result = splits.make_splits(EIGHT, data, tmp_path, AMOUNTS)
+  assert [len(result[s]) for s in splits.SPLITS] == [6, 1, 1]
+  assert LARGE in result['train'] and result['val'] == [TINY]
+  assert split_report.describe(result, AMOUNTS).startswith(
+    'train 6 cases (1 with foreground: 99% of its voxels, 20 slices), val 1 (1: 1%, 2 slices)'
+  )
+  lines = split_report.warnings(result, AMOUNTS, data, VOXELS // 10)
+  assert lines == [
+    'warning: val holds 2 foreground slices: the best checkpoint is chosen on little '
+    'evidence; give val more foreground (see above), or judge by the final checkpoint '
+    '(--checkpoint=latest)',
+  ]
+
+
+def test_a_split_that_starves_training_is_named_with_its_numbers(tmp_path):
+  user = tmp_path / 'mine.json'
+  others = [c for c in EIGHT if c not in (LARGE, TINY)]
+  user.write_text(json.dumps({'train': [TINY, *others[:5]], 'val': [LARGE], 'test': others[5:]}))
+  data = fx.config(splits_file=str(user)).data
+  result = splits.make_splits(EIGHT, data, tmp_path / 'w', AMOUNTS)
+  lines = split_report.warnings(result, AMOUNTS, data, VOXELS)
+  assert lines[0] == (
+    'warning: training holds 1% of the foreground voxels (2 of 22 foreground slices, in 1 '
+    'of 2 cases with foreground): a model may learn to predict none. '
+    f'config.data.splits_file ({user}) assigns the cases so'
+  )
+  # val holds 20 foreground slices: no warning. 4060 foreground voxels of 983040 (0.41%):
+  # oversampling is suggested, unless it is on or the foreground is not rare.
+  assert lines[1:] == [
+    'note: the foreground is 0.41% of all voxels; config.data.foreground_oversample=0.33 '
+    "draws a third of each epoch from foreground slices (nnU-Net's share; the paper's "
+    'recipe leaves it at 0)'
+  ]
+  assert split_report.warnings(result, AMOUNTS, data, VOXELS // 10) == lines[:1]
+  data.foreground_oversample = 0.33
+  assert split_report.warnings(result, AMOUNTS, data, VOXELS) == lines[:1]
+
+
+def test_swaps_keep_the_split_sizes_and_stop_when_none_helps(tmp_path):
+  """Three equal foreground cases in 1/1/1: training holds a third and no swap raises it
+  (the warning says so); one large case among them goes to train."""
+  ids = ['a', 'b', 'c']
+  equal = {c: splits.Amount(10, 1) for c in ids}
+  data = fx.config(split_sizes=(1, 1, 1)).data
+  result = splits.make_splits(ids, data, tmp_path / 'eq', equal)
+  lines = split_report.warnings(result, equal, data, 3000)
+  assert lines[0].startswith('warning: training holds 33% of the foreground voxels')
+  assert 'cannot do better with these cases' in lines[0]
+  for large in ids:
+    amounts = equal | {large: splits.Amount(100, 5)}
+    got = splits.make_splits(ids, data, tmp_path / large, amounts)
+    assert got['train'] == [large]
+    assert sorted(got['val'] + got['test']) == sorted(set(ids) - {large})

@@ -6,10 +6,11 @@ in random order, so each case is preprocessed once into `.npy` arrays (float32 i
 in well under a millisecond. The folder:
 
     cache/manifest.json          written last: the cache is complete iff it exists
-    cache/index.npz              per slice: case position, z, foreground flag
+    cache/index.npz              per slice: case position, z, foreground flag and pixels
     cache/cases/<id>/image.npy   float32 [Z, S, S, C]
     cache/cases/<id>/label.npy   uint8 [Z, S, S]: 1 where foreground (or the class index)
     cache/cases/<id>/meta.json   sources, settings, the undo record, foreground slices
+                                 and their foreground pixels
 
 A case is reused when its source files (path, size, mtime) and the preprocessing settings
 are unchanged, and rebuilt otherwise; a changed setting rebuilds all. Inputs are checked
@@ -36,6 +37,13 @@ from ecam_jax.errors import DataError
 
 CACHE_VERSION = 2  # 2: images [Z, S, S, C] (1: [Z, S, S], one channel)
 IMAGE_DTYPE = np.float32
+
+
+class Amount(NamedTuple):
+  """How much foreground a case holds (after resizing)."""
+
+  voxels: int
+  slices: int
 
 
 class SliceIndex(NamedTuple):
@@ -67,6 +75,8 @@ class SliceCache:
     self._position = {case_id: k for k, case_id in enumerate(self.case_ids)}
     with np.load(self.path / 'index.npz') as f:
       self.index = SliceIndex(f['case'], f['z'], f['foreground'])
+      # [N] foreground pixels per slice; None in a cache built before they were kept
+      self._pixels = f.get('pixels')
     self._arrays: dict[tuple[str, str], np.memmap] = {}
 
   def _check_known(self, case_id: str) -> None:
@@ -97,9 +107,23 @@ class SliceCache:
     meta = json.loads((self._case_dir(case_id) / 'meta.json').read_text())
     return volumes.VolumeRecord.from_dict(meta['record'])
 
+  def _count_pixels(self) -> np.ndarray:
+    """[N] foreground pixels per slice, counted in the labels (caches without them)."""
+    counts = [foreground_pixels(self.label(c)) for c in self.case_ids]
+    return np.concatenate(counts) if counts else np.zeros(0, np.int64)
+
   def foreground_cases(self) -> set[str]:
     """The ids of the cases with at least one foreground pixel (after resizing)."""
     return {self.case_ids[k] for k in np.unique(self.index.case[self.index.foreground])}
+
+  def foreground_amounts(self) -> dict[str, Amount]:
+    """Every case's foreground voxels and slices (after resizing), cases without any too."""
+    if self._pixels is None:
+      self._pixels = self._count_pixels()
+    n = len(self.case_ids)
+    voxels = np.bincount(self.index.case, weights=self._pixels, minlength=n)
+    slices = np.bincount(self.index.case, weights=self.index.foreground, minlength=n)
+    return {c: Amount(int(voxels[k]), int(slices[k])) for k, c in enumerate(self.case_ids)}
 
   def slices_of(self, case_ids: list[str]) -> np.ndarray:
     """[M] positions in `index` of every slice of these cases: case by case, z ascending."""
@@ -109,9 +133,14 @@ class SliceCache:
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
-def cache_path(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> pathlib.Path:
-  """config.data.cache_dir, or WORKDIR/cache when it is empty."""
-  return pathlib.Path(config.data.cache_dir or pathlib.Path(workdir) / 'cache')
+def foreground_pixels(label: np.ndarray) -> np.ndarray:
+  """[Z] int64: the foreground (non-zero) pixels of each slice of a [Z, S, S] label."""
+  return np.count_nonzero(np.reshape(label, (len(label), -1)), axis=1).astype(np.int64)
+
+
+def cache_path(data: ml_collections.ConfigDict, workdir: str | os.PathLike) -> pathlib.Path:
+  """config.data.cache_dir, or WORKDIR/cache when it is empty (`data`: config.data)."""
+  return pathlib.Path(data.cache_dir or pathlib.Path(workdir) / 'cache')
 
 
 def _settings(data: ml_collections.ConfigDict, declared: tuple[int, ...]) -> dict[str, Any]:
@@ -178,8 +207,10 @@ def _build_case(
     'settings': settings,
     'record': record.to_dict(),
     'num_slices': int(len(y)),
-    'foreground_slices': np.flatnonzero(y.reshape(len(y), -1).any(axis=1)).tolist(),
   }
+  pixels = foreground_pixels(y)
+  meta['foreground_slices'] = np.flatnonzero(pixels).tolist()
+  meta['foreground_pixels'] = pixels[pixels > 0].tolist()
   with atomic_path(cases_dir / case.case_id, directory=True) as tmp:
     np.save(tmp / 'image.npy', x.astype(IMAGE_DTYPE))
     np.save(tmp / 'label.npy', y.astype(np.uint8))
@@ -224,13 +255,13 @@ def _resolve_ct_statistics(data, cases: list[layouts.Case], path: pathlib.Path) 
 def prepare_cache(
   config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, progress: bool = True
 ) -> SliceCache:
-  """Builds, completes or reuses the cache of config.data in cache_path(config, workdir).
+  """Builds, completes or reuses the cache of config.data in cache_path(config.data, workdir).
 
   With data.prepare_workers > 1 cases are built in spawned processes: a script that calls
   this needs the `if __name__ == '__main__':` guard (absl.app.run entry points have it).
   """
   data = config.data
-  path = cache_path(config, workdir)
+  path = cache_path(data, workdir)
   cases = layouts.discover_cases(data)
   layouts.resolve_settings(data)  # a no-op after source.resolve_data, which training runs first
   _resolve_ct_statistics(data, cases, path)
@@ -258,19 +289,24 @@ def prepare_cache(
   jobs = [(c, plain, declared, settings, sources[c.case_id], cases_dir) for c in stale]
   _build_all(jobs, int(data.prepare_workers), progress)
 
-  counts, foreground = [], []
+  counts, pixels = [], []
   for case in cases:
     meta = json.loads((cases_dir / case.case_id / 'meta.json').read_text())
-    flags = np.zeros(meta['num_slices'], bool)
-    flags[meta['foreground_slices']] = True
+    per_slice = np.zeros(meta['num_slices'], np.int64)
+    if 'foreground_pixels' in meta:
+      per_slice[meta['foreground_slices']] = meta['foreground_pixels']
+    else:  # a case built before the pixels were kept
+      label = np.load(cases_dir / case.case_id / 'label.npy', mmap_mode='r')
+      per_slice[:] = foreground_pixels(label)
     counts.append(meta['num_slices'])
-    foreground.append(flags)
+    pixels.append(per_slice)
   with atomic_path(path / 'index.npz') as tmp, open(tmp, 'wb') as f:
     np.savez(
       f,
       case=np.repeat(np.arange(len(cases), dtype=np.int32), counts),
       z=np.concatenate([np.arange(n, dtype=np.int32) for n in counts]),
-      foreground=np.concatenate(foreground),
+      foreground=np.concatenate(pixels) > 0,
+      pixels=np.concatenate(pixels),
     )
   write_json_atomic(path / 'manifest.json', manifest)
   return SliceCache(path)

@@ -9,7 +9,7 @@ import ml_collections
 
 from ecam_jax import parallel
 from ecam_jax.data import cache as data_cache
-from ecam_jax.data import source, splits
+from ecam_jax.data import source, split_report, splits
 
 
 def prepare_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
@@ -36,18 +36,19 @@ def resolve_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> li
 
 def build_data(config: ml_collections.ConfigDict, workdir: pathlib.Path):
   """(cache, splits): the preprocessing cache (built by process 0, or reused) and the
-  splits, stratified so that val and test get cases with foreground; prints how many
-  each split has."""
+  splits (splits.py); prints each split's share of the foreground, and warns when training
+  or validation hold too little of it (split_report.py)."""
   if jax.process_index() == 0:
     cache = data_cache.prepare_cache(config, workdir)
   parallel.barrier('prepare_cache')
   if jax.process_index() != 0:
     cache = data_cache.prepare_cache(config, workdir, progress=False)
-  foreground = cache.foreground_cases()
-  case_splits = splits.make_splits(
-    cache.case_ids, config.data, workdir, foreground_cases=foreground
-  )
-  parallel.print0('splits: ' + splits.describe(case_splits, foreground))
+  amounts = cache.foreground_amounts()
+  case_splits = splits.make_splits(cache.case_ids, config.data, workdir, amounts)
+  parallel.print0('splits: ' + split_report.describe(case_splits, amounts))
+  voxels = len(cache.index.case) * cache.image_size**2
+  for line in split_report.warnings(case_splits, amounts, config.data, voxels):
+    parallel.print0(line)
   return cache, case_splits
 
 

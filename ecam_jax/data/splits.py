@@ -1,24 +1,33 @@
 """Train/val/test splits by case: deterministic from a seed, written to WORKDIR/splits.json.
 
-Splitting by case (never by slice) keeps every slice of a volume in one split. The paper's
-sizes are the defaults for its datasets; any other dataset is split by ratios. A user's
-splits file (`data.splits_file`: {"train", "val", "test"}, or nnU-Net's splits_final.json,
-a list of {"train", "val"} folds of which `data.fold` is used) overrides both. Cases with
-foreground and cases without are split separately (stratified), so that val and test hold
-foreground whenever the data has enough of it: validation that sees no foreground cannot
-select a model. `check` runs the checks that need only the case list, before the
-preprocessing cache is built.
+Splitting by case (never by slice) keeps every slice of a volume in one split. Three ways,
+the first that the config asks for:
+- a user's splits file (`data.splits_file`): {"train", "val", "test"}, or nnU-Net's
+  splits_final.json, a list of {"train", "val"} folds (optionally each with the held-out
+  "test"), of which `data.fold` is used;
+- k-fold cross-validation (`data.fold` = 0 .. data.folds - 1, or 'all'): the folds of
+  `folds.py`, made once per dataset into the cache folder's splits_final.json;
+- the default train/val/test split: the paper's sizes for its datasets, any other dataset
+  by ratios.
+Cases with foreground and cases without are split separately (stratified), so that val
+and test hold foreground whenever the data has enough of it: validation that sees no
+foreground cannot select a model. Training is served first: when the split leaves it
+under half of the foreground voxels, its smallest foreground cases are swapped for the
+largest ones elsewhere until it holds most of it, or no swap helps. `check` runs the checks
+that need only the case list, before the preprocessing cache is built.
 """
 
 import json
 import os
 import pathlib
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import ml_collections
 import numpy as np
 
 from ecam_jax.atomic import write_json_atomic
+from ecam_jax.data import folds
+from ecam_jax.data.cache import Amount, cache_path
 from ecam_jax.errors import ConfigError, DataError
 
 SPLITS = ('train', 'val', 'test')
@@ -91,8 +100,19 @@ def _foreground_quota(sizes: tuple[int, int, int], num_foreground: int) -> tuple
   return tuple(quota)
 
 
+Foreground = Mapping[str, Amount] | Collection[str]
+
+
+def amounts_of(foreground: Foreground) -> dict[str, Amount]:
+  """{case id: Amount} of the cases with foreground; a plain collection of ids counts one
+  voxel on one slice for each (only which cases have foreground is known)."""
+  if isinstance(foreground, Mapping):
+    return {c: Amount(*a) for c, a in foreground.items() if a[0] > 0}
+  return {c: Amount(1, 1) for c in foreground}
+
+
 def _stratified(
-  ids: list[str], sizes: tuple[int, int, int], foreground: set[str], seed: int
+  ids: list[str], sizes: tuple[int, int, int], foreground: Collection[str], seed: int
 ) -> dict[str, list[str]]:
   """Cases with foreground and cases without, each shuffled by `seed` and cut by the quota.
 
@@ -115,17 +135,56 @@ def _stratified(
   }
 
 
+def _served_first(splits: dict[str, list[str]], amounts: dict[str, Amount]) -> dict[str, list[str]]:
+  """`splits` with train's smallest foreground cases swapped for the largest ones of val and
+  test while train holds at most half of the foreground voxels and a swap raises its share.
+  Each split keeps its number of cases and of foreground cases."""
+  out = {name: list(ids) for name, ids in splits.items()}
+  where = {c: name for name, ids in out.items() for c in ids}
+  total = sum(a.voxels for a in amounts.values())
+
+  def size(case: str) -> tuple[int, str]:
+    return amounts[case].voxels, case
+
+  while 2 * sum(amounts[c].voxels for c in out['train'] if c in amounts) <= total:
+    inside = [c for c in out['train'] if c in amounts]
+    outside = [c for c in amounts if where[c] != 'train']
+    if not inside or not outside:
+      break
+    small, large = min(inside, key=size), max(outside, key=size)
+    if amounts[large].voxels <= amounts[small].voxels:
+      break
+    other = where[large]
+    out['train'][out['train'].index(small)] = large
+    out[other][out[other].index(large)] = small
+    where[large], where[small] = 'train', other
+  return {name: sorted(ids) for name, ids in out.items()}
+
+
+def default_split(
+  ids: list[str], sizes: tuple[int, int, int], amounts: dict[str, Amount], seed: int
+) -> dict[str, list[str]]:
+  """The train/val/test split of `ids` (sorted) by `sizes`: stratified, training served first."""
+  return _served_first(_stratified(ids, sizes, amounts, seed), amounts)
+
+
 def check(
-  case_ids: list[str], data_config: ml_collections.ConfigDict, workdir: str | os.PathLike
+  case_ids: list[str],
+  data_config: ml_collections.ConfigDict,
+  workdir: str | os.PathLike,
 ) -> None:
   """Raises what make_splits would, as far as it can be known before the cache is built:
   data.splits_file checked against the cases, else the split sizes against their number,
-  and a WORKDIR/splits.json from an earlier run against both. Reads no volume."""
+  the dataset's folds (`folds_path`, when data.fold is set and they exist) against both,
+  and a WORKDIR/splits.json from an earlier run against them. Reads no volume."""
   ids = sorted(case_ids)
   if data_config.splits_file:
     read_splits_file(data_config.splits_file, ids, data_config.fold)
     return
   sizes = split_sizes(len(ids), data_config)
+  if data_config.fold:
+    _check_folds(ids, data_config, folds_path(data_config, workdir))
+    return
   path = pathlib.Path(workdir) / 'splits.json'
   if path.is_file():
     previous = _read_previous(path, ids)
@@ -148,8 +207,8 @@ def _read_previous(path: pathlib.Path, ids: list[str]) -> dict[str, list[str]]:
 def _changed(path: pathlib.Path, why: str) -> str:
   return (
     f'{path} holds other splits than config gives now ({why}; the cases, '
-    'config.data.split_seed or the split sizes changed); use a new workdir, delete the '
-    f'file, or set config.data.splits_file={str(path)!r} to keep it'
+    'config.data.split_seed, data.fold or the split sizes changed); use a new workdir, '
+    f'delete the file, or set config.data.splits_file={str(path)!r} to keep it'
   )
 
 
@@ -157,34 +216,45 @@ def make_splits(
   case_ids: list[str],
   data_config: ml_collections.ConfigDict,
   workdir: str | os.PathLike,
-  foreground_cases: Collection[str] = (),
+  foreground: Foreground = (),
 ) -> dict[str, list[str]]:
   """{'train', 'val', 'test'} -> sorted case ids; also written to WORKDIR/splits.json.
 
-  foreground_cases: the ids of cases with any foreground voxel. They are spread over the
-  splits in proportion to the split sizes, with at least one in val and one in test when
-  there are three or more (see _foreground_quota), so that validation can select a model.
-  The same case ids, foreground, sizes and data.split_seed give the same splits, whatever
-  order the filesystem listed the cases in. A WORKDIR/splits.json from an earlier run is
-  kept (a resumed run trains on the same cases, also one split before stratification);
-  one that this config could not have made raises, so a resumed run never trains on
-  another run's test cases.
+  foreground: each case's foreground Amount (or the ids of the cases with foreground).
+  They are spread over the splits in proportion to the split sizes, with at least one in
+  val and one in test when there are three or more (see _foreground_quota), so that
+  validation can select a model, and training served first (_served_first). With data.fold
+  set, the run's fold of the dataset's folds (`folds_path`; made when missing). The same
+  case ids, foreground, sizes and data.split_seed give the same splits, whatever order the
+  filesystem listed the cases in. A WORKDIR/splits.json from an earlier run is kept (a
+  resumed run trains on the same cases, also when it was split by an earlier rule); one
+  that this config could not have made raises, so a resumed run never trains on another
+  run's test cases.
   """
   ids = sorted(case_ids)
+  amounts = amounts_of(foreground)
   path = pathlib.Path(workdir) / 'splits.json'
   if data_config.splits_file:
     splits = read_splits_file(data_config.splits_file, ids, data_config.fold)
     user_file = pathlib.Path(data_config.splits_file)
     if path.is_file() and user_file != path and _read_json(path) != splits:
       raise DataError(_changed(path, f'config.data.splits_file is {data_config.splits_file}'))
+  elif data_config.fold:
+    check(ids, data_config, workdir)
+    sizes = split_sizes(len(ids), data_config)
+    folds_file = folds_path(data_config, workdir)
+    splits = _fold_split(ids, sizes, amounts, data_config, folds_file)
+    if path.is_file() and _read_json(path) != splits:
+      raise DataError(_changed(path, f'fold {data_config.fold} of {folds_file} differs'))
   else:
     check(ids, data_config, workdir)
     sizes = split_sizes(len(ids), data_config)
     seed = int(data_config.split_seed)
-    splits = _stratified(ids, sizes, set(foreground_cases), seed)
+    splits = default_split(ids, sizes, amounts, seed)
     if path.is_file():
       previous = _read_json(path)
-      if previous not in (splits, _stratified(ids, sizes, set(), seed)):
+      earlier_rules = (_stratified(ids, sizes, amounts, seed), _stratified(ids, sizes, (), seed))
+      if previous != splits and previous not in earlier_rules:
         raise DataError(_changed(path, 'the same sizes, other cases in them'))
       splits = previous
   write_json_atomic(path, splits)
@@ -198,27 +268,14 @@ def _read_json(path: pathlib.Path):
     return None
 
 
-def describe(splits: dict[str, list[str]], foreground_cases: Collection[str]) -> str:
-  """One line for the start of a run: 'train 8 cases (3 with foreground), val 2 (1), test 2 (1)'."""
-  foreground = set(foreground_cases)
-  parts = []
-  for name in SPLITS:
-    ids = splits.get(name, [])
-    count = sum(i in foreground for i in ids)
-    parts.append(
-      f'{name} {len(ids)} cases ({count} with foreground)'
-      if name == SPLITS[0]
-      else f'{name} {len(ids)} ({count})'
-    )
-  return ', '.join(parts)
-
-
 def read_splits_file(
-  path: str | os.PathLike, case_ids: list[str], fold: int = 0
+  path: str | os.PathLike, case_ids: list[str], fold: str = '', *, run_file: bool = False
 ) -> dict[str, list[str]]:
-  """A user's splits.json, checked against the cases found: {"train", "val", "test"}, or
-  nnU-Net's splits_final.json (a list of {"train", "val"}, one per fold; fold `fold` is
-  read, its test split empty)."""
+  """A splits file, checked against the cases found: {"train", "val", "test"} (`fold` must
+  be ''), or a list of {"train", "val"} folds (nnU-Net's splits_final.json, each fold
+  optionally with "test") of which `fold` is read: '0', '1', ... or 'all' (train and
+  validate on every case of fold 0's train and val, as nnU-Net's fold all does).
+  run_file: `path` is a run's own splits.json, whose val may be its train (fold all)."""
   path = pathlib.Path(path)
   try:
     raw = json.loads(path.read_text())
@@ -231,17 +288,23 @@ def read_splits_file(
     '{"train": [ids], "val": [ids]} folds (nnU-Net\'s splits_final.json)'
   )
   if isinstance(raw, list):
-    if not 0 <= fold < len(raw):
-      raise DataError(
-        f'{path} holds {len(raw)} folds; config.data.fold={fold} is not one of them '
-        f'(0 .. {len(raw) - 1})'
-      )
-    raw = raw[fold]
-    if not (isinstance(raw, dict) and set(raw) == {'train', 'val'}):
-      raise DataError(f'{path}: fold {fold} is {str(raw)[:80]}; expected {expected}')
+    index = folds.fold_index(fold, len(raw), path)
+    raw = raw[index or 0]
+    if not (isinstance(raw, dict) and {'train', 'val'} <= set(raw) <= set(SPLITS)):
+      raise DataError(f'{path}: fold {index or 0} is {str(raw)[:80]}; expected {expected}')
+    if index is None and isinstance(raw['train'], list) and isinstance(raw['val'], list):
+      every = raw['train'] + [c for c in raw['val'] if c not in raw['train']]
+      raw = {'train': every, 'val': every, 'test': raw.get('test', [])}
+  elif fold:
+    raise DataError(
+      f'{path} holds one split, not folds; config.data.fold={fold!r} needs a list of folds '
+      "(set it to '' to use this file's split)"
+    )
   if not isinstance(raw, dict) or not set(raw) <= set(SPLITS):
     raise DataError(f'{path}: expected {expected}')
   known, seen, splits = set(case_ids), {}, {}
+  # fold all (here or in a run's splits.json) validates on exactly the training cases
+  all_fold = (fold == 'all' or run_file) and raw.get('val') == raw.get('train')
   for name in SPLITS:
     ids = raw.get(name, [])
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
@@ -251,10 +314,62 @@ def read_splits_file(
         raise DataError(
           f'{path}: {name} case {case_id!r} is not among the {len(known)} cases found'
         )
-      if case_id in seen:
+      if case_id in seen and not (all_fold and name == 'val'):
         raise DataError(f'{path}: case {case_id!r} is in both {seen[case_id]} and {name}')
-      seen[case_id] = name
+      seen.setdefault(case_id, name)
     if not ids and name != 'test':
       raise DataError(f'{path}: the {name} split is empty; train and val need cases')
     splits[name] = sorted(ids)
   return splits
+
+
+def folds_path(data_config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> pathlib.Path:
+  """Where k-fold runs keep their dataset's folds: splits_final.json in the cache folder
+  (config.data.cache_dir, or WORKDIR/cache), beside the preprocessed cases, as nnU-Net keeps
+  it beside its preprocessed data."""
+  return cache_path(data_config, workdir) / 'splits_final.json'
+
+
+def _check_folds(
+  ids: list[str], data_config: ml_collections.ConfigDict, folds_file: str | os.PathLike
+) -> None:
+  """A folds file made by an earlier run: data.folds folds of exactly these cases."""
+  path = pathlib.Path(folds_file)
+  if not path.is_file():
+    return
+  stored = folds.read(path)
+  count = int(data_config.folds)
+  if stored is None or len(stored) != count:
+    raise DataError(
+      f'{path} holds {"one split" if stored is None else f"{len(stored)} folds"}, not '
+      f'config.data.folds={count}; delete it to make {count} folds of these cases, or set '
+      'config.data.folds to match'
+    )
+  split = read_splits_file(path, ids, data_config.fold)
+  missing = set(ids) - {c for name in SPLITS for c in split[name]}
+  if missing:
+    raise DataError(
+      f'{path} holds other cases than were found ({len(missing)} are new, e.g. '
+      f'{min(missing)!r}); delete it to make folds of these cases'
+    )
+
+
+def _fold_split(
+  ids: list[str],
+  sizes: tuple[int, int, int],
+  amounts: dict[str, Amount],
+  data_config: ml_collections.ConfigDict,
+  folds_file: str | os.PathLike,
+) -> dict[str, list[str]]:
+  """This run's fold (data.fold) of `folds_file`, which is made first when missing: the test
+  split is the default split's (its size from split_sizes or split_ratios, 0 for none),
+  and the other cases make data.folds folds (folds.make_folds)."""
+  path = pathlib.Path(folds_file)
+  if not path.is_file():
+    seed = int(data_config.split_seed)
+    test = default_split(ids, sizes, amounts, seed)['test']
+    rest = [c for c in ids if c not in set(test)]
+    voxels = {c: a.voxels for c, a in amounts.items()}
+    folds.write(path, folds.make_folds(rest, voxels, int(data_config.folds), seed), test)
+  _check_folds(ids, data_config, path)
+  return read_splits_file(path, ids, data_config.fold)

@@ -91,7 +91,7 @@ def pick_slices(row_dir: pathlib.Path, count: int = SLICES) -> list[tuple[str, i
 
 
 def _cache(row_dir: pathlib.Path) -> data_cache.SliceCache:
-  return data_cache.SliceCache(data_cache.cache_path(_row_config(row_dir), row_dir))
+  return data_cache.SliceCache(data_cache.cache_path(_row_config(row_dir).data, row_dir))
 
 
 def slice_arrays(row_dir: pathlib.Path, slices: list[tuple[str, int]]):
