@@ -4,9 +4,11 @@ spacing, slices along the axial axis), for two sources of segmentations:
 - a folder of NIfTI predictions against a folder of labels, without a model:
     python -m ecam_jax.evaluate --predictions=DIR --labels=DIR [--output=DIR] [--foreground=1,2]
     python -m ecam_jax.evaluate ... --classes=pancreas:1,tumour:2 [--regions=all:1+2]
-- the test split of a run (--mode=eval): a trained model segments each case from its
-  original files, into WORKDIR/eval/{predictions,overlays}, scored into
-  WORKDIR/eval/summary.{json,md}.
+- the test split of a run (--mode=eval): a trained model (or an ensemble of folds)
+  segments each case from its original files, into WORKDIR/eval/{predictions,overlays},
+  scored into WORKDIR/eval/summary.{json,md};
+- the folds of a cross-validation (--mode=crossval): each fold's model segments its own
+  validation cases, scored together (out of fold) into WORKDIR/crossval/summary.{json,md}.
 
 How counts become scores (NaN for an empty denominator, HD95/ASSD, means over cases) is
 `ecam_jax.scoring`'s, shared with training and validation.
@@ -137,51 +139,131 @@ def evaluate_folders(
 
 
 def evaluate_split(
-  config: ml_collections.ConfigDict, workdir: str | os.PathLike, which: str, split: str = 'test'
+  config: ml_collections.ConfigDict,
+  workdir: str | os.PathLike,
+  which: str,
+  split: str = 'test',
+  members: Sequence[str | os.PathLike] = (),
 ) -> dict[str, Any]:
   """--mode=eval: segments the `split` cases of WORKDIR/splits.json from their original
   files with checkpoint `which` ('best', 'latest' or a path) and scores them in their own
   geometry into WORKDIR/eval/summary.{json,md}; the predictions go to
-  WORKDIR/eval/predictions and overlays to WORKDIR/eval/overlays. Returns the summary."""
-  # Imported here: folder scoring (the CLI) needs neither jax nor a model.
-  from ecam_jax import infer
-  from ecam_jax.data import source
+  WORKDIR/eval/predictions and overlays to WORKDIR/eval/overlays. With `members` (run
+  folders, e.g. WORKDIR/fold_0 ...), their ensemble segments the split they share.
+  Returns the summary."""
+  from ecam_jax import infer  # here: folder scoring (the CLI) needs neither jax nor a model
 
   workdir = pathlib.Path(workdir)
-  cases = {c.case_id: c for c in source.resolve_data(config, workdir)}
-  case_splits = splits.read_splits_file(workdir / 'splits.json', sorted(cases), run_file=True)
-  if not case_splits.get(split):
-    raise DataError(f'{workdir / "splits.json"}: the {split!r} split has no cases to score')
-  predictor = infer.Predictor(config, workdir, which)
+  runs = [pathlib.Path(m) for m in members] or [workdir]
+  cases = _cases(config, runs[0])
+  chosen = [_run_splits(run, cases)[split] for run in runs]
+  if any(c != chosen[0] for c in chosen):
+    raise DataError(
+      f'the runs {", ".join(map(str, runs))} hold different {split!r} splits in their '
+      'splits.json; an ensemble scores the split its members share'
+    )
+  if not chosen[0]:
+    raise DataError(f'{runs[0] / "splits.json"}: the {split!r} split has no cases to score')
+  predictor = infer.Predictor(config, runs if members else workdir, which)
+  scores = _segment_and_score(config, predictor, cases, chosen[0], workdir / 'eval', split)
+  summary = summarize(scores, classes.scored(config), classes.class_names(config))
+  summary['checkpoint'] = {'which': which, **predictor.meta}
+  scoring.write_summary(summary, workdir / 'eval')
+  print(headline(summary))
+  return summary
+
+
+def evaluate_folds(
+  config: ml_collections.ConfigDict, workdir: str | os.PathLike, which: str
+) -> dict[str, Any]:
+  """--mode=crossval: the out-of-fold evaluation of a cross-validation whose folds were
+  trained in WORKDIR/fold_0 .. fold_{k-1} (k = config.data.folds): each fold's checkpoint
+  `which` segments the validation cases of its own splits.json, and every case, each
+  validated by exactly one fold, is scored together into WORKDIR/crossval/summary.{json,md}
+  (predictions in WORKDIR/crossval/predictions), as --mode=eval scores a test split.
+  Returns the summary; its 'folds' lists each fold's run, checkpoint and cases."""
+  from ecam_jax import infer  # here: folder scoring (the CLI) needs neither jax nor a model
+
+  workdir = pathlib.Path(workdir)
+  runs = [workdir / f'fold_{f}' for f in range(int(config.data.folds))]
+  missing = [str(run) for run in runs if not (run / 'splits.json').is_file()]
+  if missing:
+    raise DataError(
+      f'no trained fold in {", ".join(missing)}: --mode=crossval scores the folds trained '
+      'with --workdir=WORKDIR/fold_K --config.data.fold=K for every K below '
+      f'config.data.folds={config.data.folds}'
+    )
+  cases = _cases(config, runs[0])
+  out, scores, validated, folds = workdir / 'crossval', {}, {}, []
+  for f, run in enumerate(runs):
+    split = _run_splits(run, cases)
+    if split['val'] == split['train']:
+      raise DataError(f'{run / "splits.json"}: fold all validates on its training cases')
+    for case in split['val']:
+      if case in validated:
+        raise DataError(
+          f'case {case!r} is validated by fold_{validated[case]} and fold_{f}: the folds were '
+          "trained on different splits (use one dataset's splits_final.json for all)"
+        )
+      validated[case] = f
+    predictor = infer.Predictor(config, run, which)
+    scores |= _segment_and_score(config, predictor, cases, split['val'], out, f'fold {f}')
+    folds.append({'fold': f, 'workdir': str(run), 'cases': split['val'], **predictor.meta})
+  expected = set(_run_splits(runs[0], cases)['train']) | set(_run_splits(runs[0], cases)['val'])
+  unscored = sorted(expected - set(scores))
+  if unscored:
+    raise DataError(
+      f"{len(unscored)} training cases of {runs[0]} are in no fold's val split (e.g. "
+      f'{unscored[0]!r}): the folds were trained on different splits'
+    )
+  summary = summarize(scores, classes.scored(config), classes.class_names(config))
+  summary['checkpoint'] = {'which': which}
+  summary['folds'] = folds
+  scoring.write_summary(summary, out)
+  print(headline(summary))
+  return summary
+
+
+def _cases(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
+  """{case id: layouts.Case} of the run's data (its config, or its config.json)."""
+  from ecam_jax.data import source
+
+  return {c.case_id: c for c in source.resolve_data(config, workdir)}
+
+
+def _run_splits(run: pathlib.Path, cases: dict[str, Any]) -> dict[str, list[str]]:
+  return splits.read_splits_file(run / 'splits.json', sorted(cases), run_file=True)
+
+
+def _segment_and_score(
+  config: ml_collections.ConfigDict,
+  predictor,
+  cases: dict[str, Any],
+  case_ids: list[str],
+  out: pathlib.Path,
+  what: str,
+) -> dict[str, dict]:
+  """{case: score_items} of `case_ids` segmented by `predictor` from their original files
+  into out/predictions, with their overlays in out/overlays."""
   items = classes.scored(config)
-  out = workdir / 'eval'
+  binary = not classes.is_multiclass(config)
+  fg = np.asarray(classes.output_label_values(config)[1:])
   scores = {}
-  for case_id in tqdm.tqdm(case_splits[split], desc=f'eval {split}', unit='case'):
+  for case_id in tqdm.tqdm(case_ids, desc=f'eval {what}', unit='case'):
     case = cases[case_id]
     image = volumes.load_channels(case.images, len(config.data.channels))[0]
     pred = predictor.segment_file(case.images, out / 'predictions' / f'{case_id}.nii.gz')
     label_img = volumes.load_nifti(case.label)
     label = volumes.integer_labels(label_img, case.label)
-    if not classes.is_multiclass(config):  # the written mask holds 1; the label its values
+    if binary:  # the written mask holds 1; the label its values
       label = np.isin(label, config.data.foreground_labels).astype(np.uint8)
     axis = axial_axis(label_img.affine)
     spacing = tuple(float(z) for z in label_img.header.get_zooms()[:3])
-    binary = [(classes.BINARY_NAME, (1,))] if not classes.is_multiclass(config) else items
-    scores[case_id] = score_items(pred, label, binary, spacing, axis)
-    fg = np.asarray(classes.output_label_values(config)[1:])
-    _case_overlay(
-      image,
-      np.isin(label, fg),
-      np.isin(pred, fg),
-      axis,
-      config,
-      out / 'overlays' / f'{case_id}.png',
-    )
-  summary = summarize(scores, items, classes.class_names(config))
-  summary['checkpoint'] = {'which': which, **predictor.meta}
-  scoring.write_summary(summary, out)
-  print(headline(summary))
-  return summary
+    scored = [(classes.BINARY_NAME, (1,))] if binary else items
+    scores[case_id] = score_items(pred, label, scored, spacing, axis)
+    overlay_path = out / 'overlays' / f'{case_id}.png'
+    _case_overlay(image, np.isin(label, fg), np.isin(pred, fg), axis, config, overlay_path)
+  return scores
 
 
 def headline(summary: dict) -> str:

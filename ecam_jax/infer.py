@@ -15,7 +15,7 @@ import gzip
 import numbers
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import ml_collections
@@ -58,22 +58,26 @@ def keep_components(mask: np.ndarray, keep: int | float) -> np.ndarray:
 
 
 class Predictor:
-  """A trained model ready to segment volumes on this process's devices.
+  """A trained model, or an ensemble of several, ready to segment volumes on this
+  process's devices.
 
-  fold: EC branches folded into single 3x3 convs (same outputs, faster). variables: use
-  these instead of restoring checkpoint `which` from `workdir`. mesh: the devices to spread
-  each batch over (default: all of this process's; any count works). Flip TTA, the
-  threshold and the kept components are config.eval's.
+  workdir: a run's folder, or several (an ensemble, e.g. the folds of a cross-validation:
+  each restores its checkpoint `which`, and their probabilities are averaged, after each
+  one's flip TTA when on). fold: EC branches folded into single 3x3 convs (same outputs,
+  faster). variables: use these (one variable dict, or a list for an ensemble) instead of
+  restoring. mesh: the devices to spread each batch over (default: all of this process's;
+  any count works). Flip TTA, the threshold and the kept components are config.eval's.
+  `meta` is the checkpoint's metadata, or {'ensemble': [each member's]}.
   """
 
   def __init__(
     self,
     config: ml_collections.ConfigDict,
-    workdir: str | os.PathLike | None,
+    workdir: str | os.PathLike | Sequence[str | os.PathLike] | None,
     which: str = 'best',
     *,
     fold: bool = True,
-    variables: dict | None = None,
+    variables: dict | Sequence[dict] | None = None,
     mesh: Mesh | None = None,
   ):
     configuration.check(config)  # config.eval.threshold and keep_components among the rest
@@ -82,16 +86,24 @@ class Predictor:
     self.mesh = parallel.data_mesh(jax.local_devices()) if mesh is None else mesh
     model = build_model(config.model)
     size = config.data.image_size
-    target = parallel.abstract(abstract_variables(model, size), parallel.replicated(self.mesh))
+    replicated = parallel.replicated(self.mesh)
     if variables is None:
-      variables, self.meta = checkpoint.restore_variables(workdir, which, target)
+      workdirs = [workdir] if isinstance(workdir, (str, os.PathLike)) else list(workdir)
+      target = parallel.abstract(abstract_variables(model, size), replicated)
+      restored = [checkpoint.restore_variables(w, which, target) for w in workdirs]
+      members = [v for v, _ in restored]
+      metas = [{'workdir': str(w), **m} for w, (_, m) in zip(workdirs, restored, strict=True)]
+      self.meta = restored[0][1] if len(restored) == 1 else {'ensemble': metas}
     else:
-      variables, self.meta = jax.device_put(variables, parallel.replicated(self.mesh)), {}
+      members = [variables] if isinstance(variables, Mapping) else list(variables)
+      members = [jax.device_put(v, replicated) for v in members]
+      self.meta = {}
     self.folded = bool(fold and has_ec_blocks(config.model))
     if self.folded:
-      variables = jax.jit(lambda v: fold_ec(v, config.model.bn_epsilon))(variables)
+      folding = jax.jit(lambda v: fold_ec(v, config.model.bn_epsilon))
+      members = [folding(v) for v in members]
       model = build_model(config.model, folded=True)
-    self.variables = variables
+    self.members = members
     self._step = steps.make_predict_step(model, self.mesh, config.eval.tta_flip)
 
   def probabilities(self, slices: np.ndarray, progress: bool = False) -> np.ndarray:
@@ -100,7 +112,8 @@ class Predictor:
 
     Batches of config.eval.batch_size slices rounded up to a multiple of the device count
     (`parallel.fit_batch`); the last batch is padded with zero slices to the same size (one
-    compiled shape) whose outputs are dropped."""
+    compiled shape) whose outputs are dropped. An ensemble's members are averaged on the
+    device; each batch is transferred back once."""
     batch = parallel.fit_batch(self.config.eval.batch_size, self.mesh, 'config.eval.batch_size')
     slices = slices[..., None] if slices.ndim == 3 else slices
     out = []
@@ -109,7 +122,8 @@ class Predictor:
       chunk = slices[start : start + batch]
       padded = parallel.pad_rows(chunk, batch)
       images = jax.device_put(padded, parallel.batch_sharded(self.mesh))
-      out.append(np.asarray(self._step(self.variables, images))[: chunk.shape[0]])
+      prob = sum(self._step(v, images) for v in self.members) / len(self.members)
+      out.append(np.asarray(prob)[: chunk.shape[0]])
     if not out:
       k = self.config.model.num_classes
       return np.zeros((*slices.shape[:3], *((k,) if k > 1 else ())), np.float32)
@@ -212,11 +226,16 @@ def plan_outputs(source: str, target: str, channels: int = 1) -> list[tuple[tupl
 
 
 def predict_paths(
-  config: ml_collections.ConfigDict, workdir: str, source: str, target: str, which: str
+  config: ml_collections.ConfigDict,
+  workdir: str | Sequence[str],
+  source: str,
+  target: str,
+  which: str,
 ) -> list[pathlib.Path]:
   """--mode=predict: segments a case (a NIfTI file, or its channel files) or every case in
-  a folder."""
-  data_source.resolve_settings(config, pathlib.Path(workdir))  # e.g. channels, from config.json
+  a folder, with the run in `workdir` or the ensemble of several runs."""
+  first = workdir if isinstance(workdir, str) else workdir[0]
+  data_source.resolve_settings(config, pathlib.Path(first))  # e.g. channels, from config.json
   channels = len(config.data.channels)
   pairs = plan_outputs(source, target, channels)
   for files, _ in pairs:  # fail on a bad input before the first (slow) prediction

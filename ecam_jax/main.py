@@ -1,8 +1,11 @@
 """Entry point: python -m ecam_jax.main --config=configs/msd.py --workdir=runs/msd
 
 Modes: train (default; resumes when the workdir has a checkpoint), prepare (build the
-preprocessing cache only), eval (score the best checkpoint on the test split), predict
-(segment NIfTI files) and export (ONNX and StableHLO for deployment, docs/export.md).
+preprocessing cache only), eval (score the best checkpoint on the test split), crossval
+(score the folds trained in WORKDIR/fold_K on their own validation cases, together),
+predict (segment NIfTI files) and export (ONNX and StableHLO for deployment,
+docs/export.md). eval and predict with --folds=0,1,2,3,4 use the ensemble of
+WORKDIR/fold_0 ... (their probabilities averaged).
 Config values are overridden as --config.train.batch_size=8. Intentionally thin: the work
 lives in train.py / infer.py.
 """
@@ -22,7 +25,12 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, logs, cache and results go.')
 flags.DEFINE_enum(
-  'mode', 'train', ['train', 'prepare', 'eval', 'predict', 'export'], 'What to run.'
+  'mode', 'train', ['train', 'prepare', 'eval', 'crossval', 'predict', 'export'], 'What to run.'
+)
+flags.DEFINE_list(
+  'folds',
+  [],
+  'eval/predict: the ensemble of these folds, trained in WORKDIR/fold_K (e.g. 0,1,2,3,4).',
 )
 flags.DEFINE_string('input', None, 'predict: a NIfTI file or a folder of them.')
 flags.DEFINE_string(
@@ -97,10 +105,20 @@ def _run(config, workdir: str) -> None:
   elif FLAGS.mode == 'eval':
     from ecam_jax import evaluate
 
-    evaluate.evaluate_split(config, workdir, FLAGS.checkpoint or config.eval.checkpoint)
+    which = FLAGS.checkpoint or config.eval.checkpoint
+    evaluate.evaluate_split(config, workdir, which, members=_members(workdir))
+  elif FLAGS.mode == 'crossval':
+    from ecam_jax import evaluate
+
+    evaluate.evaluate_folds(config, workdir, FLAGS.checkpoint or config.eval.checkpoint)
   elif FLAGS.mode == 'export':
     from ecam_jax.export import folder
 
+    if FLAGS.folds:
+      raise app.UsageError(
+        '--mode=export packages one model, not an ensemble of folds: export each fold with '
+        '--workdir=WORKDIR/fold_K (and average their probabilities, as --folds does)'
+      )
     which = FLAGS.checkpoint or config.eval.checkpoint
     path = folder.export(config, workdir, which, FLAGS.output, float16=FLAGS.onnx_float16)
     parallel.print0(f'exported to {path}')
@@ -109,9 +127,17 @@ def _run(config, workdir: str) -> None:
 
     if not FLAGS.input or not FLAGS.output:
       raise app.UsageError('--mode=predict needs --input=FILE_OR_DIR and --output=FILE_OR_DIR')
-    infer.predict_paths(
-      config, workdir, FLAGS.input, FLAGS.output, FLAGS.checkpoint or config.eval.checkpoint
-    )
+    which = FLAGS.checkpoint or config.eval.checkpoint
+    runs = _members(workdir) or workdir
+    infer.predict_paths(config, runs, FLAGS.input, FLAGS.output, which)
+
+
+def _members(workdir: str) -> list[str]:
+  """WORKDIR/fold_K for each K of --folds (none without it)."""
+  for fold in FLAGS.folds:
+    if not fold.isdigit():
+      raise app.UsageError(f'--folds={",".join(FLAGS.folds)}: expected fold numbers like 0,1,2')
+  return [os.path.join(workdir, f'fold_{fold}') for fold in FLAGS.folds]
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@ random slices, and its logits must equal the JAX model's within TOLERANCE (float
 the float16 variant's difference is recorded, not bounded).
 """
 
+import json
 import pathlib
 from typing import Any
 
@@ -79,6 +80,15 @@ def verify(net: network.Network, folder: pathlib.Path, float16: bool) -> dict[st
   }
 
 
+def _trained_fold(workdir: pathlib.Path) -> str:
+  """The run's config.data.fold as its config.json records it ('' when not a fold)."""
+  try:
+    fold = json.loads((workdir / 'config.json').read_text())['data'].get('fold', '')
+  except (OSError, ValueError, KeyError, TypeError):
+    return ''
+  return fold if isinstance(fold, str) else ''
+
+
 def export(
   config: ml_collections.ConfigDict,
   workdir: str | pathlib.Path,
@@ -87,7 +97,8 @@ def export(
   *,
   float16: bool = False,
 ) -> pathlib.Path:
-  """Writes the export folder of checkpoint `which` of the run in `workdir`; returns it."""
+  """Writes the export folder of checkpoint `which` of the run in `workdir`; returns it.
+  The run of one fold of a cross-validation exports that fold, and its contract says so."""
   if jax.process_count() > 1:
     raise ConfigError('--mode=export runs in one process; start it without a cluster')
   for name in ('jax2onnx', 'onnx', 'onnxruntime'):  # before any slow step
@@ -115,6 +126,12 @@ def export(
         'side_heads': 'left out: they feed training losses only, never the logits',
       },
     }
+    fold = _trained_fold(workdir)
+    if fold not in ('', 'all'):
+      provenance['fold'] = {
+        'value': fold,
+        'note': "one fold of a cross-validation, not the folds' ensemble (--folds)",
+      }
     write_json_atomic(
       tmp / contract.FILE,
       contract.build(
