@@ -149,8 +149,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # eval, predict). Multi-class runs take the most probable class instead.
   ev.threshold = 0.5
   # 3-D connected components kept in predicted masks: 0 = all (off); an integer k >= 1 =
-  # the k largest; a fraction f in (0, 1) = each at least f times the largest's size.
-  ev.keep_components = config_dict.FieldReference(0, field_type=object)
+  # the k largest; a fraction f in (0, 1) = each at least f times the largest's size; one
+  # value for every class, or a tuple of one per class. None: what --mode=crossval chose
+  # when predicting with --folds (WORKDIR/crossval/postprocessing.json), else 0.
+  ev.keep_components = config_dict.FieldReference(None, field_type=object)
   ev.checkpoint = 'best'  # 'best' | 'latest' | a path
   ev.overlay_slices = 3  # per case, in WORKDIR/eval/overlays
 

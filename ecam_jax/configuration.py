@@ -319,12 +319,18 @@ def _check_loss(config: ml_collections.ConfigDict) -> None:
 
 def _check_eval(config: ml_collections.ConfigDict) -> None:
   keep = _get(config, 'eval.keep_components')
-  if keep is not None and not (
-    (_is_number(keep, integer=True) and keep >= 0) or (isinstance(keep, float) and 0 < keep < 1)
-  ):
+
+  def one(value) -> bool:
+    return (_is_number(value, integer=True) and value >= 0) or (
+      isinstance(value, float) and 0 < value < 1
+    )
+
+  each = keep if isinstance(keep, (tuple, list)) and keep else [keep]
+  if keep is not None and not all(one(v) for v in each):
     raise ConfigError(
       f'config.eval.keep_components={keep!r}; expected 0 (off), an integer k >= 1 (the k '
-      'largest components) or a fraction in (0, 1) of the largest component'
+      'largest components) or a fraction in (0, 1) of the largest component, for every '
+      "class or as a tuple of one per class; or None (the cross-validation's choice)"
     )
   best = _get(config, 'train.best_by')
   if not isinstance(best, str) or not best:

@@ -25,7 +25,7 @@ import nibabel as nib
 import numpy as np
 import tqdm
 
-from ecam_jax import classes, overlay, scoring
+from ecam_jax import classes, overlay, postprocess, scoring
 from ecam_jax.data import layouts, splits, volumes
 from ecam_jax.errors import DataError
 
@@ -180,8 +180,12 @@ def evaluate_folds(
   trained in WORKDIR/fold_0 .. fold_{k-1} (k = config.data.folds): each fold's checkpoint
   `which` segments the validation cases of its own splits.json, and every case, each
   validated by exactly one fold, is scored together into WORKDIR/crossval/summary.{json,md}
-  (predictions in WORKDIR/crossval/predictions), as --mode=eval scores a test split.
-  Returns the summary; its 'folds' lists each fold's run, checkpoint and cases."""
+  (predictions in WORKDIR/crossval/predictions), as --mode=eval scores a test split. The
+  predictions keep every component (config.eval.keep_components is not applied); from them
+  the postprocessing of each class is chosen (postprocess.Chooser) into
+  WORKDIR/crossval/postprocessing.json, which prediction with these folds then applies.
+  Returns the summary; its 'folds' lists each fold's run, checkpoint and cases, its
+  'postprocessing' the choice."""
   from ecam_jax import infer  # here: folder scoring (the CLI) needs neither jax nor a model
 
   workdir = pathlib.Path(workdir)
@@ -194,6 +198,11 @@ def evaluate_folds(
       f'config.data.folds={config.data.folds}'
     )
   cases = _cases(config, runs[0])
+  raw = config.copy_and_resolve_references()  # the folds' predictions as they come
+  with raw.unlocked():
+    raw.eval.keep_components = None
+  values = classes.output_label_values(config)[1:]
+  chooser = postprocess.Chooser(classes.class_names(config), values)
   out, scores, validated, folds = workdir / 'crossval', {}, {}, []
   for f, run in enumerate(runs):
     split = _run_splits(run, cases)
@@ -206,8 +215,8 @@ def evaluate_folds(
           "trained on different splits (use one dataset's splits_final.json for all)"
         )
       validated[case] = f
-    predictor = infer.Predictor(config, run, which)
-    scores |= _segment_and_score(config, predictor, cases, split['val'], out, f'fold {f}')
+    predictor = infer.Predictor(raw, run, which)
+    scores |= _segment_and_score(raw, predictor, cases, split['val'], out, f'fold {f}', chooser)
     folds.append({'fold': f, 'workdir': str(run), 'cases': split['val'], **predictor.meta})
   expected = set(_run_splits(runs[0], cases)['train']) | set(_run_splits(runs[0], cases)['val'])
   unscored = sorted(expected - set(scores))
@@ -219,8 +228,16 @@ def evaluate_folds(
   summary = summarize(scores, classes.scored(config), classes.class_names(config))
   summary['checkpoint'] = {'which': which}
   summary['folds'] = folds
+  summary['postprocessing'] = chooser.decide()
   scoring.write_summary(summary, out)
+  path = postprocess.write(summary['postprocessing'], out)
   print(headline(summary))
+  for name, choice in summary['postprocessing']['classes'].items():
+    kept = 'keeps its largest component' if choice['keep_largest_component'] else 'keeps all'
+    print(
+      f'postprocessing: {name} {kept} (out-of-fold DSC {choice["dsc_as_predicted"]} as '
+      f'predicted, {choice["dsc_largest_component"]} with its largest component); in {path}'
+    )
   return summary
 
 
@@ -242,9 +259,11 @@ def _segment_and_score(
   case_ids: list[str],
   out: pathlib.Path,
   what: str,
+  chooser: postprocess.Chooser | None = None,
 ) -> dict[str, dict]:
   """{case: score_items} of `case_ids` segmented by `predictor` from their original files
-  into out/predictions, with their overlays in out/overlays."""
+  into out/predictions, with their overlays in out/overlays; each prediction and label also
+  go to `chooser`."""
   items = classes.scored(config)
   binary = not classes.is_multiclass(config)
   fg = np.asarray(classes.output_label_values(config)[1:])
@@ -261,6 +280,8 @@ def _segment_and_score(
     spacing = tuple(float(z) for z in label_img.header.get_zooms()[:3])
     scored = [(classes.BINARY_NAME, (1,))] if binary else items
     scores[case_id] = score_items(pred, label, scored, spacing, axis)
+    if chooser is not None:
+      chooser.add(pred, label)
     overlay_path = out / 'overlays' / f'{case_id}.png'
     _case_overlay(image, np.isin(label, fg), np.isin(pred, fg), axis, config, overlay_path)
   return scores

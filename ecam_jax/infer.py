@@ -6,13 +6,13 @@ several channels) goes: -> canonical axial slices, normalized and resized (data/
 single convs; optional flip TTA, averaging probabilities) -> probabilities resized back
 (linearly) and thresholded at config.eval.threshold, or, with several classes, the most
 probable class -> the file's orientation -> optionally only the largest 3-D connected
-components of each class (config.eval.keep_components) -> a NIfTI label map with the
+components of each class (config.eval.keep_components, or what the cross-validation of an
+ensemble of folds chose: postprocess.py) -> a NIfTI label map with the
 dataset's label values (`classes.output_label_values`; 1 for a binary run's foreground),
 the input's exact shape and affine, written atomically, never over an input.
 """
 
 import gzip
-import numbers
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -23,9 +23,8 @@ import nibabel as nib
 import numpy as np
 import tqdm
 from jax.sharding import Mesh
-from scipy import ndimage
 
-from ecam_jax import checkpoint, classes, configuration, parallel, steps
+from ecam_jax import checkpoint, classes, configuration, parallel, postprocess, steps
 from ecam_jax.atomic import write_bytes_atomic
 from ecam_jax.data import layouts, volumes
 from ecam_jax.data import source as data_source
@@ -33,28 +32,6 @@ from ecam_jax.data.layouts import NIFTI_SUFFIXES
 from ecam_jax.errors import DataError
 from ecam_jax.models.build import abstract_variables, build_model, has_ec_blocks
 from ecam_jax.models.layers import fold_ec
-
-
-def keep_components(mask: np.ndarray, keep: int | float) -> np.ndarray:
-  """The 3-D connected components (26-connectivity) of a binary mask that `keep` selects:
-  0 keeps the mask as it is; an integer k >= 1 the k largest components (of equal sizes,
-  the first in scan order); a fraction f in (0, 1) every component with at least f times
-  the largest one's voxels. Two kidneys, say, are two components: k=1 would delete one.
-  `keep` is config.eval.keep_components, checked by `configuration.check`."""
-  mask = np.asarray(mask, bool)
-  if keep == 0:
-    return mask
-  labelled, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-  if count == 0:
-    return mask
-  sizes = np.bincount(labelled.ravel(), minlength=count + 1)[1:]
-  if isinstance(keep, numbers.Integral):
-    kept = np.argsort(-sizes, kind='stable')[:keep]
-  else:
-    kept = np.flatnonzero(sizes >= keep * sizes.max())
-  selected = np.zeros(count + 1, bool)
-  selected[kept + 1] = True
-  return selected[labelled]
 
 
 class Predictor:
@@ -66,7 +43,9 @@ class Predictor:
   one's flip TTA when on). fold: EC branches folded into single 3x3 convs (same outputs,
   faster). variables: use these (one variable dict, or a list for an ensemble) instead of
   restoring. mesh: the devices to spread each batch over (default: all of this process's;
-  any count works). Flip TTA, the threshold and the kept components are config.eval's.
+  any count works). Flip TTA and the threshold are config.eval's; the kept components are
+  config.eval.keep_components, or when that is None and the members are the folds of a
+  WORKDIR whose --mode=crossval chose them, that choice (`postprocessing` names its file).
   `meta` is the checkpoint's metadata, or {'ensemble': [each member's]}.
   """
 
@@ -105,6 +84,13 @@ class Predictor:
       model = build_model(config.model, folded=True)
     self.members = members
     self._step = steps.make_predict_step(model, self.mesh, config.eval.tta_flip)
+    keep, self.postprocessing = config.eval.keep_components, None
+    if keep is None and variables is None and len(members) > 1:
+      keep, self.postprocessing = postprocess.decided(workdirs)
+    k = len(self.label_values) - 1
+    self.decision = ml_collections.ConfigDict(
+      {'threshold': config.eval.threshold, 'keep_components': postprocess.per_class(keep, k)}
+    )
 
   def probabilities(self, slices: np.ndarray, progress: bool = False) -> np.ndarray:
     """float32 [Z, S, S, C] preprocessed slices ([Z, S, S] for one channel) -> foreground
@@ -137,7 +123,7 @@ class Predictor:
     value; 0 background."""
     slices, record = volumes.preprocess_image(image, self.config.data)
     prob = self.probabilities(slices, progress)
-    return label_map(prob, record, self.config.eval, self.label_values)
+    return label_map(prob, record, self.decision, self.label_values)
 
   def segment_array(self, volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """From Python: a 3-D array, or [x, y, z, C] with its channels last (in the voxel order
@@ -168,23 +154,24 @@ class Predictor:
 
 
 def label_map(
-  prob: np.ndarray, record: volumes.VolumeRecord, eval_config, label_values: np.ndarray
+  prob: np.ndarray, record: volumes.VolumeRecord, decision, label_values: np.ndarray
 ) -> np.ndarray:
   """`Predictor.probabilities` of a volume -> its label map in the file's voxel grid.
 
   Probabilities are resized back linearly (each class's apart), then thresholded at
-  eval.threshold (one logit) or reduced to the most probable class; each class then keeps
-  the 3-D components eval.keep_components selects (`keep_components`; the rest becomes
-  background), and output index k is written as label_values[k]."""
-  keep = eval_config.keep_components
+  decision.threshold (one logit) or reduced to the most probable class; each class then
+  keeps the 3-D components its decision.keep_components value selects (one value, or one
+  per foreground class: `postprocess.keep_components`; the rest becomes background), and
+  output index k is written as label_values[k]."""
+  keep = postprocess.per_class(decision.keep_components, len(label_values) - 1)
   if prob.ndim == 3:
-    mask = volumes.restore(prob, record, order=1) > eval_config.threshold
-    return keep_components(mask, keep).astype(np.uint8)
+    mask = volumes.restore(prob, record, order=1) > decision.threshold
+    return postprocess.keep_components(mask, keep[0]).astype(np.uint8)
   restored = [volumes.restore(prob[..., k], record, order=1) for k in range(prob.shape[-1])]
   index = np.argmax(np.stack(restored, axis=-1), axis=-1)
   for k in range(1, prob.shape[-1]):
     mask = index == k
-    index[mask & ~keep_components(mask, keep)] = 0
+    index[mask & ~postprocess.keep_components(mask, keep[k - 1])] = 0
   return label_values[index].astype(label_dtype(label_values))
 
 
@@ -227,14 +214,14 @@ def plan_outputs(source: str, target: str, channels: int = 1) -> list[tuple[tupl
 
 def predict_paths(
   config: ml_collections.ConfigDict,
-  workdir: str | Sequence[str],
+  workdir: str | os.PathLike | Sequence[str | os.PathLike],
   source: str,
   target: str,
   which: str,
 ) -> list[pathlib.Path]:
   """--mode=predict: segments a case (a NIfTI file, or its channel files) or every case in
   a folder, with the run in `workdir` or the ensemble of several runs."""
-  first = workdir if isinstance(workdir, str) else workdir[0]
+  first = workdir if isinstance(workdir, (str, os.PathLike)) else workdir[0]
   data_source.resolve_settings(config, pathlib.Path(first))  # e.g. channels, from config.json
   channels = len(config.data.channels)
   pairs = plan_outputs(source, target, channels)

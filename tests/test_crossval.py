@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
-from ecam_jax import evaluate, infer
+from ecam_jax import evaluate, infer, postprocess
 from ecam_jax.data import phantom, splits
 from ecam_jax.errors import DataError
 
@@ -62,6 +62,8 @@ def test_out_of_fold_evaluation_pools_the_folds_evaluations(folds):
   assert pooled['pooled']['dsc'] == pytest.approx(2 * tp / (2 * tp + fp + fn))
   out = workdir / 'crossval'
   assert json.loads((out / 'summary.json').read_text())['count']['cases'] == 2
+  decision = json.loads((out / 'postprocessing.json').read_text())
+  assert decision == pooled['postprocessing'] and len(decision['keep_components']) == 1
   assert (out / 'summary.md').is_file()
   assert sorted(p.name for p in (out / 'predictions').iterdir()) == sorted(
     f'{c}.nii.gz' for c in cases
@@ -105,3 +107,48 @@ def test_an_ensemble_averages_its_members_probabilities(folds):
   np.testing.assert_array_equal(
     ensemble.probabilities(x), infer.Predictor(config, None, variables=best).probabilities(x)
   )
+
+
+def _blob(shape, corner, size) -> np.ndarray:
+  mask = np.zeros(shape, bool)
+  mask[tuple(slice(c, c + size) for c in corner)] = True
+  return mask
+
+
+def test_the_postprocessing_keeps_the_largest_component_where_it_helps():
+  """Class a: each case's prediction adds a small false island to the labelled blob, so
+  keeping the largest component helps. Class b: two organs of a similar size (two kidneys),
+  both predicted, so keeping the largest one hurts. A class in no case keeps all."""
+  shape = (20, 20, 20)
+  chooser = postprocess.Chooser(['a', 'b', 'absent'], [1, 2, 3])
+  for shift in range(3):
+    label = np.zeros(shape, np.uint8)
+    label[_blob(shape, (1 + shift, 1, 1), 6)] = 1
+    label[_blob(shape, (12, 12, 1), 5) | _blob(shape, (12, 1, 12), 5)] = 2
+    pred = label.copy()
+    pred[_blob(shape, (17, 17, 17), 2)] = 1  # the island
+    pred[_blob(shape, (12, 12, 1), 1)] = 0  # one voxel of b missed
+    chooser.add(pred, label)
+  decision = chooser.decide()
+  assert decision['keep_components'] == [1, 0, 0]
+  a, b = decision['classes']['a'], decision['classes']['b']
+  island = 2 * 216 / (2 * 216 + 8)  # DSC of a as predicted: 8 false voxels
+  assert a['dsc_as_predicted'] == pytest.approx(island) and a['dsc_largest_component'] == 1.0
+  assert b['dsc_largest_component'] < b['dsc_as_predicted']
+  assert decision['classes']['absent']['dsc_as_predicted'] is None
+
+
+def test_prediction_with_the_folds_applies_the_choice_unless_the_config_sets_one(folds):
+  config, workdir = folds
+  runs = [workdir / 'fold_0', workdir / 'fold_1']
+  decision = workdir / 'crossval' / 'postprocessing.json'
+  decision.parent.mkdir(exist_ok=True)
+  decision.write_text(json.dumps({'keep_components': [0]}))
+  assert infer.Predictor(config, runs, 'best').decision.keep_components == (0,)
+  decision.write_text(json.dumps({'keep_components': [1]}))
+  chosen = infer.Predictor(config, runs, 'best')
+  assert chosen.decision.keep_components == (1,) and chosen.postprocessing == decision
+  assert infer.Predictor(config, runs[0], 'best').decision.keep_components == (0,)  # one fold
+  config.eval.keep_components = 0
+  assert infer.Predictor(config, runs, 'best').decision.keep_components == (0,)
+  config.eval.keep_components = None

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from ecam_jax import infer, parallel
+from ecam_jax import infer, parallel, postprocess
 from ecam_jax.configuration import load_config
 from ecam_jax.data import volumes
 from ecam_jax.errors import CheckpointError, ConfigError, DataError
@@ -338,12 +338,12 @@ def test_keep_components(keep, parts):
   expected = np.zeros_like(mask)
   for name in parts.split():
     expected |= named[name]
-  np.testing.assert_array_equal(infer.keep_components(mask, keep), expected)
+  np.testing.assert_array_equal(postprocess.keep_components(mask, keep), expected)
 
 
 def test_keep_components_connects_through_corners_and_keeps_an_empty_mask():
   mask = np.zeros((3, 3, 3), bool)
   mask[0, 0, 0] = mask[1, 1, 1] = True  # touching at a corner only: one component
-  np.testing.assert_array_equal(infer.keep_components(mask, 1), mask)
+  np.testing.assert_array_equal(postprocess.keep_components(mask, 1), mask)
   empty = np.zeros((3, 3, 3), bool)
-  np.testing.assert_array_equal(infer.keep_components(empty, 2), empty)
+  np.testing.assert_array_equal(postprocess.keep_components(empty, 2), empty)

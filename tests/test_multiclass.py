@@ -195,6 +195,12 @@ def test_label_map_keeps_components_per_class_and_writes_label_values():
     volumes.to_canonical(infer.label_map(prob, record, config.eval, values), fx.LPS)[0] == 5
   ).sum() == 6 * 7 * 7 + 3 * 4 * 4
   assert infer.label_map(prob, record, config.eval, np.array([0, 300, 2])).dtype == np.uint16
+  config.eval.keep_components = (0, 1)  # one value per class (a cross-validation's choice)
+  kept = volumes.to_canonical(infer.label_map(prob, record, config.eval, values), fx.LPS)[0]
+  assert (kept == 5).sum() == 6 * 7 * 7 + 3 * 4 * 4 and (kept == 2).sum() == 2 * 3 * 3
+  config.eval.keep_components = (1, 0)
+  kept = volumes.to_canonical(infer.label_map(prob, record, config.eval, values), fx.LPS)[0]
+  assert (kept == 5).sum() == 6 * 7 * 7
 
 
 class _FixedLogits:

@@ -18,7 +18,7 @@ from typing import Any
 
 import ml_collections
 
-from ecam_jax import classes
+from ecam_jax import classes, postprocess
 from ecam_jax.data import volumes
 from ecam_jax.errors import DataError
 
@@ -96,7 +96,9 @@ def input_section(data: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def output_section(config: ml_collections.ConfigDict) -> dict[str, Any]:
   k = int(config.model.num_classes)
-  keep = config.eval.keep_components
+  # one value for every foreground class (None, unset, keeps every voxel), or one each
+  keep = list(postprocess.per_class(config.eval.keep_components, max(k - 1, 1)))
+  keep = keep[0] if len(set(keep)) == 1 else keep
   out: dict[str, Any] = {'channels': k}
   if k == 1:
     out['activation'] = 'sigmoid'
@@ -124,12 +126,13 @@ def output_section(config: ml_collections.ConfigDict) -> dict[str, Any]:
     "inverse orientation, back to the file's voxel order"
   )
   out['keep_components'] = {
-    'value': keep if isinstance(keep, (int, float)) else str(keep),
+    'value': keep,
     'connectivity': 26,
     'how': (
-      '0: every voxel kept; an integer k >= 1: the k largest 3-D connected components; a '
-      'fraction f in (0, 1): each component with at least f times the largest one voxels; '
-      'per label value, the removed voxels become background'
+      'one value for every foreground label value, or a list of one per decision index 1, '
+      '2, ...: 0: every voxel kept; an integer k >= 1: the k largest 3-D connected '
+      'components; a fraction f in (0, 1): each component with at least f times the '
+      'largest one voxels; the removed voxels become background'
     ),
   }
   out['label_map'] = (
