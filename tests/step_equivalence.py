@@ -5,9 +5,11 @@ BatchNorm statistics). Weights are made on the host (no init compile)."""
 import chex
 import jax
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from ecam_jax import parallel, steps
 from ecam_jax.configuration import load_config
+from ecam_jax.models import dropout
 from ecam_jax.models.build import abstract_variables, build_model
 from ecam_jax.optim import make_optimizer
 from ecam_jax.state import TrainState
@@ -147,3 +149,45 @@ def assert_one_step_equal(config, devices: int = 8, sharded_model: dict | None =
   assert diffs.mean() < 0.02 * LR and (diffs > 0.1 * LR).mean() < 0.03
   assert diffs.max() <= 2.1 * LR
   return h_one, h_many
+
+
+def train_forward(config, devices: int, images: np.ndarray, variables: dict):
+  """(logits, BatchNorm statistics) of the network's training forward pass on the first
+  `devices` devices, as the train step runs it: under shard_map over the data axis,
+  BatchNorm synchronized through the axis name, one dropout key for every device."""
+  mesh = parallel.data_mesh(jax.devices()[:devices])
+  model = build_model(config.model, axis_name=parallel.AXIS)
+  key = jax.random.key(config.seed)
+
+  def per_device(variables, images):
+    out, updates = model.apply(
+      variables, images, train=True, mutable=['batch_stats'], rngs={dropout.RNG: key}
+    )
+    return out['logits'], updates.get('batch_stats', {})
+
+  step = jax.jit(
+    jax.shard_map(
+      per_device, mesh=mesh, in_specs=(P(), P(parallel.AXIS)), out_specs=(P(parallel.AXIS), P())
+    )
+  )
+  variables = jax.device_put(variables, parallel.replicated(mesh))
+  return jax.device_get(step(variables, parallel.global_batch(mesh, {'image': images})['image']))
+
+
+def assert_forward_equal(config, devices: int = 8) -> None:
+  """The network's part of the sharded train step: its training forward pass on `devices`
+  devices equals one device's, logits and BatchNorm statistics (a BatchNorm with
+  per-device statistics moves both by percents). The step around it (the loss as a global
+  quantity, the gradient reduced once) is the same for every network: tests/test_steps.py
+  checks it, and test_networks' slow test checks the whole step for each network."""
+  model = build_model(config.model)
+  variables = ref.host_variables(abstract_variables(model, config.data.image_size), config.seed)
+  images = batches(config, 1)[0]['image']
+  logits_one, stats_one = train_forward(config, 1, images, variables)
+  logits_many, stats_many = train_forward(config, devices, images, variables)
+  assert jax.tree.leaves(stats_one) or not jax.tree.leaves(variables.get('batch_stats', {}))
+  # Sums over 1 or 8 devices round differently: measured up to 1e-4 of the logits' scale
+  # (HRNet's deep normalized paths), where per-device statistics move them by percents.
+  scale = float(np.abs(logits_one).max())
+  np.testing.assert_allclose(logits_many, logits_one, rtol=0, atol=1e-3 * scale)
+  chex.assert_trees_all_close(stats_many, stats_one, atol=1e-5, rtol=1e-4)

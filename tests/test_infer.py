@@ -143,8 +143,8 @@ def test_folded_equals_unfolded_on_trained_weights(trained):
   folded = infer.Predictor(config, workdir, 'best', fold=True)
   unfolded = infer.Predictor(config, workdir, 'best', fold=False)
   assert folded.folded and not unfolded.folded
-  n_folded = sum(x.size for x in jax.tree.leaves(folded.variables))
-  n_unfolded = sum(x.size for x in jax.tree.leaves(unfolded.variables))
+  n_folded = sum(x.size for x in jax.tree.leaves(folded.members[0]))
+  n_unfolded = sum(x.size for x in jax.tree.leaves(unfolded.members[0]))
   assert n_folded < n_unfolded
   chex.assert_trees_all_close(
     folded.probabilities(slices), unfolded.probabilities(slices), atol=2e-4
@@ -168,7 +168,7 @@ def test_flip_tta_is_the_mean_of_both_views(trained):
   # Independently: the unfolded model on the image and on its mirror (the W axis), the
   # mirror's probabilities flipped back, averaged in NumPy.
   model = build_model(config.model)
-  variables = jax.device_get(plain.variables)
+  variables = jax.device_get(plain.members[0])
   logits = jax.jit(lambda v, x: model.apply(v, x, train=False)['logits'][..., 0])
   straight = _sigmoid(logits(variables, images))
   mirrored = _sigmoid(logits(variables, np.ascontiguousarray(images[:, :, ::-1])))[:, :, ::-1]

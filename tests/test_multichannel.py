@@ -67,7 +67,7 @@ def _config(root: pathlib.Path):
     hu_window=(-160.0, 240.0),
     image_size=32,
     splits_file=str(root / 'splits_final.json'),
-    fold=1,
+    fold='1',
     prepare_workers=1,
   )
   config.model.base_channels = 8

@@ -138,8 +138,8 @@ def test_multiclass_predict_writes_label_values_in_the_input_geometry(trained, t
   # The written values are the classes' own: with the classes listed the other way round
   # (index 1 is the lesion, value 2), a network whose head picks index 1 everywhere writes 2.
   predictor = infer.Predictor(config, str(workdir), 'best')
-  head = predictor.variables['params']['head']['bias']
-  predictor.variables['params']['head']['bias'] = head.at[1].add(1e4)
+  head = predictor.members[0]['params']['head']['bias']
+  predictor.members[0]['params']['head']['bias'] = head.at[1].add(1e4)
   assert set(np.unique(predictor.segment_file(src, tmp_path / 'one.nii.gz'))) == {1}
   swapped = config.copy_and_resolve_references()
   swapped.data.classes = 'lesion:2,target:1'

@@ -1,10 +1,11 @@
 """The contract every registered network keeps (docs/adding-a-model.md), checked for each
 network of ecam_jax/models/registry.py at a small size: its registry entry and docs page,
-one train step sharded over 8 devices equal to one device (BatchNorm statistics included,
-the sharded run rematerialized), K + 1 logits, prediction in the input's geometry,
+its training forward pass sharded over 8 devices equal to one device (BatchNorm statistics
+included), remat in effect, K + 1 logits, prediction in the input's geometry,
 bfloat16 compute with float32 outputs on a non-square input, an input size it cannot take
 refused by key, and its export to ONNX. A network's own test module keeps only what is
-specific to it (its blocks against NumPy, its reference parameter counts)."""
+specific to it (its blocks against NumPy, its reference parameter counts). The whole train
+step sharded against one device, rematerialized, is the slow test here (`pytest -m slow`)."""
 
 import dataclasses
 import pathlib
@@ -94,16 +95,49 @@ def test_docs_page_shows_the_declared_options(name):
 # --- training, prediction, precision, sizes ------------------------------------------------
 
 
-@pytest.mark.parametrize('name', NETWORKS)
-def test_sharded_step_equals_one_device(name):
-  """One step on 8 devices, every level rematerialized, against one device without remat:
-  loss, gradient norm, counts, parameters, BatchNorm statistics. (The U-Net's is
-  tests/test_steps.py's program: the two share one compilation.)"""
+def _step_config(name):
   variant, model, size = small(name)
   config = se.config(variant, size=size, batch=8)
   config.model.update(model)
   configuration.check(config)
-  se.assert_one_step_equal(config, devices=8, sharded_model={'remat': True})
+  return config
+
+
+@pytest.mark.parametrize('name', NETWORKS)
+def test_sharded_forward_equals_one_device(name):
+  """The network's part of the sharded train step: its training forward pass on 8 devices
+  equals one device's, logits and BatchNorm statistics (step_equivalence.py says why this
+  and tests/test_steps.py together cover the step)."""
+  se.assert_forward_equal(_step_config(name), devices=8)
+
+
+@pytest.mark.parametrize('name', NETWORKS)
+def test_remat_checkpoints_the_forward_pass(name):
+  """model.remat=True puts jax.checkpoint regions into the network's forward pass (traced),
+  so that the backward pass recomputes them; remat=False none of its own."""
+  config = _step_config(name)
+  size = config.data.image_size
+  x = jax.ShapeDtypeStruct((2, size, size, 1), jnp.float32)
+
+  def regions(remat: bool) -> int:
+    config.model.remat = remat
+    model = build_model(config.model)
+    forward = lambda v, x: model.apply(
+      v, x, True, mutable=['batch_stats'], rngs={dropout.RNG: jax.random.key(0)}
+    )
+    jaxpr = str(jax.make_jaxpr(forward)(abstract_variables(model, size), x))
+    return len(re.findall(r'\b(?:remat2|checkpoint)\[', jaxpr))  # jax.checkpoint's primitive
+
+  assert regions(True) > regions(False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', NETWORKS)
+def test_sharded_step_equals_one_device(name):
+  """One step on 8 devices, every level rematerialized, against one device without remat:
+  loss, gradient norm, counts, parameters, BatchNorm statistics. (Minutes for all; the
+  default run checks the network's forward pass and the U-Net's whole step.)"""
+  se.assert_one_step_equal(_step_config(name), devices=8, sharded_model={'remat': True})
 
 
 @pytest.mark.parametrize('name', NETWORKS)
