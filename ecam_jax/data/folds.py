@@ -59,17 +59,16 @@ def write(path: str | os.PathLike, vals: list[list[str]], test: list[str]) -> No
   write_json_atomic(path, folds)
 
 
-def read(path: str | os.PathLike) -> list[dict[str, Any]] | None:
-  """The folds of a splits_final.json as stored (None when it holds one split, not folds);
-  DataError naming the file when it is not JSON or missing."""
+def load(path: str | os.PathLike) -> Any:
+  """A splits file's JSON (one split, or a list of folds); DataError naming the file when
+  it is missing or not JSON."""
   path = pathlib.Path(path)
   try:
-    raw = json.loads(path.read_text())
+    return json.loads(path.read_text())
   except FileNotFoundError:
-    raise DataError(f'{path} does not exist') from None
+    raise DataError(f'config.data.splits_file: {path} does not exist') from None
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise DataError(f'{path} is not valid JSON ({e})') from None
-  return raw if isinstance(raw, list) else None
 
 
 def fold_index(fold: str, count: int, path: pathlib.Path) -> int | None:

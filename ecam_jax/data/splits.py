@@ -277,12 +277,7 @@ def read_splits_file(
   validate on every case of fold 0's train and val, as nnU-Net's fold all does).
   run_file: `path` is a run's own splits.json, whose val may be its train (fold all)."""
   path = pathlib.Path(path)
-  try:
-    raw = json.loads(path.read_text())
-  except FileNotFoundError:
-    raise DataError(f'config.data.splits_file: {path} does not exist') from None
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise DataError(f'{path} is not valid JSON ({e})') from None
+  raw = folds.load(path)
   expected = (
     'a JSON object {"train": [ids], "val": [ids], "test": [ids]}, or a list of '
     '{"train": [ids], "val": [ids]} folds (nnU-Net\'s splits_final.json)'
@@ -337,11 +332,11 @@ def _check_folds(
   path = pathlib.Path(folds_file)
   if not path.is_file():
     return
-  stored = folds.read(path)
+  stored = folds.load(path)
   count = int(data_config.folds)
-  if stored is None or len(stored) != count:
+  if not isinstance(stored, list) or len(stored) != count:
     raise DataError(
-      f'{path} holds {"one split" if stored is None else f"{len(stored)} folds"}, not '
+      f'{path} holds {f"{len(stored)} folds" if isinstance(stored, list) else "one split"}, not '
       f'config.data.folds={count}; delete it to make {count} folds of these cases, or set '
       'config.data.folds to match'
     )
