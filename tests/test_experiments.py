@@ -360,3 +360,55 @@ def test_multiclass_rows_list_each_class_beside_the_mean(tmp_path):
   assert '| row | organ | tumour | both |' in md
   assert '| U-Net | 85.00 ± 7.07 (85.00) | 50.00 ± 14.14 (50.00) | 85.00 ± 0.00 (85.00) |' in md
   assert 'unet,U-Net,finished,dsc/tumour,50.0' in report.csv_text(result)
+
+
+def test_a_table_over_folds_trains_each_fold_and_scores_every_case_out_of_fold(
+  tmp_path, monkeypatch, capsys
+):
+  """--folds=2 on the 3-case phantom (1 test case held out, 2 folds of 1 case): each row
+  trains ROW/fold_0 and ROW/fold_1 (their programs are the module's), then scores both
+  validation cases together into ROW/crossval; the table reports that out-of-fold score ±
+  the std over the folds, and pairs the rows over every case."""
+  from ecam_jax.experiments import __main__ as cli
+
+  outcomes = runner.run_table(
+    TABLE4, tables.select(TABLE4, 'dice,dice_bce'), _config_for, tmp_path, folds=2, report=print
+  )
+  assert [(o.name, o.action) for o in outcomes] == [
+    ('fold_0', 'trained'),
+    ('fold_1', 'trained'),
+    ('crossval', 'scored out of fold'),
+  ] * 2
+  rows = {name: tmp_path / 'table_4' / name for name in ('dice', 'dice_bce')}
+  for row_dir in rows.values():
+    assert runner.state_of(row_dir) == runner.FINISHED
+    assert json.loads((row_dir / 'fold_1' / 'config.json').read_text())['data']['fold'] == '1'
+    assert (row_dir / 'cache' / 'splits_final.json').is_file()  # one per row, shared by its folds
+  folds_of = [json.loads((d / 'cache' / 'splits_final.json').read_text()) for d in rows.values()]
+  assert folds_of[0] == folds_of[1]  # the rows' folds are the same: their scores pair up
+  _forbid_work(monkeypatch)
+  monkeypatch.setattr(evaluate, 'evaluate_folds', lambda *a: pytest.fail('scored again'))
+  again = runner.run_table(
+    TABLE4, tables.select(TABLE4, 'dice,dice_bce'), _config_for, tmp_path, folds=2, report=print
+  )
+  assert [o.action for o in again] == ['skipped'] * 4
+  result = report.collect(TABLE4, tmp_path, None, folds=2)
+  by_id = {row['id']: row for row in result['rows']}
+  summary = json.loads((rows['dice'] / 'crossval' / 'summary.json').read_text())
+  assert summary['count']['cases'] == 2
+  dsc = by_id['dice']['metrics']['dsc']
+  assert dsc['ours'] == pytest.approx(100 * summary['mean']['slice_dsc'])
+  fold_means = [
+    100 * np.nanmean([summary['cases'][c]['slice_dsc'] for c in fold['cases']])
+    for fold in summary['folds']
+  ]
+  assert dsc['ours_std'] == pytest.approx(np.std(fold_means, ddof=1))
+  assert by_id['dice']['wilcoxon']['n'] == 2  # every case, against dice_bce's out of fold
+  assert 'out of fold' in report.markdown(result)
+  capsys.readouterr()
+  cli._dry_run(TABLE4, tables.select(TABLE4, 'bce'), tmp_path, 0, 2)
+  assert capsys.readouterr().out.splitlines() == [
+    f'bce/fold_{k}: variant=unet --config.loss.w_dice=0.0 --config.loss.w_bce=1.0 '
+    f'--config.data.fold={k} -> {tmp_path}/table_4/bce/fold_{k} [not started]'
+    for k in (0, 1)
+  ]

@@ -1,7 +1,8 @@
 """The paper's experiments, one command per table:
 
   python -m ecam_jax.experiments --table=2 --config=configs/msd.py --workdir=runs/paper/msd \
-      --config.data.root=/data/Task07_Pancreas [--rows=unet,ec_cam_unet] [--seeds=3] [--dry_run]
+      --config.data.root=/data/Task07_Pancreas [--rows=unet,ec_cam_unet] [--seeds=3] [--folds=5]
+      [--dry_run]
   python -m ecam_jax.experiments --table=2 --workdir=runs/paper/msd --collect
 
 Each row trains in WORKDIR/<table>/<row> as `ecam_jax.main` would with
@@ -36,6 +37,12 @@ flags.DEFINE_string('workdir', None, 'Where the rows, the tables and the plots g
 flags.DEFINE_string('rows', '', 'Comma-separated row ids to run (default: all of the table).')
 flags.DEFINE_string('shard', '', 'i/n: run the i-th of every n selected rows (0-based).')
 flags.DEFINE_integer('seeds', 0, '> 0: each row runs N times, ROW_seed0..N-1, config.seed = k.')
+flags.DEFINE_integer(
+  'folds',
+  0,
+  '> 1: each row is a cross-validation of N folds (ROW/fold_K, config.data.fold = K), scored '
+  'out of fold over every training case into ROW/crossval.',
+)
 flags.DEFINE_bool('dry_run', False, 'List the rows, their variants and folders; train nothing.')
 flags.DEFINE_bool('collect', False, 'Only write the table from the rows finished so far.')
 flags.DEFINE_string(
@@ -89,8 +96,11 @@ def _plan(table: tables.Table, workdir: pathlib.Path) -> dict:
     plan = json.loads(path.read_text())
   else:
     plan = {'dataset': '', 'seeds': FLAGS.seeds, 'paper_column': None}
-  if FLAGS['seeds'].present:
-    plan['seeds'] = FLAGS.seeds
+  for name in ('seeds', 'folds'):
+    if FLAGS[name].present or name not in plan:
+      plan[name] = FLAGS[name].value
+  if plan['folds'] == 1 or plan['folds'] < 0:
+    raise app.UsageError(f'--folds={plan["folds"]}; expected 0 (no folds) or at least 2')
   if FLAGS.paper_dataset:
     if FLAGS.paper_dataset not in paper.COLUMNS:
       raise app.UsageError(f'--paper_dataset={FLAGS.paper_dataset!r}; one of {paper.COLUMNS}')
@@ -99,14 +109,21 @@ def _plan(table: tables.Table, workdir: pathlib.Path) -> dict:
   return plan
 
 
-def _dry_run(table, rows, workdir, seeds) -> None:
+def _dry_run(table, rows, workdir, seeds, folds) -> None:
   for row in rows:
     for name, seed in runner.run_names(row, seeds):
       folder = runner.source_dir(workdir, table, row, name)
-      state = runner.state_of(folder) if runner.available(row) else runner.UNAVAILABLE
       settings = [f'variant={row.variant}'] + [f'--config.{k}={v}' for k, v in row.overrides]
       settings += [] if seed is None else [f'--config.seed={seed}']
-      print(f'{name}: {" ".join(settings)} -> {folder} [{state}]')
+      runs = [(name, folder, settings)]
+      if folds:
+        runs = [
+          (f'{name}/{d.name}', d, [*settings, f'--config.data.fold={k}'])
+          for k, d in enumerate(runner.fold_dirs(folder, folds))
+        ]
+      for run, where, flags_ in runs:
+        state = runner.state_of(where) if runner.available(row) else runner.UNAVAILABLE
+        print(f'{run}: {" ".join(flags_)} -> {where} [{state}]')
 
 
 def main(argv: list[str]) -> None:
@@ -132,7 +149,7 @@ def _main() -> None:
     raise app.UsageError('--config is required unless --collect')
   plan = _plan(table, workdir)
   if FLAGS.dry_run:
-    return _dry_run(table, rows, workdir, plan['seeds'])
+    return _dry_run(table, rows, workdir, plan['seeds'], plan['folds'])
   if FLAGS.collect:
     return _write(table, workdir, plan)
   if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):  # shared by every row of the workdir
@@ -150,6 +167,7 @@ def _main() -> None:
     plan['seeds'],
     ROW_ERRORS,
     allow_changes=FLAGS.resume_with_changes,
+    folds=plan['folds'],
   )
   if jax.process_index() == 0:
     _write(table, workdir, plan)

@@ -9,7 +9,7 @@ from ecam_jax.experiments.tables import Table
 
 def write_outputs(table: Table, workdir: pathlib.Path, plan: dict) -> list[pathlib.Path]:
   """Writes the table's outputs from the runs finished so far; returns their paths.
-  `plan`: {'dataset', 'paper_column', 'seeds'}."""
+  `plan`: {'dataset', 'paper_column', 'seeds', 'folds'}."""
   workdir = pathlib.Path(workdir)
   stem = runner.table_dir(workdir, table).name
   if table.name == 'fig5':
@@ -17,7 +17,12 @@ def write_outputs(table: Table, workdir: pathlib.Path, plan: dict) -> list[pathl
 
     return [gradcam.write_grid(table, workdir, workdir / f'{stem}.png')]
   result = report.collect(
-    table, workdir, plan['paper_column'], plan['seeds'], dataset=plan['dataset']
+    table,
+    workdir,
+    plan['paper_column'],
+    plan['seeds'],
+    dataset=plan['dataset'],
+    folds=plan.get('folds', 0),
   )
   result['paper_column_forced'] = bool(plan.get('forced'))
   paths = report.write(result, workdir, stem)

@@ -4,7 +4,9 @@ Our value of a metric is the test split's mean over cases of the per-slice score
 paper: "we evaluate the performance of the model on CT slice"); the per-volume mean is
 reported beside it. A multi-class run's values are the mean over its classes, and each
 class's and region's are listed apart (`per_class`); the paper's numbers are binary.
-With several seeds a row shows mean ± sample std over its seeds.
+With several seeds a row shows mean ± sample std over its seeds. A row trained in folds
+(--folds) shows its out-of-fold score over all training cases ± the sample std over its
+folds (each fold's mean over its own validation cases).
 Each row is compared with the table's reference row per case (Wilcoxon signed-rank on the
 per-case per-slice DSC, averaged over seeds first), which the paper does not report.
 """
@@ -63,7 +65,18 @@ def wilcoxon(ours: dict[str, float], reference: dict[str, float]) -> dict:
 
 
 def _summary(row_dir: pathlib.Path) -> dict:
-  return json.loads((row_dir / 'eval' / 'summary.json').read_text())
+  return json.loads(runner.summary_path(row_dir).read_text())
+
+
+def _spread(done: list[dict], key: str) -> list[float | None]:
+  """The values whose sample std a row reports beside its mean: one per seed, or for a
+  single cross-validation one per fold (the mean of `key` over the fold's own cases)."""
+  if len(done) == 1 and 'folds' in done[0]:
+    cases = done[0]['cases']
+    return [
+      _pct(mean_std([cases[c].get(key) for c in fold['cases']])[0]) for fold in done[0]['folds']
+    ]
+  return [_pct(s['mean'][key]) for s in done]
 
 
 def _pct(value) -> float | None:
@@ -105,7 +118,12 @@ def _row_status(states: list[str], available: bool) -> str:
 
 
 def collect(
-  table: Table, workdir: pathlib.Path, column: str | None, seeds: int = 0, dataset: str = ''
+  table: Table,
+  workdir: pathlib.Path,
+  column: str | None,
+  seeds: int = 0,
+  dataset: str = '',
+  folds: int = 0,
 ) -> dict:
   """Everything the table files hold, from the rows' folders: per row its status, our
   values (per slice and per volume, mean ± std over seeds), the paper's (`column`: the
@@ -124,6 +142,7 @@ def collect(
     'paper_column': column,
     'compared': 'per-slice mean (the paper evaluates on CT slices); per-volume beside it',
     'seeds': seeds,
+    'folds': folds,
     'reference': {'row': table.reference, 'from': ref_where},
     'metrics': list(table.metrics),
     'rows': rows,
@@ -148,8 +167,10 @@ def _collect_row(table, row: Row, workdir, column, seeds, ref_cases, ref_where) 
     'metrics': {},
   }
   for metric in ('dsc', 'sensitivity', 'precision'):
-    slice_mean, slice_std = mean_std([_pct(s['mean'][f'slice_{metric}']) for s in done])
-    volume_mean, volume_std = mean_std([_pct(s['mean'][metric]) for s in done])
+    slice_mean = mean_std([_pct(s['mean'][f'slice_{metric}']) for s in done])[0]
+    volume_mean = mean_std([_pct(s['mean'][metric]) for s in done])[0]
+    slice_std = mean_std(_spread(done, f'slice_{metric}'))[1]
+    volume_std = mean_std(_spread(done, metric))[1]
     theirs = paper.value(table.name, row.id, column, metric) if column else None
     out['metrics'][metric] = {
       'ours': slice_mean,
@@ -200,10 +221,19 @@ def markdown(result: dict) -> str:
     lines.append(f'Dataset: {result["dataset"] or column}; paper column: {column}{forced}.')
   else:
     lines.append(f'paper: n/a (dataset {result["dataset"]!r} is not in the paper).')
+  where = (
+    f'out of fold: every training case scored by the one of {result["folds"]} folds that '
+    'did not train on it'
+    if result.get('folds')
+    else 'test split'
+  )
+  spread = ' Mean ± std over the seeds.' if result['seeds'] else ''
+  if result.get('folds') and not result['seeds']:
+    spread = ' ± the std over the folds (each fold: the mean over its own cases).'
   lines += [
-    'Ours: test split, mean over cases of the per-slice score, in percent (compared with the '
+    f'Ours: {where}, mean over cases of the per-slice score, in percent (compared with the '
     "paper, which scores CT slices); per volume: the mean over cases of each case's 3-D "
-    'score.' + (' Mean ± std over the seeds.' if result['seeds'] else ''),
+    'score.' + spread,
     f'Paired test: Wilcoxon signed-rank on per-case per-slice DSC against '
     f'`{result["reference"]["row"]}` (from {result["reference"]["from"] or "no finished run"}).',
     '',

@@ -92,12 +92,32 @@ def trained(row_dir: pathlib.Path, config: ml_collections.ConfigDict) -> bool:
   return meta['data_batch'] >= meta['steps_per_epoch'] * config.train.epochs
 
 
+def fold_dirs(row_dir: pathlib.Path, folds: int) -> list[pathlib.Path]:
+  """The run folders of a row trained in `folds` folds: ROW/fold_0 ... (evaluate.py's)."""
+  return [pathlib.Path(row_dir) / f'fold_{k}' for k in range(folds)]
+
+
+def summary_path(row_dir: pathlib.Path) -> pathlib.Path:
+  """A row's result: its test summary, or for a row trained in folds its out-of-fold one."""
+  crossval = pathlib.Path(row_dir) / 'crossval' / 'summary.json'
+  return crossval if crossval.is_file() else pathlib.Path(row_dir) / 'eval' / 'summary.json'
+
+
 def state_of(row_dir: pathlib.Path) -> str:
   """What a row's folder shows, without a config and without waiting: finished (a test
-  summary), running (another runner holds its lock), failed, interrupted (checkpoints, no
-  summary), or not started."""
-  if (row_dir / 'eval' / 'summary.json').is_file():
+  summary, or an out-of-fold one), running (another runner holds its lock), failed,
+  interrupted (checkpoints, no summary), or not started. A row trained in folds shows its
+  folds' states: the first of running, failed, interrupted that one of them is, and
+  interrupted while some are finished but not all have been scored together."""
+  if summary_path(row_dir).is_file():
     return FINISHED
+  folds = sorted(p for p in pathlib.Path(row_dir).glob('fold_*') if p.is_dir())
+  if folds:
+    states = [state_of(f) for f in folds]
+    for state in (RUNNING, FAILED, INTERRUPTED, FINISHED):
+      if state in states:
+        return INTERRUPTED if state == FINISHED else state
+    return NOT_STARTED
   if lock.holder(row_dir) is not None:
     return RUNNING
   if (row_dir / ERROR_FILE).is_file():
@@ -227,21 +247,77 @@ def run_table(
   errors: tuple = (),
   report: Callable[[str], None] = parallel.print0,
   allow_changes: bool = False,
+  folds: int = 0,
 ) -> list[Outcome]:
   """Runs every run of `rows` in turn (see `run_row`); stops after a run interrupted by a
   stop request (SIGTERM, Ctrl-C), which a rerun resumes. Fig. 5 draws one map per
-  network: one run per row whatever `seeds` says."""
+  network: one run per row whatever `seeds` says. With `folds`, each run is a
+  cross-validation (`run_folds`)."""
   seeds = 0 if table.name == 'fig5' else seeds
+  folds = 0 if table.name.startswith('fig') else folds
   outcomes = []
   for row in rows:
     for name, seed in run_names(row, seeds):
       row_dir = source_dir(workdir, table, row, name)
       if not available(row):
-        outcomes.append(Outcome(name, row_dir, UNAVAILABLE))
+        done = [Outcome(name, row_dir, UNAVAILABLE)]
+      elif folds:
+        config = row_config(config_for, row, seed, workdir)
+        done = run_folds(row_dir, config, folds, errors, allow_changes)
       else:
         config = row_config(config_for, row, seed, workdir)
-        outcomes.append(run_row(row_dir, config, errors, allow_changes))
-      report(f'{table_dir(workdir, table).name}/{name}: {outcomes[-1].action}')
-      if outcomes[-1].action == 'interrupted':
+        done = [run_row(row_dir, config, errors, allow_changes)]
+      for outcome in done:
+        where = outcome.name if outcome.name == name else f'{name}/{outcome.name}'
+        report(f'{table_dir(workdir, table).name}/{where}: {outcome.action}')
+      outcomes += done
+      if done[-1].action == 'interrupted':
         return outcomes
+  return outcomes
+
+
+def fold_config(
+  config: ml_collections.ConfigDict, row_dir: pathlib.Path, folds: int, fold: str
+) -> ml_collections.ConfigDict:
+  """The row's config for fold `fold` of `folds` ('' for scoring them together): the
+  row's folds share one cache folder (ROW/cache) and so one splits_final.json. Every row
+  on the same data makes the same folds (folds.py: the cases, their foreground and
+  data.split_seed decide them), so the rows' out-of-fold scores pair up case by case."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.data.folds = folds
+    config.data.fold = fold
+    config.data.cache_dir = str(pathlib.Path(row_dir).absolute() / 'cache')
+  return config
+
+
+def run_folds(
+  row_dir: pathlib.Path,
+  config: ml_collections.ConfigDict,
+  folds: int,
+  errors: tuple = (),
+  allow_changes: bool = False,
+) -> list[Outcome]:
+  """Trains and evaluates each fold of the row as its own run (ROW/fold_K, `run_row`), then,
+  once every fold is finished, scores their validation cases together into ROW/crossval
+  (`evaluate.evaluate_folds`, as --mode=crossval). Stops at an interrupted fold."""
+  from ecam_jax import evaluate
+
+  row_dir = pathlib.Path(row_dir).absolute()
+  outcomes = []
+  for k, fold_dir in enumerate(fold_dirs(row_dir, folds)):
+    outcomes.append(
+      run_row(fold_dir, fold_config(config, row_dir, folds, str(k)), errors, allow_changes)
+    )
+    if outcomes[-1].action == 'interrupted':
+      return outcomes
+  if (
+    all(state_of(d) == FINISHED for d in fold_dirs(row_dir, folds))
+    and not (row_dir / 'crossval' / 'summary.json').is_file()
+  ):
+    try:
+      evaluate.evaluate_folds(fold_config(config, row_dir, folds, ''), row_dir, 'best')
+    except errors as e:
+      return [*outcomes, Outcome('crossval', row_dir, FAILED, str(e))]
+    outcomes.append(Outcome('crossval', row_dir, 'scored out of fold'))
   return outcomes
