@@ -168,6 +168,10 @@ def evaluate_split(
   scores = _segment_and_score(config, predictor, cases, chosen[0], workdir / 'eval', split)
   summary = summarize(scores, classes.scored(config), classes.class_names(config))
   summary['checkpoint'] = {'which': which, **predictor.meta}
+  summary['postprocessing'] = {
+    'keep_components': list(predictor.decision.keep_components),
+    'chosen_by': str(predictor.postprocessing or 'config.eval.keep_components'),
+  }
   scoring.write_summary(summary, workdir / 'eval')
   print(headline(summary))
   return summary

@@ -149,6 +149,9 @@ def test_prediction_with_the_folds_applies_the_choice_unless_the_config_sets_one
   chosen = infer.Predictor(config, runs, 'best')
   assert chosen.decision.keep_components == (1,) and chosen.postprocessing == decision
   assert infer.Predictor(config, runs[0], 'best').decision.keep_components == (0,)  # one fold
+  ensemble = evaluate.evaluate_split(config, workdir, 'best', members=runs)  # --folds=0,1
+  assert ensemble['count']['cases'] == 1 and len(ensemble['checkpoint']['ensemble']) == 2
+  assert ensemble['postprocessing'] == {'keep_components': [1], 'chosen_by': str(decision)}
   config.eval.keep_components = 0
   assert infer.Predictor(config, runs, 'best').decision.keep_components == (0,)
   config.eval.keep_components = None
