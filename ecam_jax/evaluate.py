@@ -238,9 +238,13 @@ def evaluate_folds(
   print(headline(summary))
   for name, choice in summary['postprocessing']['classes'].items():
     kept = 'keeps its largest component' if choice['keep_largest_component'] else 'keeps all'
+    before, after = (
+      'n/a' if v is None else f'{v:.4f}'
+      for v in (choice['dsc_as_predicted'], choice['dsc_largest_component'])
+    )
     print(
-      f'postprocessing: {name} {kept} (out-of-fold DSC {choice["dsc_as_predicted"]} as '
-      f'predicted, {choice["dsc_largest_component"]} with its largest component); in {path}'
+      f'postprocessing: {name} {kept} (out-of-fold DSC {before} as predicted, {after} with '
+      f'its largest component alone); in {path}'
     )
   return summary
 
