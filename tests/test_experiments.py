@@ -363,14 +363,12 @@ def test_multiclass_rows_list_each_class_beside_the_mean(tmp_path):
 
 
 def test_a_table_over_folds_trains_each_fold_and_scores_every_case_out_of_fold(
-  tmp_path, monkeypatch, capsys
+  tmp_path, monkeypatch
 ):
   """--folds=2 on the 3-case phantom (1 test case held out, 2 folds of 1 case): each row
   trains ROW/fold_0 and ROW/fold_1 (their programs are the module's), then scores both
   validation cases together into ROW/crossval; the table reports that out-of-fold score ±
   the std over the folds, and pairs the rows over every case."""
-  from ecam_jax.experiments import __main__ as cli
-
   outcomes = runner.run_table(
     TABLE4, tables.select(TABLE4, 'dice,dice_bce'), _config_for, tmp_path, folds=2, report=print
   )
@@ -405,9 +403,7 @@ def test_a_table_over_folds_trains_each_fold_and_scores_every_case_out_of_fold(
   assert dsc['ours_std'] == pytest.approx(np.std(fold_means, ddof=1))
   assert by_id['dice']['wilcoxon']['n'] == 2  # every case, against dice_bce's out of fold
   assert 'out of fold' in report.markdown(result)
-  capsys.readouterr()
-  cli._dry_run(TABLE4, tables.select(TABLE4, 'bce'), tmp_path, 0, 2)
-  assert capsys.readouterr().out.splitlines() == [
+  assert runner.listing(TABLE4, tables.select(TABLE4, 'bce'), tmp_path, 0, 2) == [
     f'bce/fold_{k}: variant=unet --config.loss.w_dice=0.0 --config.loss.w_bce=1.0 '
     f'--config.data.fold={k} -> {tmp_path}/table_4/bce/fold_{k} [not started]'
     for k in (0, 1)

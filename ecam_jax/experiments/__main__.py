@@ -110,20 +110,8 @@ def _plan(table: tables.Table, workdir: pathlib.Path) -> dict:
 
 
 def _dry_run(table, rows, workdir, seeds, folds) -> None:
-  for row in rows:
-    for name, seed in runner.run_names(row, seeds):
-      folder = runner.source_dir(workdir, table, row, name)
-      settings = [f'variant={row.variant}'] + [f'--config.{k}={v}' for k, v in row.overrides]
-      settings += [] if seed is None else [f'--config.seed={seed}']
-      runs = [(name, folder, settings)]
-      if folds:
-        runs = [
-          (f'{name}/{d.name}', d, [*settings, f'--config.data.fold={k}'])
-          for k, d in enumerate(runner.fold_dirs(folder, folds))
-        ]
-      for run, where, flags_ in runs:
-        state = runner.state_of(where) if runner.available(row) else runner.UNAVAILABLE
-        print(f'{run}: {" ".join(flags_)} -> {where} [{state}]')
+  for line in runner.listing(table, rows, workdir, seeds, folds):
+    print(line)
 
 
 def main(argv: list[str]) -> None:

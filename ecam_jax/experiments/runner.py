@@ -276,6 +276,29 @@ def run_table(
   return outcomes
 
 
+def listing(
+  table: Table, rows: list[Row], workdir: pathlib.Path, seeds: int = 0, folds: int = 0
+) -> list[str]:
+  """--dry_run's lines: each run of `rows` (each fold, with `folds`), its settings as
+  `ecam_jax.main` takes them, its folder and its state."""
+  lines = []
+  for row in rows:
+    for name, seed in run_names(row, seeds):
+      folder = source_dir(workdir, table, row, name)
+      settings = [f'variant={row.variant}'] + [f'--config.{k}={v}' for k, v in row.overrides]
+      settings += [] if seed is None else [f'--config.seed={seed}']
+      runs = [(name, folder, settings)]
+      if folds:
+        runs = [
+          (f'{name}/{d.name}', d, [*settings, f'--config.data.fold={k}'])
+          for k, d in enumerate(fold_dirs(folder, folds))
+        ]
+      for run, where, flags in runs:
+        state = state_of(where) if available(row) else UNAVAILABLE
+        lines.append(f'{run}: {" ".join(flags)} -> {where} [{state}]')
+  return lines
+
+
 def fold_config(
   config: ml_collections.ConfigDict, row_dir: pathlib.Path, folds: int, fold: str
 ) -> ml_collections.ConfigDict:
