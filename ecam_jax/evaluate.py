@@ -26,7 +26,7 @@ import numpy as np
 import tqdm
 
 from ecam_jax import classes, overlay, postprocess, scoring
-from ecam_jax.data import layouts, splits, volumes
+from ecam_jax.data import case_files, splits, volumes
 from ecam_jax.errors import DataError
 
 # Affines of a prediction and its label must agree to this tolerance (float32 headers).
@@ -38,8 +38,8 @@ def _case_files(folder: pathlib.Path, role: str) -> dict[str, pathlib.Path]:
   if not folder.is_dir():
     raise ValueError(f'{role} folder {folder} does not exist or is not a folder')
   files = {}
-  for path in layouts.nifti_files(folder):
-    case_id = layouts.case_id_of(path)
+  for path in case_files.nifti_files(folder):
+    case_id = case_files.case_id_of(path)
     if case_id in files:
       raise ValueError(f'{role} case {case_id!r} is in two files: {files[case_id]} and {path}')
     files[case_id] = path
@@ -250,7 +250,7 @@ def evaluate_folds(
 
 
 def _cases(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
-  """{case id: layouts.Case} of the run's data (its config, or its config.json)."""
+  """{case id: case_files.Case} of the run's data (its config, or its config.json)."""
   from ecam_jax.data import source
 
   return {c.case_id: c for c in source.resolve_data(config, workdir)}

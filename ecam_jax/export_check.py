@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ecam_jax.data import layouts, volumes
+from ecam_jax.data import case_files, volumes
 from ecam_jax.errors import ConfigError, DataError
 from ecam_jax.export import contract, folder, runtimes, segment
 
@@ -26,7 +26,7 @@ def check(export: str | pathlib.Path, source: str | pathlib.Path, batch: int = 8
   export = pathlib.Path(export)
   terms = contract.read(export)
   channels = len(contract.data_settings(terms).channels)
-  (_, files), *more = layouts.cases_at(pathlib.Path(source), channels)
+  (_, files), *more = case_files.cases_at(pathlib.Path(source), channels)
   if more:
     raise DataError(f'--input {source}: {len(more) + 1} cases; give one volume')
   image = volumes.load_channels(files, channels)

@@ -26,9 +26,9 @@ from jax.sharding import Mesh
 
 from ecam_jax import checkpoint, classes, configuration, parallel, postprocess, steps
 from ecam_jax.atomic import write_bytes_atomic
-from ecam_jax.data import layouts, volumes
+from ecam_jax.data import case_files, volumes
 from ecam_jax.data import source as data_source
-from ecam_jax.data.layouts import NIFTI_SUFFIXES
+from ecam_jax.data.case_files import NIFTI_SUFFIXES
 from ecam_jax.errors import DataError
 from ecam_jax.models.build import abstract_variables, build_model, has_ec_blocks
 from ecam_jax.models.layers import fold_ec
@@ -200,7 +200,7 @@ def plan_outputs(source: str, target: str, channels: int = 1) -> list[tuple[tupl
   """(input files of a case, output) pairs; an output that would overwrite an input is an
   error."""
   src, dst = pathlib.Path(source).expanduser(), pathlib.Path(target).expanduser()
-  cases = layouts.cases_at(src, channels)
+  cases = case_files.cases_at(src, channels)
   if src.is_file() and dst.name.endswith(NIFTI_SUFFIXES):
     pairs = [(cases[0][1], dst)]
   else:  # a folder (created if missing) receives CASE.nii.gz per case

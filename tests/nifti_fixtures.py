@@ -127,13 +127,17 @@ def write_nnunet(
   channels=('T2', 'ADC'),
   labels=None,
   file_ending='.nii.gz',
+  test_cases: int = 0,
 ) -> pathlib.Path:
-  """A dataset in nnU-Net v2's raw format: imagesTr/{CASE}_{XXXX}, labelsTr/{CASE}."""
-  for i in range(num_cases):
-    images, label = channel_volumes(i, shape, len(channels))
+  """A dataset in nnU-Net v2's raw format: imagesTr/{CASE}_{XXXX}, labelsTr/{CASE}; with
+  `test_cases`, a labelled test set test_000.. in imagesTs/ and labelsTs/."""
+  named = [('Tr', f'case_{i:03d}', i) for i in range(num_cases)]
+  named += [('Ts', f'test_{i:03d}', 100 + i) for i in range(test_cases)]
+  for part, case_id, seed in named:
+    images, label = channel_volumes(seed, shape, len(channels))
     for c, image in enumerate(images):
-      write_nifti(root / 'imagesTr' / f'case_{i:03d}_{c:04d}{file_ending}', image)
-    write_nifti(root / 'labelsTr' / f'case_{i:03d}{file_ending}', label)
+      write_nifti(root / f'images{part}' / f'{case_id}_{c:04d}{file_ending}', image)
+    write_nifti(root / f'labels{part}' / f'{case_id}{file_ending}', label)
   meta = {
     'channel_names': {str(c): name for c, name in enumerate(channels)},
     'labels': NNUNET_LABELS if labels is None else labels,

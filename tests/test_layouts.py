@@ -3,9 +3,10 @@ dataset.json or the config, and the errors a bad folder or setting raises."""
 
 import json
 
+import numpy as np
 import pytest
 
-from ecam_jax.data import layouts
+from ecam_jax.data import case_files, layouts
 from ecam_jax.errors import ConfigError, DataError
 
 import nifti_fixtures as fx
@@ -276,6 +277,27 @@ def test_nnunet_num_training_must_count_the_cases(tmp_path):
     layouts.discover_cases(config.data)
 
 
+def test_a_labelled_imagests_is_read_as_held_out_cases(tmp_path):
+  """imagesTs/ with labelsTs/: its labelled cases are held out (the test split); an image
+  of imagesTs without a label is left out; a label without its images is named."""
+  root, config = _nnunet(tmp_path, test_cases=2)
+  fx.write_nifti(root / 'imagesTs' / 'test_009_0000.nii.gz', np.zeros((4, 4, 2), np.int16))
+  cases = layouts.discover_cases(config.data)
+  assert [(c.case_id, c.held_out) for c in cases] == [
+    ('case_000', False),
+    ('case_001', False),
+    ('case_002', False),
+    ('test_000', True),
+    ('test_001', True),
+  ]
+  assert cases[3].images[1] == root / 'imagesTs' / 'test_000_0001.nii.gz'
+  (root / 'imagesTs' / 'test_001_0001.nii.gz').unlink()
+  with pytest.raises(
+    DataError, match=r"case 'test_001': .*imagesTs/test_001_0001\.nii\.gz is missing"
+  ):
+    layouts.discover_cases(config.data)
+
+
 def test_explicit_channels_that_disagree_with_dataset_json_name_the_key(tmp_path):
   _, config = _nnunet(tmp_path)
   config.data.channels = ('T2',)
@@ -294,18 +316,18 @@ def test_explicit_channels_that_disagree_with_dataset_json_name_the_key(tmp_path
 def test_cases_to_predict_from_channel_files_or_a_4d_file(tmp_path):
   root, _ = _nnunet(tmp_path)
   images = root / 'imagesTr'
-  cases = layouts.cases_at(images, 2)
+  cases = case_files.cases_at(images, 2)
   assert [c for c, _ in cases] == ['case_000', 'case_001', 'case_002']
   assert cases[0][1] == (images / 'case_000_0000.nii.gz', images / 'case_000_0001.nii.gz')
-  assert layouts.cases_at(images / 'case_001_0000.nii.gz', 2) == [('case_001', cases[1][1])]
+  assert case_files.cases_at(images / 'case_001_0000.nii.gz', 2) == [('case_001', cases[1][1])]
   (images / 'case_002_0001.nii.gz').unlink()
   with pytest.raises(
     DataError, match=r"case 'case_002' has the channel files \[0\]; the model takes 2"
   ):
-    layouts.cases_at(images, 2)
+    case_files.cases_at(images, 2)
   with pytest.raises(DataError, match=r'case_002_0001\.nii\.gz is missing'):
-    layouts.cases_at(images / 'case_002_0000.nii.gz', 2)
+    case_files.cases_at(images / 'case_002_0000.nii.gz', 2)
   four_d = fx.write_msd_4d(tmp_path / 'msd', num_cases=1)
-  assert layouts.cases_at(four_d / 'imagesTr', 2) == [
+  assert case_files.cases_at(four_d / 'imagesTr', 2) == [
     ('case_000', (four_d / 'imagesTr/case_000.nii.gz',))
   ]

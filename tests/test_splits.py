@@ -295,3 +295,50 @@ def test_swaps_keep_the_split_sizes_and_stop_when_none_helps(tmp_path):
     got = splits.make_splits(ids, data, tmp_path / large, amounts)
     assert got['train'] == [large]
     assert sorted(got['val'] + got['test']) == sorted(set(ids) - {large})
+
+
+# --- a dataset's labelled test set (nnU-Net's imagesTs + labelsTs) -------------------------
+
+HELD = IDS[-5:]
+
+
+def test_held_out_cases_are_the_test_split_of_the_default_split_and_of_the_folds(tmp_path):
+  data = fx.config().data
+  got = splits.make_splits(IDS, data, tmp_path / 'default', held_out=HELD)
+  _check_partition(got, IDS)
+  # 35 training cases by the ratios (0.8 + 0.15, 0.05): val 2, train 33; test the 5 held out
+  assert got['test'] == HELD and [len(got[s]) for s in splits.SPLITS] == [33, 2, 5]
+  data.update(fold='1', folds=5, cache_dir=str(tmp_path / 'cache'))
+  fold = splits.make_splits(IDS, data, tmp_path / 'fold1', held_out=HELD)
+  assert fold['test'] == HELD and not set(fold['train'] + fold['val']) & set(HELD)
+  stored = json.loads((tmp_path / 'cache' / 'splits_final.json').read_text())
+  assert sorted(c for f in stored for c in f['val']) == IDS[:-5]  # each validated once
+  assert all(f['test'] == HELD for f in stored)
+
+
+def test_split_sizes_must_give_the_held_out_cases_as_test(tmp_path):
+  data = fx.config(split_sizes=(30, 5, 5)).data
+  assert splits.make_splits(IDS, data, tmp_path / 'a', held_out=HELD)['test'] == HELD
+  data.split_sizes = (30, 6, 4)
+  with pytest.raises(ConfigError, match=r'holds out 5 labelled test cases .*give 5 as the test'):
+    splits.check(IDS, data, tmp_path / 'b', held_out=HELD)
+
+
+def test_a_splits_file_that_trains_on_a_held_out_case_is_refused(tmp_path):
+  path = tmp_path / 'mine.json'
+  path.write_text(json.dumps({'train': IDS[:-6] + [HELD[0]], 'val': [IDS[-6]], 'test': []}))
+  data = fx.config(splits_file=str(path)).data
+  with pytest.raises(DataError, match=rf"mine.json: train holds '{HELD[0]}', .*labelsTs"):
+    splits.check(IDS, data, tmp_path / 'w', held_out=HELD)
+
+
+def test_an_nnunet_dataset_with_labelsts_tests_on_it(tmp_path):
+  """Prepared from files: the cache knows its held-out cases, and the run's test split is
+  them (the 4 training cases split into train and val)."""
+  from ecam_jax.data import prepare
+
+  root = fx.write_nnunet(tmp_path / 'data', num_cases=4, test_cases=2, channels=('CT',))
+  config = fx.config(root, layout='nnunet', image_size=16)
+  cache, got = prepare.prepare_data(config, prepare.prepare_workdir(tmp_path / 'work'))
+  assert cache.held_out == ['test_000', 'test_001'] == got['test']
+  assert sorted(got['train'] + got['val']) == [f'case_{i:03d}' for i in range(4)]

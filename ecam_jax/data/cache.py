@@ -32,7 +32,7 @@ import numpy as np
 import tqdm
 
 from ecam_jax.atomic import TEMP_PREFIXES, atomic_path, remove, write_json_atomic
-from ecam_jax.data import fingerprint, layouts, volumes
+from ecam_jax.data import case_files, fingerprint, layouts, volumes
 from ecam_jax.errors import DataError
 
 CACHE_VERSION = 2  # 2: images [Z, S, S, C] (1: [Z, S, S], one channel)
@@ -57,8 +57,9 @@ class SliceIndex(NamedTuple):
 class SliceCache:
   """A complete cache folder: memory-mapped arrays per case and the slice index.
 
-  Attributes: path, case_ids (sorted; `index.case` points into it), index (SliceIndex),
-  image_size (S), fingerprint (changes whenever the cache's content does).
+  Attributes: path, case_ids (sorted; `index.case` points into it), held_out (the ones a
+  dataset holds out for testing), index (SliceIndex), image_size (S), fingerprint (changes
+  whenever the cache's content does).
   """
 
   def __init__(self, path: str | os.PathLike):
@@ -70,6 +71,8 @@ class SliceCache:
     meta = json.loads(text)
     self.fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
     self.case_ids: list[str] = [c['case_id'] for c in meta['cases']]
+    # the dataset's labelled test cases (nnU-Net's labelsTs): the test split
+    self.held_out: list[str] = [c['case_id'] for c in meta['cases'] if c.get('held_out')]
     self.image_size: int = meta['settings']['image_size']
     self.channels: int = len(meta['settings']['channels'])
     self._position = {case_id: k for k, case_id in enumerate(self.case_ids)}
@@ -165,7 +168,7 @@ def _settings(data: ml_collections.ConfigDict, declared: tuple[int, ...]) -> dic
   return settings
 
 
-def _sources(case: layouts.Case) -> dict[str, list]:
+def _sources(case: case_files.Case) -> dict[str, list]:
   """What identifies a case's files: resolved path, size and modification time."""
   out = {}
   for key, path in (*((f'image{c}', p) for c, p in enumerate(case.images)), ('label', case.label)):
@@ -188,7 +191,7 @@ def _is_built(case_dir: pathlib.Path, sources: dict[str, list], settings: dict[s
 
 
 def _build_case(
-  case: layouts.Case,
+  case: case_files.Case,
   data: dict[str, Any],
   declared: tuple[int, ...],
   settings: dict[str, Any],
@@ -237,11 +240,13 @@ def _build_all(jobs: list[tuple], workers: int, progress: bool) -> None:
       pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _resolve_ct_statistics(data, cases: list[layouts.Case], path: pathlib.Path) -> None:
+def _resolve_ct_statistics(data, cases: list[case_files.Case], path: pathlib.Path) -> None:
   """Fills data.ct_statistics (ct_normalization 'nnunet', when unset) from the cases'
-  intensities: computed once and kept in the cache folder, keyed by the cases' files."""
+  intensities: computed once and kept in the cache folder, keyed by the cases' files. As
+  nnU-Net, from the training cases (imagesTr) only: a held-out test set is not looked at."""
   if data.ct_normalization != 'nnunet' or data.ct_statistics or not volumes.ct_channels(data):
     return
+  cases = [c for c in cases if not c.held_out]
   record = path / 'ct_statistics.json'
   key = {'sources': [_sources(c) for c in cases], 'channels': list(data.channels)}
   stored = _read_json(record)
@@ -250,6 +255,13 @@ def _resolve_ct_statistics(data, cases: list[layouts.Case], path: pathlib.Path) 
     path.mkdir(parents=True, exist_ok=True)
     write_json_atomic(record, stored)
   data.ct_statistics = tuple(tuple(float(v) for v in s) for s in stored['statistics'])
+
+
+def _entry(case: case_files.Case, sources: dict[str, list]) -> dict[str, Any]:
+  """A case in manifest.json; a held-out one says so (caches of data without any keep
+  their manifest, and so stay valid)."""
+  entry = {'case_id': case.case_id, 'sources': sources}
+  return {**entry, 'held_out': True} if case.held_out else entry
 
 
 def prepare_cache(
@@ -270,7 +282,7 @@ def prepare_cache(
   sources = {c.case_id: _sources(c) for c in cases}
   manifest = {
     'settings': settings,
-    'cases': [{'case_id': c.case_id, 'sources': sources[c.case_id]} for c in cases],
+    'cases': [_entry(c, sources[c.case_id]) for c in cases],
   }
   if _read_json(path / 'manifest.json') == manifest and (path / 'index.npz').is_file():
     return SliceCache(path)

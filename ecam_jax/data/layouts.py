@@ -17,114 +17,22 @@
 macOS resource forks (`._*`) and other hidden files are ignored everywhere.
 """
 
-import dataclasses
 import pathlib
-import re
 
 import ml_collections
 from absl import logging
 
 from ecam_jax.data import dataset_json as dataset_json_module
+from ecam_jax.data import nnunet_layout
+from ecam_jax.data.case_files import Case, case_id_of, nifti_files, visible
 from ecam_jax.errors import ConfigError, DataError
 
 LAYOUTS = {
   'msd': 'dataset.json with a training list, imagesTr/ and labelsTr/',
-  'nnunet': (
-    "nnU-Net v2's dataset.json (channel_names, labels, file_ending), imagesTr/"
-    '{CASE}_{XXXX}{file_ending} per channel and labelsTr/{CASE}{file_ending}'
-  ),
+  'nnunet': nnunet_layout.DESCRIPTION,
   'kits19': 'case_00000/, case_00001/, ... folders holding imaging.nii.gz and segmentation.nii.gz',
   'paired': 'images/ and labels/ holding NIfTI files with matching names',
 }
-NIFTI_SUFFIXES = ('.nii.gz', '.nii')
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-  """One case: its image files (one per channel, or one 4-D file holding every channel)
-  and its label (None where a dataset has no label for it)."""
-
-  case_id: str
-  images: tuple[pathlib.Path, ...]
-  label: pathlib.Path | None
-
-  @property
-  def image(self) -> pathlib.Path:
-    """The file of channel 0, whose grid the label and every prediction share."""
-    return self.images[0]
-
-
-def case_id_of(path: pathlib.Path) -> str:
-  """The file name without its NIfTI suffix: `imagesTr/pancreas_001.nii.gz` -> pancreas_001."""
-  for suffix in NIFTI_SUFFIXES:
-    if path.name.endswith(suffix):
-      return path.name[: -len(suffix)]
-  return path.stem
-
-
-CHANNEL_FILE = re.compile(r'^(?P<case>.+)_(?P<channel>\d{4})$')
-
-
-def channel_of(path: pathlib.Path) -> tuple[str, int] | None:
-  """(case id, channel) of nnU-Net's `{CASE}_{XXXX}` image file name, else None."""
-  match = CHANNEL_FILE.match(case_id_of(path))
-  return (match['case'], int(match['channel'])) if match else None
-
-
-def _visible(path: pathlib.Path) -> bool:
-  return not path.name.startswith('.')  # also drops macOS '._x.nii.gz' resource forks
-
-
-def nifti_files(folder: pathlib.Path) -> list[pathlib.Path]:
-  """The .nii and .nii.gz files in `folder`, sorted by name; hidden files left out."""
-  return sorted(
-    p for p in folder.iterdir() if p.is_file() and _visible(p) and p.name.endswith(NIFTI_SUFFIXES)
-  )
-
-
-def _grouped(files: list[pathlib.Path], channels: int, where: str) -> list[tuple[str, tuple]]:
-  """(case id, its files) of NIfTI files: nnU-Net's {CASE}_{XXXX} channel files grouped by
-  case when every file is named so, else one case per file (a 4-D file of every channel
-  when the model takes several)."""
-  named = [channel_of(p) for p in files]
-  if not all(named):
-    return [(case_id_of(p), (p,)) for p in files]
-  groups: dict[str, dict[int, pathlib.Path]] = {}
-  for path, (case, channel) in zip(files, named, strict=True):
-    groups.setdefault(case, {})[channel] = path
-  cases = []
-  for case, found in sorted(groups.items()):
-    if sorted(found) != list(range(channels)):
-      raise DataError(
-        f'--input {where}: case {case!r} has the channel files {sorted(found)}; the model '
-        f'takes {channels}: expected {case}_0000 .. {case}_{channels - 1:04d}'
-      )
-    cases.append((case, tuple(found[c] for c in range(channels))))
-  return cases
-
-
-def cases_at(source: pathlib.Path, channels: int) -> list[tuple[str, tuple]]:
-  """(case id, files) of the cases to segment at `source` (--input): a folder's cases, or
-  one file's (its channel siblings {CASE}_0001, ... beside an nnU-Net {CASE}_0000 file
-  when the model takes several)."""
-  if source.is_dir():
-    files = nifti_files(source)
-    if not files:
-      raise DataError(f'--input {source}: no .nii or .nii.gz files in this folder')
-    return _grouped(files, channels, str(source))
-  if not source.is_file():
-    raise DataError(f'--input {source} does not exist')
-  parsed = channel_of(source)
-  if channels > 1 and parsed is not None:
-    suffix = source.name[len(case_id_of(source)) :]
-    files = [source.parent / f'{parsed[0]}_{c:04d}{suffix}' for c in range(channels)]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-      raise DataError(
-        f'--input {source}: the model takes {channels} channels; {missing[0]} is missing'
-      )
-    return [(parsed[0], tuple(files))]
-  return [(parsed[0] if parsed else case_id_of(source), (source,))]
 
 
 def _root(data_config: ml_collections.ConfigDict) -> pathlib.Path:
@@ -310,60 +218,13 @@ def _msd_cases(root: pathlib.Path, data_config) -> list[Case]:
       if not file.is_file():
         raise DataError(f'{file} is listed in {path} (training[{i}].{key}) but does not exist')
       files[key] = file
-    if _visible(files['image']):
+    if visible(files['image']):
       cases.append(Case(case_id_of(files['image']), (files['image'],), files['label']))
   return cases
 
 
 def _nnunet_cases(root: pathlib.Path, data_config) -> list[Case]:
-  """Every labelsTr/{CASE}{ending} with its imagesTr/{CASE}_{XXXX}{ending}, XXXX one per
-  channel; an image without a label, a label without images or a missing channel file is a
-  DataError naming the case and the file."""
-  declared = dataset_json(data_config)
-  ending, channels = declared.file_ending, len(declared.channels)
-  images_dir, labels_dir = root / 'imagesTr', root / 'labelsTr'
-  for folder in (images_dir, labels_dir):
-    if not folder.is_dir():
-      raise DataError(f'{folder} is missing; the nnunet layout expects {LAYOUTS["nnunet"]}')
-  labels = {
-    p.name[: -len(ending)]: p
-    for p in labels_dir.iterdir()
-    if p.is_file() and _visible(p) and p.name.endswith(ending)
-  }
-  images: dict[str, dict[int, pathlib.Path]] = {}
-  for p in images_dir.iterdir():
-    parsed = channel_of(p) if p.is_file() and _visible(p) and p.name.endswith(ending) else None
-    if parsed is not None:
-      images.setdefault(parsed[0], {})[parsed[1]] = p
-  orphans = sorted(set(images) - set(labels))
-  if orphans:
-    first = images[orphans[0]]
-    raise DataError(
-      f'case {orphans[0]!r}: {first[min(first)]} has no label file '
-      f'{labels_dir / (orphans[0] + ending)}'
-    )
-  cases = []
-  for case_id, label in sorted(labels.items()):
-    files = images.get(case_id, {})
-    for channel in range(channels):
-      if channel not in files:
-        raise DataError(
-          f'case {case_id!r}: {images_dir / f"{case_id}_{channel:04d}{ending}"} is missing '
-          f'({channels} channels: {list(declared.channels)} in {declared.path})'
-        )
-    extra = sorted(set(files) - set(range(channels)))
-    if extra:
-      raise DataError(
-        f'case {case_id!r}: {files[extra[0]]} is channel {extra[0]}, but {declared.path} '
-        f'declares {channels} channels'
-      )
-    cases.append(Case(case_id, tuple(files[c] for c in range(channels)), label))
-  if declared.num_training is not None and declared.num_training != len(cases):
-    raise DataError(
-      f'{declared.path}: "numTraining" is {declared.num_training} but {labels_dir} holds '
-      f'{len(cases)} labelled cases'
-    )
-  return cases
+  return nnunet_layout.nnunet_cases(root, dataset_json(data_config))
 
 
 def _kits_cases(root: pathlib.Path, data_config) -> list[Case]:

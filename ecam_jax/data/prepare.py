@@ -29,9 +29,10 @@ def resolve_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> li
   """The cheap checks, before any volume is read: the data folder (or the generated
   phantom), the layout and its cases, the settings dataset.json decides (filled into
   `config`), and the split sizes against the cases found. Returns the case ids."""
-  case_ids = [c.case_id for c in source.resolve_data(config, workdir)]
-  splits.check(case_ids, config.data, workdir)
-  return case_ids
+  cases = source.resolve_data(config, workdir)
+  held_out = [c.case_id for c in cases if c.held_out]
+  splits.check([c.case_id for c in cases], config.data, workdir, held_out)
+  return [c.case_id for c in cases]
 
 
 def build_data(config: ml_collections.ConfigDict, workdir: pathlib.Path):
@@ -44,7 +45,7 @@ def build_data(config: ml_collections.ConfigDict, workdir: pathlib.Path):
   if jax.process_index() != 0:
     cache = data_cache.prepare_cache(config, workdir, progress=False)
   amounts = cache.foreground_amounts()
-  case_splits = splits.make_splits(cache.case_ids, config.data, workdir, amounts)
+  case_splits = splits.make_splits(cache.case_ids, config.data, workdir, amounts, cache.held_out)
   parallel.print0('splits: ' + split_report.describe(case_splits, amounts))
   voxels = len(cache.index.case) * cache.image_size**2
   for line in split_report.warnings(case_splits, amounts, config.data, voxels):

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 
 from ecam_jax import classes, parallel
-from ecam_jax.data import layouts, phantom
+from ecam_jax.data import case_files, layouts, phantom
 from ecam_jax.errors import ConfigError
 
 # The config.data keys resolve_settings fills in when they are unset.
@@ -58,7 +58,7 @@ def resolve_root(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> No
     )
 
 
-def resolve_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[layouts.Case]:
+def resolve_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[case_files.Case]:
   """The dataset's labelled cases, sorted by id, with config.data's dataset settings filled
   in (layouts.resolve_settings) and the model's inputs and outputs set from them: what
   training and evaluation call first."""

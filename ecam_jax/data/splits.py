@@ -9,6 +9,8 @@ the first that the config asks for:
   `folds.py`, made once per dataset into the cache folder's splits_final.json;
 - the default train/val/test split: the paper's sizes for its datasets, any other dataset
   by ratios.
+A dataset's labelled test set (nnU-Net's imagesTs with labelsTs: `held_out`) is the test
+split of the default split and of the folds, and never trained on.
 Cases with foreground and cases without are split separately (stratified), so that val
 and test hold foreground whenever the data has enough of it: validation that sees no
 foreground cannot select a model. Training is served first: when the split leaves it
@@ -39,13 +41,23 @@ PAPER_SIZES = {
 }
 
 
-def split_sizes(num_cases: int, data_config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-  """(train, val, test) counts: data.split_sizes, else the paper's, else data.split_ratios."""
+def split_sizes(
+  num_cases: int, data_config: ml_collections.ConfigDict, held_out: int = 0
+) -> tuple[int, int, int]:
+  """(train, val, test) counts: data.split_sizes, else the paper's, else data.split_ratios.
+  With `held_out` cases (a dataset's labelled test set), test is exactly those, and the
+  ratios split the others between train and val (test's ratio goes to train)."""
   if data_config.split_sizes is not None:
     sizes, key = tuple(int(s) for s in data_config.split_sizes), 'config.data.split_sizes'
   elif data_config.dataset in PAPER_SIZES:
     sizes = PAPER_SIZES[data_config.dataset]
     key = f"the paper's sizes for config.data.dataset={data_config.dataset!r}"
+  elif held_out:
+    train_ratio, val_ratio, test_ratio = tuple(data_config.split_ratios)
+    train, val, _ = _sizes_from_ratios(
+      num_cases - held_out, (train_ratio + test_ratio, val_ratio, 0.0)
+    )
+    return train, val, held_out
   else:
     return _sizes_from_ratios(num_cases, tuple(data_config.split_ratios))
   if len(sizes) != 3 or min(sizes) < 0 or sum(sizes) != num_cases:
@@ -54,6 +66,11 @@ def split_sizes(num_cases: int, data_config: ml_collections.ConfigDict) -> tuple
       'config.data.split_sizes to three counts that add up to the cases found, or set '
       'config.data.split_ratios (with config.data.dataset="custom"), or give '
       'config.data.splits_file'
+    )
+  if held_out and sizes[2] != held_out:
+    raise ConfigError(
+      f'{key} are {sizes}, but the dataset holds out {held_out} labelled test cases '
+      f'(labelsTs/), which are the test split; give {held_out} as the test size'
     )
   _check_nonempty(sizes, key)
   return sizes
@@ -162,9 +179,19 @@ def _served_first(splits: dict[str, list[str]], amounts: dict[str, Amount]) -> d
 
 
 def default_split(
-  ids: list[str], sizes: tuple[int, int, int], amounts: dict[str, Amount], seed: int
+  ids: list[str],
+  sizes: tuple[int, int, int],
+  amounts: dict[str, Amount],
+  seed: int,
+  held_out: Collection[str] = (),
 ) -> dict[str, list[str]]:
-  """The train/val/test split of `ids` (sorted) by `sizes`: stratified, training served first."""
+  """The train/val/test split of `ids` (sorted) by `sizes`: stratified, training served
+  first. `held_out` cases (a dataset's labelled test set) are the test split; the others
+  make train and val."""
+  if held_out:
+    rest = [c for c in ids if c not in set(held_out)]
+    split = _stratified(rest, (sizes[0], sizes[1], 0), amounts, seed)
+    return {**_served_first(split, amounts), 'test': sorted(held_out)}
   return _served_first(_stratified(ids, sizes, amounts, seed), amounts)
 
 
@@ -172,16 +199,19 @@ def check(
   case_ids: list[str],
   data_config: ml_collections.ConfigDict,
   workdir: str | os.PathLike,
+  held_out: Collection[str] = (),
 ) -> None:
   """Raises what make_splits would, as far as it can be known before the cache is built:
-  data.splits_file checked against the cases, else the split sizes against their number,
-  the dataset's folds (`folds_path`, when data.fold is set and they exist) against both,
-  and a WORKDIR/splits.json from an earlier run against them. Reads no volume."""
+  data.splits_file checked against the cases (and against the `held_out` ones: never
+  trained on), else the split sizes against their number, the dataset's folds
+  (`folds_path`, when data.fold is set and they exist) against both, and a
+  WORKDIR/splits.json from an earlier run against them. Reads no volume."""
   ids = sorted(case_ids)
   if data_config.splits_file:
-    read_splits_file(data_config.splits_file, ids, data_config.fold)
+    split = read_splits_file(data_config.splits_file, ids, data_config.fold)
+    _check_held_out(split, held_out, data_config.splits_file)
     return
-  sizes = split_sizes(len(ids), data_config)
+  sizes = split_sizes(len(ids), data_config, len(held_out))
   if data_config.fold:
     _check_folds(ids, data_config, folds_path(data_config, workdir))
     return
@@ -190,6 +220,18 @@ def check(
     previous = _read_previous(path, ids)
     if tuple(len(previous[name]) for name in SPLITS) != sizes:
       raise DataError(_changed(path, f'its split sizes differ from {sizes}'))
+
+
+def _check_held_out(
+  split: dict[str, list[str]], held_out: Collection[str], path: str | os.PathLike
+) -> None:
+  for name in ('train', 'val'):
+    inside = sorted(set(split[name]) & set(held_out))
+    if inside:
+      raise DataError(
+        f"{path}: {name} holds {inside[0]!r}, a case of the dataset's labelled test set "
+        '(labelsTs/), which is held out for testing; leave it out of train and val'
+      )
 
 
 def _read_previous(path: pathlib.Path, ids: list[str]) -> dict[str, list[str]]:
@@ -217,6 +259,7 @@ def make_splits(
   data_config: ml_collections.ConfigDict,
   workdir: str | os.PathLike,
   foreground: Foreground = (),
+  held_out: Collection[str] = (),
 ) -> dict[str, list[str]]:
   """{'train', 'val', 'test'} -> sorted case ids; also written to WORKDIR/splits.json.
 
@@ -229,28 +272,30 @@ def make_splits(
   filesystem listed the cases in. A WORKDIR/splits.json from an earlier run is kept (a
   resumed run trains on the same cases, also when it was split by an earlier rule); one
   that this config could not have made raises, so a resumed run never trains on another
-  run's test cases.
+  run's test cases. `held_out` (a dataset's labelled test set, nnU-Net's labelsTs) are the
+  test split of the default split and of the folds, and never in a train or val.
   """
   ids = sorted(case_ids)
   amounts = amounts_of(foreground)
   path = pathlib.Path(workdir) / 'splits.json'
   if data_config.splits_file:
     splits = read_splits_file(data_config.splits_file, ids, data_config.fold)
+    _check_held_out(splits, held_out, data_config.splits_file)
     user_file = pathlib.Path(data_config.splits_file)
     if path.is_file() and user_file != path and _read_json(path) != splits:
       raise DataError(_changed(path, f'config.data.splits_file is {data_config.splits_file}'))
   elif data_config.fold:
-    check(ids, data_config, workdir)
-    sizes = split_sizes(len(ids), data_config)
+    check(ids, data_config, workdir, held_out)
+    sizes = split_sizes(len(ids), data_config, len(held_out))
     folds_file = folds_path(data_config, workdir)
-    splits = _fold_split(ids, sizes, amounts, data_config, folds_file)
+    splits = _fold_split(ids, sizes, amounts, data_config, folds_file, held_out)
     if path.is_file() and _read_json(path) != splits:
       raise DataError(_changed(path, f'fold {data_config.fold} of {folds_file} differs'))
   else:
-    check(ids, data_config, workdir)
-    sizes = split_sizes(len(ids), data_config)
+    check(ids, data_config, workdir, held_out)
+    sizes = split_sizes(len(ids), data_config, len(held_out))
     seed = int(data_config.split_seed)
-    splits = default_split(ids, sizes, amounts, seed)
+    splits = default_split(ids, sizes, amounts, seed, held_out)
     if path.is_file():
       previous = _read_json(path)
       earlier_rules = (_stratified(ids, sizes, amounts, seed), _stratified(ids, sizes, (), seed))
@@ -355,14 +400,15 @@ def _fold_split(
   amounts: dict[str, Amount],
   data_config: ml_collections.ConfigDict,
   folds_file: str | os.PathLike,
+  held_out: Collection[str] = (),
 ) -> dict[str, list[str]]:
   """This run's fold (data.fold) of `folds_file`, which is made first when missing: the test
-  split is the default split's (its size from split_sizes or split_ratios, 0 for none),
-  and the other cases make data.folds folds (folds.make_folds)."""
+  split is the default split's (the `held_out` cases, else its size from split_sizes or
+  split_ratios, 0 for none), and the other cases make data.folds folds (folds.make_folds)."""
   path = pathlib.Path(folds_file)
   if not path.is_file():
     seed = int(data_config.split_seed)
-    test = default_split(ids, sizes, amounts, seed)['test']
+    test = default_split(ids, sizes, amounts, seed, held_out)['test']
     rest = [c for c in ids if c not in set(test)]
     voxels = {c: a.voxels for c, a in amounts.items()}
     folds.write(path, folds.make_folds(rest, voxels, int(data_config.folds), seed), test)
