@@ -323,3 +323,49 @@ def test_nnunets_ct_normalization_uses_the_foreground_statistics_of_every_case(t
   np.testing.assert_array_equal(sc.image('case_000'), x)
   # clipped to [p0.5, p99.5], then z-scored (the linear resize stays in that range)
   assert (lo - mean) / std - 1e-5 <= x.min() < 0 < x.max() <= (hi - mean) / std + 1e-5
+
+
+_HOLD = (
+  'import fcntl, sys, time\n'
+  'f = open(sys.argv[1], "a+")\n'
+  'fcntl.flock(f, fcntl.LOCK_EX)\n'
+  'f.write(\'{"host": "elsewhere", "pid": 7}\'); f.flush()\n'
+  'print("held", flush=True)\n'
+  'sys.stdin.read()\n'  # until the test closes stdin
+)
+
+
+def test_runners_sharing_a_cache_folder_take_turns(dataset, tmp_path, monkeypatch):
+  """While another process holds the cache folder's lock (one fold's runner building the
+  cache), prepare_cache says whom it waits for and waits; then it builds the cache."""
+  import subprocess
+  import sys
+  import threading
+
+  config = fx.config(dataset)
+  path = cache.cache_path(config.data, tmp_path / 'work')
+  path.parent.mkdir(parents=True)
+  other = subprocess.Popen(
+    [sys.executable, '-c', _HOLD, str(path.parent / f'.cache{cache.PREPARE_LOCK}')],
+    stdin=subprocess.PIPE,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
+  said, lines, done = threading.Event(), [], []
+  monkeypatch.setattr(
+    cache, 'print', lambda line, **_: (lines.append(line), said.set()), raising=False
+  )
+  try:
+    assert other.stdout.readline().strip() == 'held'
+    worker = threading.Thread(
+      target=lambda: done.append(cache.prepare_cache(config, tmp_path / 'work'))
+    )
+    worker.start()
+    assert said.wait(timeout=120)  # it reported the holder, and waits
+    assert lines == [f'waiting for elsewhere pid 7, which prepares {path}']
+    assert not done and not (path / 'manifest.json').exists()
+  finally:
+    other.stdin.close()  # the holder ends, and its lock with it
+    other.wait(timeout=60)
+  worker.join(timeout=300)
+  assert done and done[0].case_ids == ['case_000', 'case_001', 'case_002']

@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import pytest
 
-from ecam_jax import evaluate, train
+from ecam_jax import evaluate, folder_lock, train
 from ecam_jax.configuration import load_config
 from ecam_jax.errors import ConfigError
-from ecam_jax.experiments import gradcam, lock, outputs, report, runner, tables
+from ecam_jax.experiments import gradcam, outputs, report, runner, tables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TABLE4 = tables.get('4')
@@ -43,10 +43,12 @@ def _config_for(variant):
   return c
 
 
+def _runs(workdir, rows, seeds=0, folds=0):
+  return runner.runs(TABLE4, tables.select(TABLE4, rows), workdir, seeds, folds)
+
+
 def _run(workdir, rows, seeds=0):
-  return runner.run_table(
-    TABLE4, tables.select(TABLE4, rows), _config_for, workdir, seeds, report=lambda _: None
-  )
+  return runner.run_table(TABLE4, _runs(workdir, rows, seeds), _config_for, workdir, report=print)
 
 
 @pytest.fixture(scope='module')
@@ -149,7 +151,9 @@ def test_row_locked_by_another_runner_is_skipped_as_running(workdir, monkeypatch
   row_dir = workdir / 'table_4/bce'
   row_dir.mkdir(parents=True, exist_ok=True)
   other = subprocess.Popen(
-    [sys.executable, '-c', _HOLD, str(row_dir / lock.LOCK_NAME)], stdout=subprocess.PIPE, text=True
+    [sys.executable, '-c', _HOLD, str(row_dir / folder_lock.LOCK_NAME)],
+    stdout=subprocess.PIPE,
+    text=True,
   )
   try:
     assert other.stdout.readline().strip() == 'held'
@@ -158,7 +162,7 @@ def test_row_locked_by_another_runner_is_skipped_as_running(workdir, monkeypatch
   finally:
     other.kill()
     other.wait()
-  assert lock.holder(row_dir) is None  # a dead runner holds nothing
+  assert folder_lock.holder(row_dir) is None  # a dead runner holds nothing
   assert runner.state_of(row_dir) == runner.NOT_STARTED
 
 
@@ -193,15 +197,23 @@ def test_cli_collect_marks_missing_rows_pending_and_dry_run_lists_rows(workdir):
   ]
 
 
-def test_shards_split_the_rows_disjointly():
+def test_shards_split_the_runs_disjointly(tmp_path):
+  """A shard is every n-th run: a row, a seed of it, or with folds one fold of one row (one
+  SLURM array task per row and fold)."""
   table = tables.get('II')
-  shards = [tables.select(table, shard=f'{i}/3') for i in range(3)]
-  ids = [r.id for shard in shards for r in shard]
+  every = runner.runs(table, tables.select(table), tmp_path)
+  shards = [runner.shard(every, f'{i}/3') for i in range(3)]
+  ids = [run.row.id for shard in shards for run in shard]
   assert sorted(ids) == sorted(r.id for r in table.rows) and len(ids) == len(set(ids))
-  assert [r.id for r in tables.select(table, 'ec_cam_unet,unet', '1/2')] == ['ec_cam_unet']
+  two = runner.runs(table, tables.select(table, 'ec_cam_unet,unet'), tmp_path)
+  assert [run.row.id for run in runner.shard(two, '1/2')] == ['ec_cam_unet']
+  folds = runner.runs(table, tables.select(table, 'unet,ec_cam_unet'), tmp_path, seeds=2, folds=5)
+  assert len(folds) == 2 * 2 * 5
+  assert [run.label for run in runner.shard(folds, '7/20')] == ['unet_seed1/fold_2']
+  assert runner.shard(folds, '7/20')[0].folder == tmp_path / 'table_2/unet_seed1/fold_2'
   for bad in ('3/3', 'x', '1'):
     with pytest.raises(ValueError, match='--shard'):
-      tables.select(table, shard=bad)
+      runner.shard(every, bad)
   with pytest.raises(ValueError, match="'nope'"):
     tables.select(table, 'unet,nope')
 
@@ -231,7 +243,7 @@ def test_row_whose_checkpoint_refuses_the_config_fails_alone(workdir, monkeypatc
     return config
 
   outcomes = runner.run_table(
-    TABLE4, tables.select(TABLE4, 'dice'), longer, workdir, errors=(ConfigError,), report=print
+    TABLE4, _runs(workdir, 'dice'), longer, workdir, errors=(ConfigError,), report=print
   )
   assert [o.action for o in outcomes] == ['failed']
   assert 'train.epochs' in outcomes[0].error
@@ -248,7 +260,7 @@ def test_a_table_over_folds_trains_each_fold_and_scores_every_case_out_of_fold(
   validation cases together into ROW/crossval; the table reports that out-of-fold score ±
   the std over the folds, and pairs the rows over every case."""
   outcomes = runner.run_table(
-    TABLE4, tables.select(TABLE4, 'dice,dice_bce'), _config_for, tmp_path, folds=2, report=print
+    TABLE4, _runs(tmp_path, 'dice,dice_bce', folds=2), _config_for, tmp_path, report=print
   )
   assert [(o.name, o.action) for o in outcomes] == [
     ('fold_0', 'trained'),
@@ -265,7 +277,7 @@ def test_a_table_over_folds_trains_each_fold_and_scores_every_case_out_of_fold(
   _forbid_work(monkeypatch)
   monkeypatch.setattr(evaluate, 'evaluate_folds', lambda *a: pytest.fail('scored again'))
   again = runner.run_table(
-    TABLE4, tables.select(TABLE4, 'dice,dice_bce'), _config_for, tmp_path, folds=2, report=print
+    TABLE4, _runs(tmp_path, 'dice,dice_bce', folds=2), _config_for, tmp_path, report=print
   )
   assert [o.action for o in again] == ['skipped'] * 4
   result = report.collect(TABLE4, tmp_path, None, folds=2)
@@ -281,7 +293,7 @@ def test_a_table_over_folds_trains_each_fold_and_scores_every_case_out_of_fold(
   assert dsc['ours_std'] == pytest.approx(np.std(fold_means, ddof=1))
   assert by_id['dice']['wilcoxon']['n'] == 2  # every case, against dice_bce's out of fold
   assert 'out of fold' in report.markdown(result)
-  assert runner.listing(TABLE4, tables.select(TABLE4, 'bce'), tmp_path, 0, 2) == [
+  assert runner.listing(TABLE4, _runs(tmp_path, 'bce', folds=2)) == [
     f'bce/fold_{k}: variant=unet --config.loss.w_dice=0.0 --config.loss.w_bce=1.0 '
     f'--config.data.fold={k} -> {tmp_path}/table_4/bce/fold_{k} [not started]'
     for k in (0, 1)

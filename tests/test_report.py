@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ecam_jax import scoring
-from ecam_jax.experiments import lock, outputs, report, tables
+from ecam_jax import folder_lock, scoring
+from ecam_jax.experiments import outputs, report, tables
 from ecam_jax.models import registry
 
 
@@ -80,7 +80,7 @@ def test_collect_with_seeds_marks_unavailable_and_running(tmp_path, monkeypatch)
   md = report.markdown(result)
   assert '- Table I, DA-Net and SegFormer: identical TCIA and MSD triples' in md
   assert 'Table III' not in md
-  with lock.row_lock(tmp_path / 'table_1/attention_unet_seed0') as held:
+  with folder_lock.folder_lock(tmp_path / 'table_1/attention_unet_seed0') as held:
     assert held
     monkeypatch.setattr(registry, 'VARIANTS', _only('ecam_unet', 'attention_unet'))
     result = report.collect(table, tmp_path, None, seeds=2)

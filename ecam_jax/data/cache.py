@@ -16,7 +16,9 @@ A case is reused when its source files (path, size, mtime) and the preprocessing
 are unchanged, and rebuilt otherwise; a changed setting rebuilds all. Inputs are checked
 (files, headers) before anything is written, and data errors found while building stop
 the build before the manifest is written, so an interrupted or failed prepare never
-leaves a cache that looks complete. One process per cache folder at a time.
+leaves a cache that looks complete. Runners that share a cache folder take turns: each
+holds a lock file beside it (`.cache.prepare.lock` for `cache/`) while it builds or checks
+it, so the folds of a cross-validation may start together on one cache.
 """
 
 import hashlib
@@ -31,10 +33,12 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from ecam_jax import folder_lock
 from ecam_jax.atomic import TEMP_PREFIXES, atomic_path, remove, write_json_atomic
 from ecam_jax.data import case_files, fingerprint, layouts, volumes
 from ecam_jax.errors import DataError
 
+PREPARE_LOCK = '.prepare.lock'  # beside the cache folder (.cache.prepare.lock), held while building
 CACHE_VERSION = 2  # 2: images [Z, S, S, C] (1: [Z, S, S], one channel)
 IMAGE_DTYPE = np.float32
 
@@ -269,11 +273,24 @@ def prepare_cache(
 ) -> SliceCache:
   """Builds, completes or reuses the cache of config.data in cache_path(config.data, workdir).
 
+  Runners that share the cache folder (the folds of a cross-validation started together)
+  take turns: one builds while the others wait for its lock, then find the cache built.
   With data.prepare_workers > 1 cases are built in spawned processes: a script that calls
   this needs the `if __name__ == '__main__':` guard (absl.app.run entry points have it).
   """
+  path = cache_path(config.data, workdir)
+
+  def say(holder: dict) -> None:
+    if progress:
+      who = f'{holder.get("host", "?")} pid {holder.get("pid", "?")}'
+      print(f'waiting for {who}, which prepares {path}', flush=True)
+
+  with folder_lock.folder_lock(path.parent, f'.{path.name}{PREPARE_LOCK}', wait=say):
+    return _prepare(config, path, progress)
+
+
+def _prepare(config: ml_collections.ConfigDict, path: pathlib.Path, progress: bool) -> SliceCache:
   data = config.data
-  path = cache_path(data, workdir)
   cases = layouts.discover_cases(data)
   layouts.resolve_settings(data)  # a no-op after source.resolve_data, which training runs first
   _resolve_ct_statistics(data, cases, path)

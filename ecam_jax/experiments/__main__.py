@@ -9,8 +9,9 @@ Each row trains in WORKDIR/<table>/<row> as `ecam_jax.main` would with
 `--config=FILE:variant=<the row's variant>` and the same overrides (plus the row's own,
 e.g. Table IV's loss weights), is evaluated on the test split, and the table is written to
 WORKDIR/<table>.{md,csv,json} with PNG plots. Rerunning skips finished rows and resumes
-interrupted ones. --shard=i/n (or --rows) splits the rows between runners, e.g. the tasks
-of a SLURM job array (launch/slurm_table.sbatch); --collect only writes the table.
+interrupted ones. --shard=i/n (or --rows) splits the runs (--dry_run lists them: a row,
+each seed of a row with --seeds, each fold of each with --folds) between runners, e.g. the
+tasks of a SLURM job array (launch/slurm_table.sbatch); --collect only writes the table.
 """
 
 import json
@@ -35,7 +36,9 @@ flags.DEFINE_string('table', None, "The table: 1..5 (or I..V), 'fig4' or 'fig5'.
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py), no :variant=.')
 flags.DEFINE_string('workdir', None, 'Where the rows, the tables and the plots go.')
 flags.DEFINE_string('rows', '', 'Comma-separated row ids to run (default: all of the table).')
-flags.DEFINE_string('shard', '', 'i/n: run the i-th of every n selected rows (0-based).')
+flags.DEFINE_string(
+  'shard', '', 'i/n: run the i-th of every n selected runs (0-based; --dry_run lists the runs).'
+)
 flags.DEFINE_integer('seeds', 0, '> 0: each row runs N times, ROW_seed0..N-1, config.seed = k.')
 flags.DEFINE_integer(
   'folds',
@@ -109,11 +112,6 @@ def _plan(table: tables.Table, workdir: pathlib.Path) -> dict:
   return plan
 
 
-def _dry_run(table, rows, workdir, seeds, folds) -> None:
-  for line in runner.listing(table, rows, workdir, seeds, folds):
-    print(line)
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -127,17 +125,22 @@ def main(argv: list[str]) -> None:
 
 
 def _main() -> None:
-  try:
-    table = tables.get(FLAGS.table)
-    rows = tables.select(table, FLAGS.rows, FLAGS.shard)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
   workdir = pathlib.Path(FLAGS.workdir).absolute()
   if not FLAGS.collect and not FLAGS['config'].present:
     raise app.UsageError('--config is required unless --collect')
-  plan = _plan(table, workdir)
+  try:
+    table = tables.get(FLAGS.table)
+    plan = _plan(table, workdir)
+    rows = tables.select(table, FLAGS.rows)
+    chosen = runner.shard(
+      runner.runs(table, rows, workdir, plan['seeds'], plan['folds']), FLAGS.shard
+    )
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   if FLAGS.dry_run:
-    return _dry_run(table, rows, workdir, plan['seeds'], plan['folds'])
+    for line in runner.listing(table, chosen):
+      print(line)
+    return
   if FLAGS.collect:
     return _write(table, workdir, plan)
   if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):  # shared by every row of the workdir
@@ -148,14 +151,7 @@ def _main() -> None:
   if jax.process_index() == 0:
     write_json_atomic(runner.table_dir(workdir, table) / PLAN, plan)
   outcomes = runner.run_table(
-    table,
-    rows,
-    _config_for,
-    workdir,
-    plan['seeds'],
-    ROW_ERRORS,
-    allow_changes=FLAGS.resume_with_changes,
-    folds=plan['folds'],
+    table, chosen, _config_for, workdir, ROW_ERRORS, allow_changes=FLAGS.resume_with_changes
   )
   if jax.process_index() == 0:
     _write(table, workdir, plan)

@@ -10,7 +10,6 @@ only evaluated. Training is `train.train_and_evaluate` and evaluation
 
 import contextlib
 import dataclasses
-import fcntl
 import pathlib
 from collections.abc import Callable
 
@@ -20,9 +19,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from ecam_jax import parallel
+from ecam_jax import folder_lock, parallel
 from ecam_jax.atomic import remove, write_text_atomic
-from ecam_jax.experiments import lock
 from ecam_jax.experiments.tables import FIG5_SOURCES, Row, Table
 from ecam_jax.models import registry
 
@@ -118,7 +116,7 @@ def state_of(row_dir: pathlib.Path) -> str:
       if state in states:
         return INTERRUPTED if state == FINISHED else state
     return NOT_STARTED
-  if lock.holder(row_dir) is not None:
+  if folder_lock.holder(row_dir) is not None:
     return RUNNING
   if (row_dir / ERROR_FILE).is_file():
     return FAILED
@@ -202,7 +200,7 @@ def _lock_on_process0(row_dir: pathlib.Path):
   if jax.process_index() != 0:
     yield True
     return
-  with lock.row_lock(row_dir) as held:
+  with folder_lock.folder_lock(row_dir) as held:
     yield held
 
 
@@ -217,9 +215,8 @@ def shared_phantom(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> 
     return
   root = pathlib.Path(workdir).absolute() / 'phantom'
   if jax.process_index() == 0:
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / '.phantom.lock', 'a+') as f:
-      fcntl.flock(f, fcntl.LOCK_EX)  # two runners starting together make it once
+    # two runners starting together make it once
+    with folder_lock.folder_lock(root.parent, '.phantom.lock', wait=lambda _: None):
       phantom.generate(root, data.phantom_cases, config.seed, size=data.phantom_size)
   parallel.barrier('experiments phantom')
   data.root = str(root)
@@ -238,64 +235,104 @@ def source_dir(workdir: pathlib.Path, table: Table, row: Row, name: str) -> path
   return table_dir(workdir, table) / name
 
 
-def run_table(
-  table: Table,
-  rows: list[Row],
-  config_for: ConfigFor,
-  workdir: pathlib.Path,
-  seeds: int = 0,
-  errors: tuple = (),
-  report: Callable[[str], None] = parallel.print0,
-  allow_changes: bool = False,
-  folds: int = 0,
-) -> list[Outcome]:
-  """Runs every run of `rows` in turn (see `run_row`); stops after a run interrupted by a
-  stop request (SIGTERM, Ctrl-C), which a rerun resumes. Fig. 5 draws one map per
-  network: one run per row whatever `seeds` says. With `folds`, each run is a
-  cross-validation (`run_folds`)."""
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One training run of a table: `row` with `seed` (None: the config's own) in `row_dir`,
+  or with `fold` (of `folds`) its cross-validation's fold K in ROW/fold_K (`folder`)."""
+
+  row: Row
+  name: str
+  seed: int | None
+  row_dir: pathlib.Path
+  fold: int | None = None
+  folds: int = 0
+
+  @property
+  def folder(self) -> pathlib.Path:
+    return self.row_dir if self.fold is None else fold_dirs(self.row_dir, self.folds)[self.fold]
+
+  @property
+  def label(self) -> str:
+    """ROW, ROW_seedK, or with folds ROW/fold_K: what --dry_run and the log call it."""
+    return self.name if self.fold is None else f'{self.name}/{self.folder.name}'
+
+
+def runs(
+  table: Table, rows: list[Row], workdir: pathlib.Path, seeds: int = 0, folds: int = 0
+) -> list[Run]:
+  """Every run of `rows`: each seed of each row (one run unless `seeds`), and with `folds`
+  each fold of each. Fig. 5 draws one map per network: one run per row, no folds."""
   seeds = 0 if table.name == 'fig5' else seeds
   folds = 0 if table.name.startswith('fig') else folds
-  outcomes = []
+  found = []
   for row in rows:
     for name, seed in run_names(row, seeds):
       row_dir = source_dir(workdir, table, row, name)
-      if not available(row):
-        done = [Outcome(name, row_dir, UNAVAILABLE)]
-      elif folds:
-        config = row_config(config_for, row, seed, workdir)
-        done = run_folds(row_dir, config, folds, errors, allow_changes)
+      found += [Run(row, name, seed, row_dir, k, folds) for k in range(folds)] or [
+        Run(row, name, seed, row_dir)
+      ]
+  return found
+
+
+def shard(found: list[Run], spec: str) -> list[Run]:
+  """The i-th of every n runs (`spec` 'i/n', 0-based; '' = all), so that n runners (the
+  tasks of a job array) split them disjointly: one run is a row, a seed of it, or a fold."""
+  if not spec:
+    return found
+  try:
+    index, count = (int(v) for v in spec.split('/'))
+  except ValueError:
+    raise ValueError(f'--shard={spec!r}; expected i/n such as 0/4') from None
+  if not 0 <= index < count:
+    raise ValueError(f'--shard={spec!r}: i must be in 0..n-1')
+  return found[index::count]
+
+
+def run_table(
+  table: Table,
+  chosen: list[Run],
+  config_for: ConfigFor,
+  workdir: pathlib.Path,
+  errors: tuple = (),
+  report: Callable[[str], None] = parallel.print0,
+  allow_changes: bool = False,
+) -> list[Outcome]:
+  """Runs each of `chosen` in turn (see `run_row`); stops after a run interrupted by a stop
+  request (SIGTERM, Ctrl-C), which a rerun resumes. After a fold, the row's folds are scored
+  together once all of them are finished, by whichever runner finishes last
+  (`score_folds`)."""
+  outcomes = []
+  for run in chosen:
+    if not available(run.row):
+      done = [Outcome(run.name, run.folder, UNAVAILABLE)]
+    else:
+      config = row_config(config_for, run.row, run.seed, workdir)
+      if run.fold is None:
+        done = [run_row(run.folder, config, errors, allow_changes)]
       else:
-        config = row_config(config_for, row, seed, workdir)
-        done = [run_row(row_dir, config, errors, allow_changes)]
-      for outcome in done:
-        where = outcome.name if outcome.name == name else f'{name}/{outcome.name}'
-        report(f'{table_dir(workdir, table).name}/{where}: {outcome.action}')
-      outcomes += done
-      if done[-1].action == 'interrupted':
-        return outcomes
+        fold = fold_config(config, run.row_dir, run.folds, str(run.fold))
+        done = [run_row(run.folder, fold, errors, allow_changes)]
+        if done[0].action != 'interrupted':
+          done += score_folds(run.row_dir, config, run.folds, errors)
+    for outcome in done:
+      where = run.name if outcome.name == 'crossval' else run.label
+      report(f'{table_dir(workdir, table).name}/{where}: {outcome.action}')
+    outcomes += done
+    if done[0].action == 'interrupted':
+      return outcomes
   return outcomes
 
 
-def listing(
-  table: Table, rows: list[Row], workdir: pathlib.Path, seeds: int = 0, folds: int = 0
-) -> list[str]:
-  """--dry_run's lines: each run of `rows` (each fold, with `folds`), its settings as
-  `ecam_jax.main` takes them, its folder and its state."""
+def listing(table: Table, chosen: list[Run]) -> list[str]:
+  """--dry_run's lines: each of `chosen`, its settings as `ecam_jax.main` takes them, its
+  folder and its state."""
   lines = []
-  for row in rows:
-    for name, seed in run_names(row, seeds):
-      folder = source_dir(workdir, table, row, name)
-      settings = [f'variant={row.variant}'] + [f'--config.{k}={v}' for k, v in row.overrides]
-      settings += [] if seed is None else [f'--config.seed={seed}']
-      runs = [(name, folder, settings)]
-      if folds:
-        runs = [
-          (f'{name}/{d.name}', d, [*settings, f'--config.data.fold={k}'])
-          for k, d in enumerate(fold_dirs(folder, folds))
-        ]
-      for run, where, flags in runs:
-        state = state_of(where) if available(row) else UNAVAILABLE
-        lines.append(f'{run}: {" ".join(flags)} -> {where} [{state}]')
+  for run in chosen:
+    flags = [f'variant={run.row.variant}'] + [f'--config.{k}={v}' for k, v in run.row.overrides]
+    flags += [] if run.seed is None else [f'--config.seed={run.seed}']
+    flags += [] if run.fold is None else [f'--config.data.fold={run.fold}']
+    state = state_of(run.folder) if available(run.row) else UNAVAILABLE
+    lines.append(f'{run.label}: {" ".join(flags)} -> {run.folder} [{state}]')
   return lines
 
 
@@ -314,33 +351,26 @@ def fold_config(
   return config
 
 
-def run_folds(
+def score_folds(
   row_dir: pathlib.Path,
   config: ml_collections.ConfigDict,
   folds: int,
   errors: tuple = (),
-  allow_changes: bool = False,
 ) -> list[Outcome]:
-  """Trains and evaluates each fold of the row as its own run (ROW/fold_K, `run_row`), then,
-  once every fold is finished, scores their validation cases together into ROW/crossval
-  (`evaluate.evaluate_folds`, as --mode=crossval). Stops at an interrupted fold."""
+  """Once every fold of the row is finished: scores their validation cases together into
+  ROW/crossval (`evaluate.evaluate_folds`, as --mode=crossval), under the row's lock, once.
+  [] while folds are missing (or another runner is scoring them), else the outcome."""
   from ecam_jax import evaluate
 
   row_dir = pathlib.Path(row_dir).absolute()
-  outcomes = []
-  for k, fold_dir in enumerate(fold_dirs(row_dir, folds)):
-    outcomes.append(
-      run_row(fold_dir, fold_config(config, row_dir, folds, str(k)), errors, allow_changes)
-    )
-    if outcomes[-1].action == 'interrupted':
-      return outcomes
-  if (
-    all(state_of(d) == FINISHED for d in fold_dirs(row_dir, folds))
-    and not (row_dir / 'crossval' / 'summary.json').is_file()
-  ):
+  if not all(state_of(d) == FINISHED for d in fold_dirs(row_dir, folds)):
+    return []
+  with _lock_on_process0(row_dir) as held:
+    todo = held and not (row_dir / 'crossval' / 'summary.json').is_file()
+    if _agree(NOT_STARTED if todo else FINISHED) != NOT_STARTED:
+      return []
     try:
       evaluate.evaluate_folds(fold_config(config, row_dir, folds, ''), row_dir, 'best')
     except errors as e:
-      return [*outcomes, Outcome('crossval', row_dir, FAILED, str(e))]
-    outcomes.append(Outcome('crossval', row_dir, 'scored out of fold'))
-  return outcomes
+      return [Outcome('crossval', row_dir, FAILED, str(e))]
+  return [Outcome('crossval', row_dir, 'scored out of fold')]

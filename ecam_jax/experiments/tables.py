@@ -152,9 +152,8 @@ def get(name: str) -> Table:
   return TABLES[key]
 
 
-def select(table: Table, rows: str = '', shard: str = '') -> list[Row]:
-  """The rows to run: `rows` ('a,b': these, in the table's order; '' = all), then the
-  i-th of every n (`shard` 'i/n', 0-based) so that n runners split them disjointly."""
+def select(table: Table, rows: str = '') -> list[Row]:
+  """The rows to run: `rows` ('a,b': these, in the table's order; '' = all)."""
   chosen = list(table.rows)
   if rows:
     wanted = [r.strip() for r in rows.split(',') if r.strip()]
@@ -164,12 +163,4 @@ def select(table: Table, rows: str = '', shard: str = '') -> list[Row]:
         f'--rows: {unknown} not in {table.name}; its rows: {[r.id for r in table.rows]}'
       )
     chosen = [r for r in chosen if r.id in wanted]
-  if shard:
-    try:
-      index, count = (int(v) for v in shard.split('/'))
-    except ValueError:
-      raise ValueError(f'--shard={shard!r}; expected i/n such as 0/4') from None
-    if not 0 <= index < count:
-      raise ValueError(f'--shard={shard!r}: i must be in 0..n-1')
-    chosen = chosen[index::count]
   return chosen
