@@ -6,8 +6,10 @@ Usage:
   python -m ecam_jax.main --config=configs/default.py:variant=unet_coa ...
 
 `get_config(arg)` takes `variant=NAME` (one of `ecam_jax.models.registry.VARIANTS`,
-default `ec_cam_unet`). Dataset configs (msd.py, tcia.py, kits.py, cardiac.py, demo.py)
-start from this one and change only what their dataset needs.
+default `ec_cam_unet`) and `recipe=NAME` (`paper`, the default, or `nnunet`:
+ecam_jax/recipes.py), e.g. `configs/msd.py:variant=nnunet2d,recipe=nnunet`. Dataset configs
+(msd.py, tcia.py, kits.py, cardiac.py, demo.py) start from this one and change only what
+their dataset needs (and what the paper's recipe does differently for it).
 """
 
 import ml_collections
@@ -15,12 +17,16 @@ from ml_collections import config_dict
 
 from ecam_jax.configuration import parse_arg
 from ecam_jax.models.registry import apply_variant
+from ecam_jax.recipes import apply_recipe
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg, variant='ec_cam_unet')
+  args = parse_arg(arg, variant='ec_cam_unet', recipe='paper')
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # The training recipe that set the loss, optimizer, schedule, sampling and augmentation
+  # keys below: 'paper' (these defaults) or 'nnunet' (ecam_jax/recipes.py)
+  config.recipe = 'paper'
 
   # --- data -----------------------------------------------------------------
   config.data = data = ml_collections.ConfigDict()
@@ -78,7 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.split_sizes = config_dict.placeholder(tuple)
   data.split_ratios = (0.8, 0.05, 0.15)  # used when split_sizes is None
   data.split_seed = 0
-  data.foreground_oversample = 0.0  # fraction of each epoch drawn from fg slices
+  data.foreground_oversample = 0.0  # fraction of each epoch drawn from fg slices (nnU-Net: 0.33)
   data.foreground_only = False  # the paper trains on all slices
   data.num_workers = 0  # grain worker processes (0: read in the main process)
   data.prefetch_batches = 4
@@ -86,6 +92,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # --- augmentation (train only; runs on the device inside the step) ---------
   config.augment = aug = ml_collections.ConfigDict()
+  # 'paper': the flips, rotations and blur below; 'nnunet': nnU-Net v2's 2-D augmentation
+  # with its own probabilities and ranges (ecam_jax/data/nnunet_augment.py)
+  aug.pipeline = 'paper'
   aug.flip_prob = 0.5
   aug.rotate_degrees = 10.0  # uniform in [-x, x]
   aug.blur_prob = 0.5
@@ -106,6 +115,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   loss.w_side = 1.0  # counts only where the model has side outputs
   loss.alpha = config_dict.placeholder(float)  # eq. 17
   loss.dice_smooth = 1.0
+  # Side outputs: 'paper' (w_side x the mean BCE/CE of the side outputs, at full resolution)
+  # | 'nnunet' (Dice + CE on every output against the labels downsampled to its size,
+  # weighted 1/2**i from full resolution down, the lowest 0, normalized to sum 1)
+  loss.deep_supervision = 'paper'
   # One weight per logit class, background first ((bg, fg) for a binary run): the
   # cross-entropy's per-pixel weight (a weighted mean, as PyTorch's) and the weights of the
   # foreground classes' mean soft Dice. None: all 1
@@ -117,7 +130,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   train.epochs = 150
   train.max_steps = 0  # > 0: stop after this step (the lr schedule still spans the epochs)
   train.lr = 1e-5
-  train.schedule = 'cosine'  # 'cosine' (to 0 over the run) | 'constant'
+  train.schedule = 'cosine'  # 'cosine' (to 0 over the run) | 'poly' (per epoch) | 'constant'
+  train.poly_exponent = 0.9  # 'poly': lr * (1 - epoch / epochs) ** poly_exponent
+  train.optimizer = 'adam'  # 'adam' | 'sgd'
+  train.momentum = 0.99  # 'sgd'
+  train.nesterov = True  # 'sgd'
   train.warmup_steps = 0
   train.weight_decay = 1e-4
   train.decoupled_weight_decay = False  # False: PyTorch Adam (L2 in the gradient)
@@ -157,4 +174,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ev.overlay_slices = 3  # per case, in WORKDIR/eval/overlays
 
   apply_variant(config, args['variant'])
+  apply_recipe(config, args['recipe'])
   return config

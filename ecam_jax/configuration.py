@@ -17,6 +17,7 @@ from ecam_jax import classes, former_keys
 from ecam_jax.errors import ConfigError
 from ecam_jax.models import registry
 from ecam_jax.models.options import in_interval
+from ecam_jax.recipes import RECIPES
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:
@@ -102,7 +103,12 @@ CHOICES = {
   'data.layout': ('msd', 'nnunet', 'kits19', 'paired'),
   'data.ct_normalization': ('window', 'nnunet'),
   'data.modality': ('', 'CT', 'MR'),  # '': what dataset.json declares (msd), else CT
-  'train.schedule': ('cosine', 'constant'),
+  'recipe': tuple(RECIPES),
+  'train.schedule': ('cosine', 'poly', 'constant'),
+  'train.optimizer': ('adam', 'sgd'),
+  'train.nesterov': (True, False),
+  'loss.deep_supervision': ('paper', 'nnunet'),
+  'augment.pipeline': ('paper', 'nnunet'),
   'train.nonfinite': ('stop', 'skip'),
 }
 
@@ -151,6 +157,8 @@ INTERVALS = {
   'train.adam_b1': '[0, 1)',
   'train.adam_b2': '[0, 1)',
   'train.adam_eps': '(0, inf)',
+  'train.momentum': '[0, 1)',
+  'train.poly_exponent': '(0, inf)',
   'train.checkpoint_every_seconds': '(0, inf)',
   'eval.threshold': '(0, 1)',
 }

@@ -68,6 +68,13 @@ LATER_KEYS = {
   'data.phantom_lesion_drop_hu': 35.0,
   'loss.class_weights': None,
   'train.best_by': 'mean',
+  'recipe': 'paper',
+  'train.optimizer': 'adam',
+  'train.momentum': 0.99,
+  'train.nesterov': True,
+  'train.poly_exponent': 0.9,
+  'loss.deep_supervision': 'paper',
+  'augment.pipeline': 'paper',
 }
 
 

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 
 from ecam_jax.optim import learning_rate_schedule, make_optimizer
 
@@ -102,3 +103,45 @@ def test_clipping_scales_the_gradient_to_the_global_norm():
   chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-7)
   unclipped = _numpy_adam(params, grads, config, len(grads))
   assert np.abs(unclipped - want).max() > 1e-3  # the test can tell clipping from none
+
+
+def _numpy_nnunet_sgd(params, grads, config, steps_per_epoch):
+  """nnU-Net's step, written out: clip the gradient to global norm 12, torch.optim.SGD with
+  weight decay and Nesterov momentum, lr poly-decayed per epoch."""
+  p, buf = params.copy(), np.zeros_like(params)
+  for t, g in enumerate(grads):
+    epoch = t // steps_per_epoch
+    lr = config.lr * (1 - epoch / config.epochs) ** 0.9
+    norm = np.sqrt((g * g).sum())
+    g = g * min(1.0, config.grad_clip_norm / norm)
+    g = g + config.weight_decay * p
+    buf = config.momentum * buf + g
+    p = p - lr * (g + config.momentum * buf)
+  return p
+
+
+def test_sgd_nesterov_with_poly_per_epoch_is_nnunets():
+  config = _config(
+    optimizer='sgd',
+    momentum=0.99,
+    nesterov=True,
+    schedule='poly',
+    poly_exponent=0.9,
+    epochs=3,
+    weight_decay=3e-5,
+    grad_clip_norm=1.0,  # the test's gradients have norms ~2: clipping acts
+  )
+  rng = np.random.default_rng(1)
+  params = rng.standard_normal(5)
+  grads = [rng.standard_normal(5) for _ in range(6)]
+  tx, schedule = make_optimizer(config, 6)  # 3 epochs of 2 steps
+  assert [float(schedule(s)) for s in (0, 1, 2, 5)] == pytest.approx(
+    [1e-2, 1e-2, 1e-2 * (2 / 3) ** 0.9, 1e-2 * (1 / 3) ** 0.9]
+  )
+  p = jnp.asarray(params, jnp.float32)
+  state = tx.init(p)
+  for g in grads:
+    updates, state = tx.update(jnp.asarray(g, jnp.float32), state, p)
+    p = optax.apply_updates(p, updates)
+  expected = _numpy_nnunet_sgd(params, grads, config, steps_per_epoch=2)
+  chex.assert_trees_all_close(np.asarray(p), expected, rtol=1e-5, atol=1e-6)
