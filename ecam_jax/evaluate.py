@@ -170,6 +170,7 @@ def evaluate_split(
   summary['checkpoint'] = {'which': which, **predictor.meta}
   summary['postprocessing'] = {
     'keep_components': list(predictor.decision.keep_components),
+    'keep_foreground_component': predictor.decision.keep_foreground_component,
     'chosen_by': str(predictor.postprocessing or 'config.eval.keep_components'),
   }
   scoring.write_summary(summary, workdir / 'eval')
@@ -236,7 +237,10 @@ def evaluate_folds(
   scoring.write_summary(summary, out)
   path = postprocess.write(summary['postprocessing'], out)
   print(headline(summary))
-  for name, choice in summary['postprocessing']['classes'].items():
+  steps = dict(summary['postprocessing']['classes'])
+  if len(steps) > 1:
+    steps = {'all foreground merged': summary['postprocessing']['foreground'], **steps}
+  for name, choice in steps.items():
     kept = 'keeps its largest component' if choice['keep_largest_component'] else 'keeps all'
     before, after = (
       'n/a' if v is None else f'{v:.4f}'

@@ -84,12 +84,18 @@ class Predictor:
       model = build_model(config.model, folded=True)
     self.members = members
     self._step = steps.make_predict_step(model, self.mesh, config.eval.tta_flip)
-    keep, self.postprocessing = config.eval.keep_components, None
+    keep, merged, self.postprocessing = config.eval.keep_components, 0, None
     if keep is None and variables is None and len(members) > 1:
-      keep, self.postprocessing = postprocess.decided(workdirs)
+      chosen, self.postprocessing = postprocess.decided(workdirs)
+      if chosen is not None:
+        keep, merged = chosen['keep_components'], chosen['keep_foreground_component']
     k = len(self.label_values) - 1
     self.decision = ml_collections.ConfigDict(
-      {'threshold': config.eval.threshold, 'keep_components': postprocess.per_class(keep, k)}
+      {
+        'threshold': config.eval.threshold,
+        'keep_components': postprocess.per_class(keep, k),
+        'keep_foreground_component': merged,
+      }
     )
 
   def probabilities(self, slices: np.ndarray, progress: bool = False) -> np.ndarray:
@@ -161,14 +167,18 @@ def label_map(
   Probabilities are resized back linearly (each class's apart), then thresholded at
   decision.threshold (one logit) or reduced to the most probable class; each class then
   keeps the 3-D components its decision.keep_components value selects (one value, or one
-  per foreground class: `postprocess.keep_components`; the rest becomes background), and
-  output index k is written as label_values[k]."""
+  per foreground class: `postprocess.keep_components`; the rest becomes background), after
+  the merged foreground's largest component alone is kept when
+  decision.keep_foreground_component says so (several classes; `postprocess.keep_foreground`),
+  and output index k is written as label_values[k]."""
   keep = postprocess.per_class(decision.keep_components, len(label_values) - 1)
   if prob.ndim == 3:
     mask = volumes.restore(prob, record, order=1) > decision.threshold
     return postprocess.keep_components(mask, keep[0]).astype(np.uint8)
   restored = [volumes.restore(prob[..., k], record, order=1) for k in range(prob.shape[-1])]
   index = np.argmax(np.stack(restored, axis=-1), axis=-1)
+  if decision.get('keep_foreground_component', 0):
+    index = postprocess.keep_foreground(index)
   for k in range(1, prob.shape[-1]):
     mask = index == k
     index[mask & ~postprocess.keep_components(mask, keep[k - 1])] = 0

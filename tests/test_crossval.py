@@ -138,6 +138,45 @@ def test_the_postprocessing_keeps_the_largest_component_where_it_helps():
   assert decision['classes']['absent']['dsc_as_predicted'] is None
 
 
+def _two_classes(pred_island: bool, apart: bool):
+  """Label: class a a large blob; class b two small real parts that touch a (a lesion in an
+  organ), or with `apart` class b one organ far from a (two organs). Prediction: the label,
+  with a false island of b far from everything when `pred_island`."""
+  shape = (20, 20, 20)
+  label = np.zeros(shape, np.uint8)
+  label[_blob(shape, (1, 1, 1), 8)] = 1
+  if apart:
+    label[_blob(shape, (14, 14, 14), 5)] = 2
+  else:
+    label[_blob(shape, (9, 1, 1), 3) | _blob(shape, (1, 9, 1), 2)] = 2  # touch a, not each other
+  pred = label.copy()
+  if pred_island:
+    pred[_blob(shape, (17, 1, 17), 2)] = 2
+  return pred, label
+
+
+def test_the_merged_foreground_step_where_it_helps_and_where_it_hurts():
+  """nnU-Net's first step: keep the largest component of all foreground classes merged.
+  Helps: b's false island is removed while b's two real parts, which touch a, stay (keeping
+  b's own largest component would delete a real part: b keeps all). Hurts: two organs apart
+  are two merged components; keeping the larger deletes b, so the step is not taken."""
+  chooser = postprocess.Chooser(['a', 'b'], [1, 2])
+  for _ in range(2):
+    chooser.add(*_two_classes(pred_island=True, apart=False))
+  decision = chooser.decide()
+  assert decision['keep_foreground_component'] == 1 and decision['keep_components'] == [0, 0]
+  assert decision['classes']['b']['dsc_as_predicted'] == 1.0  # after the merged step
+  assert decision['foreground']['dsc_as_predicted'] == pytest.approx((1 + 2 * 35 / 78) / 2)
+  pred, label = _two_classes(pred_island=True, apart=False)
+  np.testing.assert_array_equal(postprocess.keep_foreground(pred), label)
+  chooser = postprocess.Chooser(['a', 'b'], [1, 2])
+  for _ in range(2):
+    chooser.add(*_two_classes(pred_island=False, apart=True))
+  decision = chooser.decide()
+  assert decision['keep_foreground_component'] == 0
+  assert decision['foreground']['dsc_largest_component'] == pytest.approx(0.5)  # b lost
+
+
 def test_prediction_with_the_folds_applies_the_choice_unless_the_config_sets_one(folds):
   config, workdir = folds
   runs = [workdir / 'fold_0', workdir / 'fold_1']
@@ -145,13 +184,19 @@ def test_prediction_with_the_folds_applies_the_choice_unless_the_config_sets_one
   decision.parent.mkdir(exist_ok=True)
   decision.write_text(json.dumps({'keep_components': [0]}))
   assert infer.Predictor(config, runs, 'best').decision.keep_components == (0,)
-  decision.write_text(json.dumps({'keep_components': [1]}))
+  decision.write_text(json.dumps({'keep_components': [1], 'keep_foreground_component': 1}))
   chosen = infer.Predictor(config, runs, 'best')
   assert chosen.decision.keep_components == (1,) and chosen.postprocessing == decision
+  assert chosen.decision.keep_foreground_component == 1
+  decision.write_text(json.dumps({'keep_components': [1]}))  # written before the merged step
   assert infer.Predictor(config, runs[0], 'best').decision.keep_components == (0,)  # one fold
   ensemble = evaluate.evaluate_split(config, workdir, 'best', members=runs)  # --folds=0,1
   assert ensemble['count']['cases'] == 1 and len(ensemble['checkpoint']['ensemble']) == 2
-  assert ensemble['postprocessing'] == {'keep_components': [1], 'chosen_by': str(decision)}
+  assert ensemble['postprocessing'] == {
+    'keep_components': [1],
+    'keep_foreground_component': 0,
+    'chosen_by': str(decision),
+  }
   config.eval.keep_components = 0
   assert infer.Predictor(config, runs, 'best').decision.keep_components == (0,)
   config.eval.keep_components = None
