@@ -21,10 +21,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TABLE4 = tables.get('4')
 
 
-def _config_for(variant):
+def _config_for(variant, recipe='paper'):
   """configs/demo.py for `variant`, shrunk: a 3-case 64x64 phantom at 32x32, base width 4,
   one epoch of 8 steps with a checkpoint every 4."""
-  c = load_config(ROOT / 'configs/demo.py', f'variant={variant}')
+  c = load_config(ROOT / 'configs/demo.py', f'variant={variant},recipe={recipe}')
   c.data.phantom_cases = 3
   c.data.phantom_size = 64
   c.data.image_size = 32
@@ -237,8 +237,8 @@ def test_fig5_grid_reuses_other_tables_rows(workdir):
 
 
 def test_row_whose_checkpoint_refuses_the_config_fails_alone(workdir, monkeypatch):
-  def longer(variant):
-    config = _config_for(variant)
+  def longer(variant, recipe):
+    config = _config_for(variant, recipe)
     config.train.epochs = 2
     return config
 

@@ -130,3 +130,24 @@ def test_multiclass_rows_list_each_class_beside_the_mean(tmp_path):
   assert '| row | organ | tumour | both |' in md
   assert '| U-Net | 85.00 ± 7.07 (85.00) | 50.00 ± 14.14 (50.00) | 85.00 ± 0.00 (85.00) |' in md
   assert 'unet,U-Net,finished,dsc/tumour,50.0' in report.csv_text(result)
+
+
+def test_rows_beyond_the_paper_name_their_recipe_and_the_budget(tmp_path):
+  """Table I's nnU-Net rows: marked as not in the paper, each with its recipe, no paper
+  value; the budget line reads the runs' config.json (the same for every row)."""
+  table = tables.get('1')
+  cases = ['c1', 'c2']
+  for row_id, dsc in (('nnunet2d', [0.9, 0.8]), ('unet', [0.7, 0.6])):
+    _fake_summary(tmp_path / f'table_1/{row_id}', dsc, cases)
+    config = {'train': {'epochs': 6, 'batch_size': 4}}
+    (tmp_path / f'table_1/{row_id}/config.json').write_text(json.dumps(config))
+  result = report.collect(table, tmp_path, 'msd')
+  rows = {r['id']: r for r in result['rows']}
+  assert rows['nnunet2d']['recipe'] == 'nnunet' and not rows['nnunet2d']['in_paper']
+  assert rows['nnunet2d']['metrics']['dsc']['paper'] is None
+  assert rows['unet']['recipe'] == 'paper' and rows['unet']['in_paper']
+  md = report.markdown(result)
+  assert '| nnU-Net 2-D (nnunet recipe) † | finished | 85.00 | – | – |' in md
+  assert '| EC-CaM-UNet (nnunet recipe) † | pending |' in md
+  assert 'Training budget: 6 epochs at a global batch of 4 for every row' in md
+  assert '† Not in the paper' in md

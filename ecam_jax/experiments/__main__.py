@@ -73,12 +73,13 @@ ROW_ERRORS = (ConfigError, DataError, CheckpointError)
 PLAN = 'plan.json'
 
 
-def _config_for(variant: str):
-  """The config `ecam_jax.main --config=FILE:variant=<variant> <overrides>` would use."""
+def _config_for(variant: str, recipe: str = 'paper'):
+  """The config `ecam_jax.main --config=FILE:variant=<variant>,recipe=<recipe> <overrides>`
+  would use."""
   path, _, arg = config_flags.get_config_filename(FLAGS['config']).partition(':')
   if arg:
     raise app.UsageError(f"--config={path}:{arg}: the table sets each row's variant; drop :{arg}")
-  config = load_config(path, f'variant={variant}')
+  config = load_config(path, f'variant={variant},recipe={recipe}')
   for key, value in config_flags.get_override_values(FLAGS['config']).items():
     *parents, name = key.split('.')
     node = config

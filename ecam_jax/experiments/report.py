@@ -68,6 +68,16 @@ def _summary(row_dir: pathlib.Path) -> dict:
   return json.loads(runner.summary_path(row_dir).read_text())
 
 
+def _budget(row_dir: pathlib.Path) -> dict | None:
+  """The training budget a run's config.json (or its first fold's) records."""
+  for folder in (row_dir, row_dir / 'fold_0'):
+    path = folder / 'config.json'
+    if path.is_file():
+      train = json.loads(path.read_text())['train']
+      return {'epochs': train['epochs'], 'batch_size': train['batch_size']}
+  return None
+
+
 def _spread(done: list[dict], key: str) -> list[float | None]:
   """The values whose sample std a row reports beside its mean: one per seed, or for a
   single cross-validation one per fold (the mean of `key` over the fold's own cases)."""
@@ -159,6 +169,9 @@ def _collect_row(table, row: Row, workdir, column, seeds, ref_cases, ref_where) 
     'id': row.id,
     'label': row.label,
     'variant': row.variant,
+    'recipe': row.recipe,
+    'in_paper': row.in_paper,
+    'budget': _budget(dirs[0]),
     'overrides': dict(row.overrides),
     'status': _row_status(states, runner.available(row)),
     'runs': {d.name: s for d, s in zip(dirs, states, strict=True)},
@@ -238,6 +251,23 @@ def markdown(result: dict) -> str:
     f'`{result["reference"]["row"]}` (from {result["reference"]["from"] or "no finished run"}).',
     '',
   ]
+  budgets = {json.dumps(r['budget']) for r in result['rows'] if r.get('budget')}
+  if budgets:
+    lines.insert(
+      -1,
+      'Training budget: '
+      + '; '.join(
+        f'{b["epochs"]} epochs at a global batch of {b["batch_size"]}'
+        for b in map(json.loads, sorted(budgets))
+      )
+      + (' for every row, whatever its recipe.' if len(budgets) == 1 else ' (rows differ).'),
+    )
+  added = [r for r in result['rows'] if not r.get('in_paper', True)]
+  if added:
+    lines.insert(-1, '† Not in the paper: added by this project.')
+  lines.insert(
+    -1, "Recipe: the paper's (Adam, lr 1e-5, cosine, Dice + BCE) unless a row names another."
+  )
   header = ['row', 'status']
   for m in metrics:
     name = METRIC_NAMES[m]
@@ -245,7 +275,10 @@ def markdown(result: dict) -> str:
   header += ['DSC per volume', 'vs reference: n, p']
   lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for row in result['rows']:
-    cells = [row['label'], row['status']]
+    label = row['label']
+    if row.get('recipe', 'paper') != 'paper':
+      label += f' ({row["recipe"]} recipe)'
+    cells = [label + ('' if row.get('in_paper', True) else ' †'), row['status']]
     for m in metrics:
       v = row['metrics'][m]
       diff = '–' if v['diff'] is None else f'{v["diff"]:+.2f}'

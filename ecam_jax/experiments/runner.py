@@ -29,8 +29,9 @@ FINISHED, TRAINED, INTERRUPTED, NOT_STARTED = 'finished', 'trained', 'interrupte
 RUNNING, UNAVAILABLE, FAILED = 'running', 'unavailable', 'failed'
 ERROR_FILE = 'error.txt'
 
-# Variant name -> config for that variant (the config file, the variant, the CLI overrides).
-ConfigFor = Callable[[str], ml_collections.ConfigDict]
+# (variant, recipe) -> the config for them (the config file, the variant, the recipe, the
+# CLI overrides).
+ConfigFor = Callable[[str, str], ml_collections.ConfigDict]
 
 
 def table_dir(workdir: pathlib.Path, table: Table) -> pathlib.Path:
@@ -54,9 +55,9 @@ def available(row: Row) -> bool:
 def row_config(
   config_for: ConfigFor, row: Row, seed: int | None, workdir: pathlib.Path
 ) -> ml_collections.ConfigDict:
-  """The row's config: `config_for(row.variant)` on the table's shared phantom (if it uses
-  the phantom), then the row's overrides, then the seed."""
-  config = config_for(row.variant)
+  """The row's config: `config_for(row.variant, row.recipe)` on the table's shared phantom
+  (if it uses the phantom), then the row's overrides, then the seed."""
+  config = config_for(row.variant, row.recipe)
   shared_phantom(config, workdir)
   with config.unlocked():
     for key, value in row.overrides:
@@ -328,7 +329,9 @@ def listing(table: Table, chosen: list[Run]) -> list[str]:
   folder and its state."""
   lines = []
   for run in chosen:
-    flags = [f'variant={run.row.variant}'] + [f'--config.{k}={v}' for k, v in run.row.overrides]
+    chosen = f'variant={run.row.variant}'
+    chosen += '' if run.row.recipe == 'paper' else f',recipe={run.row.recipe}'
+    flags = [chosen] + [f'--config.{k}={v}' for k, v in run.row.overrides]
     flags += [] if run.seed is None else [f'--config.seed={run.seed}']
     flags += [] if run.fold is None else [f'--config.data.fold={run.fold}']
     state = state_of(run.folder) if available(run.row) else UNAVAILABLE

@@ -11,13 +11,16 @@ from typing import Any
 @dataclasses.dataclass(frozen=True)
 class Row:
   """One row: `id` (its workdir name and its key in paper_results.json), `label` as the
-  paper prints it, the `variant` it trains and `overrides` ('section.key' -> value) applied
-  after the variant."""
+  paper prints it, the `variant` it trains with the training `recipe` (ecam_jax/recipes.py)
+  and `overrides` ('section.key' -> value) applied after both; `in_paper` False for a row
+  this project adds to the paper's table."""
 
   id: str
   label: str
   variant: str
   overrides: tuple[tuple[str, Any], ...] = ()
+  recipe: str = 'paper'
+  in_paper: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +59,12 @@ TABLES: dict[str, Table] = {
       Row('cenet', 'CE-Net', 'cenet'),
       Row('msunet', 'MSU-Net', 'msunet'),
       _OURS,
+      # Beyond the paper: the field's strong baseline ("nnU-Net Revisited", Isensee et al.
+      # 2024), and EC-CaM-UNet under the same recipe, so the table tells network from recipe
+      Row('nnunet2d', 'nnU-Net 2-D', 'nnunet2d', recipe='nnunet', in_paper=False),
+      Row(
+        'ec_cam_unet_nnunet_recipe', 'EC-CaM-UNet', 'ec_cam_unet', recipe='nnunet', in_paper=False
+      ),
     ),
     reference='ec_cam_unet',
   ),
