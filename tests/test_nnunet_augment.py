@@ -112,10 +112,8 @@ def _nnunet_label(label, coords):
     else:
       out[score > best] = u
       best = np.maximum(best, score)
-  # torch grid: (column, row) normalized by half the size; bounds from shape (rows, columns)
-  grid = np.stack([(coords[1] - (w - 1) / 2) / (w / 2), (coords[0] - (h - 1) / 2) / (h / 2)], -1)
-  size = np.array([h, w], np.float64)
-  out[((grid < -1 + 1 / size) | (grid > 1 - 1 / size)).any(-1)] = 0
+  # a source outside the slice's pixel centres: background (nnU-Net's -1, then 0)
+  out[(coords[0] < 0) | (coords[0] > h - 1) | (coords[1] < 0) | (coords[1] > w - 1)] = 0
   return out
 
 

@@ -24,10 +24,10 @@ with its own probability (RandomTransform: one draw per sample, utils/random.py:
    largest, the lowest label on ties; pixels whose source lies outside the slice get -1
    (spatial.py:110-118, 364-366), which RemoveLabelTansform(-1, 0)
    (nnUNetTrainer.py:845-847) makes 0 = background, written here as 0 directly.
-   The outside test is nnU-Net's, size for size: its normalized grid holds (column, row)
-   but is compared with bounds from (height, width), so for a non-square slice a row
-   offset from the centre counts as outside beyond H/2 * (1 - 1/W) and a column offset
-   beyond W/2 * (1 - 1/H) (for a square slice: exactly outside [0, size - 1]).
+   Outside means a source outside [0, H - 1] x [0, W - 1]. (nnU-Net's own test compares its
+   normalized (column, row) grid with bounds from (height, width), which swaps the sizes: on
+   a non-square slice it drops label pixels within a fraction of a pixel of the longer
+   side. Not copied; on the square slices this project trains on, the two agree.)
    Neither drawn: the slice unchanged (nnU-Net crops without resampling, spatial.py:249).
 2. Gaussian noise (intensity/gaussian_noise.py): p 0.1; every channel (p_per_channel 1)
    with the same drawn value (synchronize_channels=True) and its own noise. The value is
@@ -231,7 +231,7 @@ def spatial_coordinates(
   angle: jax.Array, scale: jax.Array, height: int, width: int
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(rows, cols, outside), each [H, W]: where each output pixel samples the slice, and
-  nnU-Net's outside-the-slice test for the label (its sizes swapped, see the module doc)."""
+  whether that lies outside it (the label's test, see the module doc)."""
   cy, cx = (height - 1) / 2, (width - 1) / 2
   dy, dx = jnp.meshgrid(
     jnp.arange(height, dtype=jnp.float32) - cy,
@@ -240,9 +240,7 @@ def spatial_coordinates(
   )
   cos, sin = jnp.cos(angle) * scale, jnp.sin(angle) * scale
   off_y, off_x = cos * dy - sin * dx, sin * dy + cos * dx
-  outside = (jnp.abs(off_y) > height / 2 * (1 - 1 / width)) | (
-    jnp.abs(off_x) > width / 2 * (1 - 1 / height)
-  )
+  outside = (jnp.abs(off_y) > cy) | (jnp.abs(off_x) > cx)
   return off_y + cy, off_x + cx, outside
 
 
