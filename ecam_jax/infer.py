@@ -32,6 +32,7 @@ from ecam_jax.data.case_files import NIFTI_SUFFIXES
 from ecam_jax.errors import DataError
 from ecam_jax.models.build import abstract_variables, build_model, has_ec_blocks
 from ecam_jax.models.layers import fold_ec
+from ecam_jax.stage_times import StageTimes
 
 
 class Predictor:
@@ -83,6 +84,7 @@ class Predictor:
       members = [folding(v) for v in members]
       model = build_model(config.model, folded=True)
     self.members = members
+    self.times = StageTimes()  # where segment_file's time went, summed over its volumes
     self._step = steps.make_predict_step(model, self.mesh, config.eval.tta_flip)
     keep, merged, self.postprocessing = config.eval.keep_components, 0, None
     if keep is None and variables is None and len(members) > 1:
@@ -108,14 +110,19 @@ class Predictor:
     device; each batch is transferred back once."""
     batch = parallel.fit_batch(self.config.eval.batch_size, self.mesh, 'config.eval.batch_size')
     slices = slices[..., None] if slices.ndim == 3 else slices
-    out = []
+    out, pending = [], None
     starts = range(0, slices.shape[0], batch)
     for start in tqdm.tqdm(starts, desc='slices', unit='batch', disable=not progress, leave=False):
       chunk = slices[start : start + batch]
       padded = parallel.pad_rows(chunk, batch)
       images = jax.device_put(padded, parallel.batch_sharded(self.mesh))
       prob = sum(self._step(v, images) for v in self.members) / len(self.members)
-      out.append(np.asarray(prob)[: chunk.shape[0]])
+      # Dispatched, not waited for: the previous batch comes back while this one runs.
+      if pending is not None:
+        out.append(np.asarray(pending[0])[: pending[1]])
+      pending = (prob, chunk.shape[0])
+    if pending is not None:
+      out.append(np.asarray(pending[0])[: pending[1]])
     if not out:
       k = self.config.model.num_classes
       return np.zeros((*slices.shape[:3], *((k,) if k > 1 else ())), np.float32)
@@ -127,9 +134,30 @@ class Predictor:
     """A NIfTI image (or one per channel, on one grid) -> its label map in the image's own
     voxel grid (channel 0's shape): 1 where foreground (binary), else each class's label
     value; 0 background."""
-    slices, record = volumes.preprocess_image(image, self.config.data)
-    prob = self.probabilities(slices, progress)
-    return label_map(prob, record, self.decision, self.label_values)
+    images = [image] if isinstance(image, nib.Nifti1Image) else list(image)
+    with self.times('read'):  # a file's image decompresses here
+      arrays = [np.asanyarray(img.dataobj) for img in images]
+    where = images[0].get_filename() or 'the image'
+    return self.segment_arrays(arrays, images[0].affine, progress, where)
+
+  def segment_arrays(
+    self,
+    arrays: Sequence[np.ndarray],
+    affine: np.ndarray,
+    progress: bool = False,
+    where: str = 'the image',
+  ) -> np.ndarray:
+    """`segment_image` of channels already read (one array per channel, on one grid)."""
+    names = volumes.channel_names(self.config.data)
+    if len(arrays) != len(names):
+      raise DataError(
+        f'{where}: {len(arrays)} channels; the model takes {len(names)} ({list(names)})'
+      )
+    with self.times('preprocess'):
+      slices, record = volumes.preprocess_arrays(arrays, affine, self.config.data)
+    with self.times('model'):
+      prob = self.probabilities(slices, progress)
+    return label_map(prob, record, self.decision, self.label_values, self.times)
 
   def segment_array(self, volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """From Python: a 3-D array, or [x, y, z, C] with its channels last (in the voxel order
@@ -153,14 +181,20 @@ class Predictor:
     """Segments a case into `target` (uint8 NIfTI with channel 0's shape and affine): one
     file, one file per channel, or one 4-D file of the model's channels."""
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
-    channels = volumes.load_channels(sources, len(volumes.channel_names(self.config.data)))
+    with self.times('read'):
+      channels = volumes.load_channels(sources, len(volumes.channel_names(self.config.data)))
     mask = self.segment_image(channels, progress)
-    write_mask(mask, channels[0], target)
+    with self.times('write'):
+      write_mask(mask, channels[0], target)
     return mask
 
 
 def label_map(
-  prob: np.ndarray, record: volumes.VolumeRecord, decision, label_values: np.ndarray
+  prob: np.ndarray,
+  record: volumes.VolumeRecord,
+  decision,
+  label_values: np.ndarray,
+  times: StageTimes | None = None,
 ) -> np.ndarray:
   """`Predictor.probabilities` of a volume -> its label map in the file's voxel grid.
 
@@ -171,17 +205,25 @@ def label_map(
   the merged foreground's largest component alone is kept when
   decision.keep_foreground_component says so (several classes; `postprocess.keep_foreground`),
   and output index k is written as label_values[k]."""
+  times = times or StageTimes()
   keep = postprocess.per_class(decision.keep_components, len(label_values) - 1)
   if prob.ndim == 3:
-    mask = volumes.restore(prob, record, order=1) > decision.threshold
-    return postprocess.keep_components(mask, keep[0]).astype(np.uint8)
-  restored = [volumes.restore(prob[..., k], record, order=1) for k in range(prob.shape[-1])]
-  index = np.argmax(np.stack(restored, axis=-1), axis=-1)
-  if decision.get('keep_foreground_component', 0):
-    index = postprocess.keep_foreground(index)
-  for k in range(1, prob.shape[-1]):
-    mask = index == k
-    index[mask & ~postprocess.keep_components(mask, keep[k - 1])] = 0
+    with times('restore'):
+      restored = volumes.restore(prob, record, order=1)
+    with times('decide'):
+      mask = restored > decision.threshold
+    with times('components'):
+      return postprocess.keep_components(mask, keep[0]).astype(np.uint8)
+  with times('restore'):
+    restored = [volumes.restore(prob[..., k], record, order=1) for k in range(prob.shape[-1])]
+  with times('decide'):
+    index = np.argmax(np.stack(restored, axis=-1), axis=-1)
+  with times('components'):
+    if decision.get('keep_foreground_component', 0):
+      index = postprocess.keep_foreground(index)
+    for k in range(1, prob.shape[-1]):
+      mask = index == k
+      index[mask & ~postprocess.keep_components(mask, keep[k - 1])] = 0
   return label_values[index].astype(label_dtype(label_values))
 
 

@@ -334,9 +334,18 @@ def preprocess_image(
       f'{images[0].get_filename() or "the image"}: {len(images)} channels; the model takes '
       f'{len(names)} ({list(names)})'
     )
+  return preprocess_arrays(
+    [np.asanyarray(img.dataobj) for img in images], images[0].affine, data_config
+  )
+
+
+def preprocess_arrays(
+  arrays: Sequence[np.ndarray], affine: np.ndarray, data_config: ml_collections.ConfigDict
+) -> tuple[np.ndarray, VolumeRecord]:
+  """`preprocess_image` of channels already read (one array per channel, on one grid)."""
   out, record = [], None
-  for c, img in enumerate(images):
-    canonical, rec = to_canonical(np.asanyarray(img.dataobj), img.affine)  # [Z, H, W]
+  for c, array in enumerate(arrays):
+    canonical, rec = to_canonical(array, affine)  # [Z, H, W]
     record = record or rec
     out.append(resize_inplane(normalize(canonical, data_config, c), data_config.image_size, 1))
   return np.stack(out, axis=-1), record
