@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from ecam_jax import classes, losses, metrics, parallel
-from ecam_jax.data.augment import augment_batch
+from ecam_jax.data import augment, nnunet_augment
 from ecam_jax.models import dropout
 from ecam_jax.models.norm import real_rows
 from ecam_jax.parallel import AXIS
@@ -45,6 +45,15 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def augmenter(aug: ml_collections.ConfigDict) -> Callable:
+  """(keys, images, labels) -> augmented, by config.augment.pipeline: the paper's flips,
+  rotations and blur (data/augment.py) or nnU-Net's 2-D augmentation
+  (data/nnunet_augment.py, its own probabilities and ranges)."""
+  if aug.pipeline == 'nnunet':
+    return nnunet_augment.augment_batch
+  return lambda keys, images, labels: augment.augment_batch(keys, images, labels, aug)
+
+
 def make_train_step(
   model: Any,
   tx: optax.GradientTransformation,
@@ -60,7 +69,8 @@ def make_train_step(
   loss, not in BatchNorm's statistics (models/norm.py), not in the metrics. So a batch of
   4 on 3 or 8 devices trains as on one. Without padding the step ignores 'valid'.
   """
-  augment, threshold = config.augment, config.eval.threshold
+  threshold = config.eval.threshold
+  augment_batch = augmenter(config.augment)
   members = classes.membership(config)
   padded = parallel.fit_batch(config.train.batch_size, mesh, 'config.train.batch_size')
   masked = padded != config.train.batch_size
@@ -71,7 +81,7 @@ def make_train_step(
     keys = example_keys(state.key, state.step, images.shape[0])
     # The same key on every device: models/dropout.py folds in each row's global index.
     dropout_key = jax.random.fold_in(jax.random.fold_in(state.key, _DROPOUT_STREAM), state.step)
-    images, labels = augment_batch(keys, images, labels, augment)
+    images, labels = augment_batch(keys, images, labels)
     labels = labels.astype(jnp.float32)
 
     def loss_fn(params):
