@@ -8,7 +8,8 @@ The volume is a phantom case (python -m ecam_jax.data.phantom) resampled along z
 on them. Timed: Predictor.segment_file, i.e. loading the .nii.gz, preprocessing, every
 slice through the model in batches of eval.batch_size, undoing the preprocessing, the
 largest connected component and writing the mask; the first call of each model compiles
-and is reported apart. Prints one JSON object.
+and is reported apart. Prints one JSON object, with the seconds of each stage (read,
+preprocess, model, restore, decide, components, write: Predictor.times).
 """
 
 import argparse
@@ -66,9 +67,11 @@ def main() -> None:
       start = time.perf_counter()
       predictor.probabilities(np.zeros((args.batch, args.size, args.size), np.float32))
       out[f'compile_s_{name}'] = time.perf_counter() - start
+      predictor.times.reset()
       start = time.perf_counter()
       predictor.segment_file(source, pathlib.Path(tmp) / f'mask_{name}.nii.gz')
       out[f'seconds_{name}'] = time.perf_counter() - start
+      out[f'stages_{name}'] = predictor.times.report()
       print(json.dumps(out), flush=True)
 
 
