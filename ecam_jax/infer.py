@@ -16,6 +16,7 @@ import gzip
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
+from concurrent import futures
 
 import jax
 import ml_collections
@@ -180,13 +181,39 @@ class Predictor:
   ) -> np.ndarray:
     """Segments a case into `target` (uint8 NIfTI with channel 0's shape and affine): one
     file, one file per channel, or one 4-D file of the model's channels."""
-    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     with self.times('read'):
-      channels = volumes.load_channels(sources, len(volumes.channel_names(self.config.data)))
-    mask = self.segment_image(channels, progress)
+      arrays, like = self._read(source)
+    mask = self.segment_arrays(arrays, like.affine, progress, like.get_filename())
     with self.times('write'):
-      write_mask(mask, channels[0], target)
+      write_mask(mask, like, target)
     return mask
+
+  def segment_files(self, pairs: Sequence[tuple], progress: bool = False) -> None:
+    """`segment_file` of each (source, target), overlapped: while the model segments one
+    case, a thread reads the next and another writes the previous mask. The 'read' and
+    'write' stages then time only what the pipeline waited for."""
+    if not pairs:
+      return
+    with futures.ThreadPoolExecutor(max_workers=2) as pool:
+      reading, writing = pool.submit(self._read, pairs[0][0]), None
+      for k in tqdm.trange(len(pairs), desc='volumes', unit='vol', disable=not progress):
+        with self.times('read'):
+          arrays, like = reading.result()
+        if k + 1 < len(pairs):
+          reading = pool.submit(self._read, pairs[k + 1][0])
+        mask = self.segment_arrays(arrays, like.affine, where=like.get_filename())
+        with self.times('write'):
+          if writing is not None:
+            writing.result()
+        writing = pool.submit(write_mask, mask, like, pairs[k][1])
+      with self.times('write'):
+        writing.result()
+
+  def _read(self, source) -> tuple[list[np.ndarray], nib.Nifti1Image]:
+    """A case's channels, decompressed, and channel 0's image (the output's grid)."""
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    channels = volumes.load_channels(sources, len(volumes.channel_names(self.config.data)))
+    return [np.asanyarray(c.dataobj) for c in channels], channels[0]
 
 
 def label_map(
@@ -280,6 +307,8 @@ def predict_paths(
   for files, _ in pairs:  # fail on a bad input before the first (slow) prediction
     volumes.case_grid(files, channels)
   predictor = Predictor(config, workdir, which)
-  for src, dst in tqdm.tqdm(pairs, desc='volumes', unit='vol', disable=len(pairs) == 1):
-    predictor.segment_file(src, dst, progress=len(pairs) == 1)
+  if len(pairs) == 1:
+    predictor.segment_file(*pairs[0], progress=True)
+  else:
+    predictor.segment_files(pairs, progress=True)
   return [dst for _, dst in pairs]

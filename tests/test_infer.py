@@ -347,3 +347,19 @@ def test_keep_components_connects_through_corners_and_keeps_an_empty_mask():
   np.testing.assert_array_equal(postprocess.keep_components(mask, 1), mask)
   empty = np.zeros((3, 3, 3), bool)
   np.testing.assert_array_equal(postprocess.keep_components(empty, 2), empty)
+
+
+def test_a_folder_overlapped_equals_each_volume_alone(trained, tmp_path):
+  """segment_files (the next case read and the previous mask written in threads while the
+  model runs) writes exactly what segment_file writes case by case, and says where the
+  time went."""
+  config, workdir, root = trained
+  cases = sorted(root.glob('imagesTr/*.nii.gz'))[:3]
+  predictor = infer.Predictor(config, workdir, 'best')
+  pairs = [(c, tmp_path / 'folder' / c.name) for c in cases]
+  (tmp_path / 'folder').mkdir()
+  predictor.segment_files(pairs)
+  assert set(predictor.times.report()) >= {'read', 'preprocess', 'model', 'write', 'total'}
+  for case, written in pairs:
+    alone = predictor.segment_file(case, tmp_path / f'alone_{case.name}')
+    np.testing.assert_array_equal(np.asanyarray(nib.load(written).dataobj), alone)
