@@ -7,11 +7,16 @@ Every term is a global quantity over the data-parallel batch: with `axis_name`, 
 sums and BCE's sums and counts are reduced over that axis inside the per-device step, so
 the loss (and its gradient) equals the single-device loss on the global batch. Rows that
 only pad the batch to a multiple of the device count (`rows` False) count nowhere.
+
+A side output may be smaller than the labels (nnU-Net's deep supervision: each decoder
+stage's head at its own resolution); it is compared with the labels resized to its size by
+nearest neighbour, as nnU-Net resizes its targets (`labels_at`).
 """
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax import lax
 
@@ -121,6 +126,29 @@ def pixel_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return -jnp.take_along_axis(log_p, labels.astype(jnp.int32), axis=-1)
 
 
+def _nearest_exact(n_in: int, n_out: int) -> np.ndarray | slice:
+  """The input index each of `n_out` outputs reads, min(floor((i + 0.5) n_in / n_out),
+  n_in - 1): PyTorch's interpolate(mode='nearest-exact'), here in exact integer arithmetic.
+  A slice when n_out divides n_in (factor f: every f-th pixel from f // 2)."""
+  if n_in % n_out == 0:
+    f = n_in // n_out
+    return slice(f // 2, None, f)
+  return np.minimum(((2 * np.arange(n_out) + 1) * n_in) // (2 * n_out), n_in - 1)
+
+
+def labels_at(labels: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """labels [B, H, W, 1] resized to `size` (h, w) by nearest neighbour, as nnU-Net resizes
+  its targets for deep supervision (batchgeneratorsv2 DownsampleSegForDSTransform: torch's
+  interpolate, mode 'nearest-exact'): output pixel (i, j) reads label (floor((i + 0.5) H /
+  h), floor((j + 0.5) W / w)), so halving takes the odd rows and columns (1, 3, 5, ...).
+  The labels themselves at their own size."""
+  height, width = labels.shape[1:3]
+  if (height, width) == tuple(size):
+    return labels
+  labels = labels[:, _nearest_exact(height, size[0])]
+  return labels[:, :, _nearest_exact(width, size[1])]
+
+
 def loss_weights(config: ml_collections.ConfigDict) -> tuple[float, float, float]:
   """(w_dice, w_bce, w_side); eq. 17's alpha, when set, gives w_dice = alpha and
   w_bce = 1 - alpha."""
@@ -140,7 +168,8 @@ def total_loss(
   K + 1 > 1 logits, the per-class soft Dice mean and cross-entropy ('ce', 'side_ce') in
   their places (w_bce weighs the cross-entropy).
 
-  outputs: the model's {'logits': [B, H, W, K], 'side_logits': ([B, H, W, K], ...)};
+  outputs: the model's {'logits': [B, H, W, K], 'side_logits': ([B, h, w, K], ...)}, each
+  side at full size (h, w = H, W) or smaller, compared with `labels_at` its size;
   labels: [B, H, W, 1] in {0, 1} (K = 1) or class indices; rows: [B] bool, False for
   padding rows (None: all real).
   """
@@ -160,7 +189,9 @@ def total_loss(
   total = w_dice * parts['dice'] + w_bce * parts[name]
   sides = outputs.get('side_logits', ())
   if sides:
-    side = sum(pixel(s, labels, axis_name, rows, weights) for s in sides) / len(sides)
+    side = sum(
+      pixel(s, labels_at(labels, s.shape[1:3]), axis_name, rows, weights) for s in sides
+    ) / len(sides)
     parts[f'side_{name}'] = side
     total = total + w_side * side
   return total, parts

@@ -213,3 +213,49 @@ def host_variables(abstract, seed: int = 0):
     return np.full(leaf.shape, fill, np.float32)
 
   return jax.tree_util.tree_map_with_path(make, abstract)
+
+
+def conv2d_torch(x, w, stride=(1, 1), bias=None):
+  """PyTorch's Conv2d with padding (k - 1) // 2 on both sides and `stride`: output (i, j)
+  is the sum over taps (p, q) of x[s_h i + p - pad_h, s_w j + q - pad_w] w[p, q] (zero
+  outside the image); x [B, H, W, I], w [kh, kw, I, O]."""
+  x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+  (kh, kw), (sh, sw) = w.shape[:2], stride
+  ph, pw = (kh - 1) // 2, (kw - 1) // 2
+  xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+  h = (x.shape[1] + 2 * ph - kh) // sh + 1
+  wd = (x.shape[2] + 2 * pw - kw) // sw + 1
+  out = np.zeros((x.shape[0], h, wd, w.shape[-1]))
+  for i in range(h):
+    for j in range(wd):
+      patch = xp[:, sh * i : sh * i + kh, sw * j : sw * j + kw]  # [B, kh, kw, I]
+      out[:, i, j] = np.einsum('bpqi,pqio->bo', patch, w)
+  return out if bias is None else out + bias
+
+
+def instance_norm(x, scale, bias, eps=EPS):
+  """InstanceNorm2d(affine=True): each image's and channel's mean and biased variance over
+  its pixels."""
+  x = np.asarray(x, np.float64)
+  mean = x.mean(axis=(1, 2), keepdims=True)
+  var = ((x - mean) ** 2).mean(axis=(1, 2), keepdims=True)
+  return (x - mean) / np.sqrt(var + eps) * scale + bias
+
+
+def leaky_relu(x, slope=0.01):
+  return np.where(x > 0, x, slope * x)
+
+
+def conv_transpose2d(x, w, bias, stride):
+  """PyTorch's ConvTranspose2d without padding: y[s_h i + p, s_w j + q] += x[i, j] w[p, q]
+  (w [kh, kw, I, O]); its output is (H - 1) s_h + kh by (W - 1) s_w + kw."""
+  x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+  b, h, wd, _ = x.shape
+  (kh, kw), (sh, sw) = w.shape[:2], stride
+  y = np.zeros((b, (h - 1) * sh + kh, (wd - 1) * sw + kw, w.shape[-1]))
+  for i in range(h):
+    for j in range(wd):
+      for p in range(kh):
+        for q in range(kw):
+          y[:, sh * i + p, sw * j + q] += x[:, i, j] @ w[p, q]
+  return y if bias is None else y + bias

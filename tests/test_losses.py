@@ -155,3 +155,60 @@ def test_sharded_multiclass_loss_with_padding_rows_equals_global(devices):
   global_loss = lambda x: losses.total_loss(outputs(x[:6]), MC_LABELS[:6], config)[0]
   grad_sharded = jax.grad(lambda x: sharded(x, MC_LABELS, rows))(MC_LOGITS)
   chex.assert_trees_all_close(grad_sharded, jax.grad(global_loss)(MC_LOGITS), rtol=1e-5, atol=1e-9)
+
+
+# Side outputs below full resolution (nnU-Net's deep supervision).
+
+
+def _np_nearest_exact(labels, h, w):
+  """PyTorch's interpolate(mode='nearest-exact') written out pixel by pixel: output (i, j)
+  reads input (floor((i + 0.5) H / h), floor((j + 0.5) W / w)), clipped to the image."""
+  labels = np.asarray(labels)
+  b, height, width, c = labels.shape
+  out = np.zeros((b, h, w, c), labels.dtype)
+  for i in range(h):
+    for j in range(w):
+      y = min(int(np.floor((i + 0.5) * height / h)), height - 1)
+      x = min(int(np.floor((j + 0.5) * width / w)), width - 1)
+      out[:, i, j] = labels[:, y, x]
+  return out
+
+
+@pytest.mark.parametrize('size', [(3, 3), (6, 3), (2, 6), (4, 5), (5, 4), (6, 6)])
+def test_labels_at_a_sides_size_are_nnunets_nearest_exact_targets(size):
+  """Halving takes the odd rows and columns (1, 3, 5: nnU-Net's targets for a stride-2
+  output), a factor 3 the middle ones; sizes that do not divide follow the same formula."""
+  labels = np.arange(8 * 6 * 6).reshape(8, 6, 6, 1).astype(np.float32)
+  got = np.asarray(losses.labels_at(jnp.asarray(labels), size))
+  np.testing.assert_array_equal(got, _np_nearest_exact(labels, *size))
+  if size == (3, 3):
+    np.testing.assert_array_equal(got, labels[:, 1::2, 1::2])
+  if size == (2, 6):
+    np.testing.assert_array_equal(got, labels[:, 1::3])
+
+
+def test_a_side_output_below_full_resolution_is_scored_on_nearest_labels():
+  """BCE of a [B, 3, 3] and a [B, 6, 3] side output against the labels at their size, and
+  the padding rows still left out of every term."""
+  half = jax.random.normal(jax.random.key(6), (8, 3, 3, 1))
+  tall = jax.random.normal(jax.random.key(7), (8, 6, 3, 1))
+  rows = jnp.arange(8) < 5
+  outputs = {'logits': LOGITS, 'side_logits': (half, tall)}
+  config = _config()
+  _, parts = jax.jit(lambda o, y, r: losses.total_loss(o, y, config, rows=r))(outputs, LABELS, rows)
+  labels = np.asarray(LABELS)[:5]
+  side = (
+    _np_bce(np.asarray(half)[:5], labels[:, 1::2, 1::2])
+    + _np_bce(np.asarray(tall)[:5], labels[:, :, 1::2])
+  ) / 2
+  chex.assert_trees_all_close(parts['side_bce'], side, rtol=1e-5)
+  chex.assert_trees_all_close(parts['bce'], _np_bce(np.asarray(LOGITS)[:5], labels), rtol=1e-5)
+
+
+def test_multiclass_side_outputs_below_full_resolution():
+  side = jax.random.normal(jax.random.key(8), (8, 2, 3, 3))
+  outputs = {'logits': MC_LOGITS, 'side_logits': (side,)}
+  config = _config()
+  _, parts = jax.jit(lambda o, y: losses.total_loss(o, y, config))(outputs, MC_LABELS)
+  _, side_ce = _np_multiclass(side, np.asarray(MC_LABELS)[:, 1::3, 1::2])
+  chex.assert_trees_all_close(parts['side_ce'], side_ce, rtol=1e-5)

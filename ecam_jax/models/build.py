@@ -29,7 +29,8 @@ def has_ec_blocks(model_config: ml_collections.ConfigDict) -> bool:
 
 
 def init_variables(model, seed: int, image_size: int) -> dict:
-  """The initial variables for [1, S, S, C] inputs (C: the network's options.in_channels).
+  """The initial variables for [1, S, S, C] inputs (C: the network's options.in_channels):
+  'params' and 'batch_stats' (empty for a network without BatchNorm).
 
   The key is RBG-based: XLA compiles its random draws several times faster than
   threefry's (13 s -> 4 s for a U-Net on CPU), and initial values only need to be
@@ -38,7 +39,10 @@ def init_variables(model, seed: int, image_size: int) -> dict:
   """
   key = jax.random.key(seed, impl='rbg')
   shape = (1, image_size, image_size, model.options.in_channels)
-  return model.init(key, jnp.zeros(shape, jnp.float32))
+  variables = model.init(key, jnp.zeros(shape, jnp.float32))
+  if 'batch_stats' not in variables:  # no BatchNorm (nnunet2d's InstanceNorm): none to keep,
+    variables = {**variables, 'batch_stats': {}}  # but the train state and checkpoints hold both
+  return variables
 
 
 def abstract_variables(model, image_size: int) -> dict:

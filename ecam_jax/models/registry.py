@@ -20,6 +20,7 @@ from ecam_jax.models.baselines import (
   deeplabv3plus_options,
   hrnet_options,
   msunet_options,
+  nnunet2d_options,
   segformer_options,
   unetpp_options,
 )
@@ -34,6 +35,7 @@ NETWORKS: dict[str, options.Network] = {
   'danet': danet_options.NETWORK,
   'hrnet': hrnet_options.NETWORK,
   'segformer': segformer_options.NETWORK,
+  'nnunet2d': nnunet2d_options.NETWORK,
 }
 
 
