@@ -19,7 +19,6 @@ import tempfile
 import time
 
 import jax
-import nibabel as nib
 import numpy as np
 
 from ecam_jax.configuration import load_config
@@ -28,15 +27,6 @@ from ecam_jax.infer import Predictor
 from ecam_jax.models.build import build_model, init_variables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def make_volume(directory: pathlib.Path, size: int, slices: int) -> pathlib.Path:
-  image = nib.load(phantom.generate(directory / 'phantom', 1, seed=0, size=size)[0])
-  data = np.asanyarray(image.dataobj)  # the phantom's files are [x, y, z]: axial slices last
-  picks = np.linspace(0, data.shape[2] - 1, slices).round().astype(int)
-  path = directory / f'volume_{size}x{size}x{slices}.nii.gz'
-  nib.save(nib.Nifti1Image(data[:, :, picks], image.affine), path)
-  return path
 
 
 def main() -> None:
@@ -60,7 +50,7 @@ def main() -> None:
     'devices': f'{jax.local_device_count()} x {jax.local_devices()[0].device_kind}',
   }
   with tempfile.TemporaryDirectory() as tmp:
-    source = make_volume(pathlib.Path(tmp), args.size, args.slices)
+    source = phantom.volume_file(tmp, args.size, args.slices)
     for fold in (True, False):
       name = 'folded' if fold else 'unfolded'
       predictor = Predictor(config, tmp, fold=fold, variables=variables)

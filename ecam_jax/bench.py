@@ -2,6 +2,7 @@
 
   python -m ecam_jax.bench --config=configs/demo.py [--config.model.base_channels=16 ...]
   python -m ecam_jax.bench --config=configs/default.py --suite
+  python -m ecam_jax.bench_report --config=configs/msd.py --budget_s=600   # the GPU report
 
 Train step: the real one (augmentation, loss, optimizer; shard_map over this process's
 devices) on synthetic batches, timed as the median of --steps after --warmup. FLOPs come
@@ -53,6 +54,7 @@ flags.DEFINE_bool(
   'time', True, 'Run and time the steps; --notime only compiles (FLOPs, memory, compile s).'
 )
 flags.DEFINE_string('workdir', None, 'Where the loader prepares its cache (default: a temp dir).')
+
 flags.mark_flag_as_required('config')
 
 
@@ -108,7 +110,11 @@ def _synthetic_batch(config, mesh, rng: np.random.Generator) -> dict[str, np.nda
   }
 
 
-def bench_train(config: ml_collections.ConfigDict, mesh, timed: bool) -> dict[str, Any]:
+def bench_train(
+  config: ml_collections.ConfigDict, mesh, timed: bool, steps_timed: int = 10, warmup: int = 2
+) -> dict[str, Any]:
+  """The train step of `config` on `mesh`: FLOPs per image, peak memory, compile seconds,
+  and (timed) the median step time of `steps_timed` steps after `warmup`."""
   model = build_model(config.model, axis_name=parallel.AXIS)
   tx, schedule = make_optimizer(config.train, 1000)
 
@@ -141,7 +147,7 @@ def bench_train(config: ml_collections.ConfigDict, mesh, timed: bool) -> dict[st
     holder[0], metrics = compiled(holder[0], batch)
     return metrics['loss']
 
-  ms = _median_ms(one_step, FLAGS.steps, FLAGS.warmup)
+  ms = _median_ms(one_step, steps_timed, warmup)
   return out | {
     'train_step_ms': ms,
     'images_per_s': config.train.batch_size / (ms / 1e3),
@@ -197,7 +203,7 @@ def bench(
   """Every number of the module docstring for one config."""
   configuration.check(config)
   mesh = parallel.data_mesh(jax.local_devices())
-  out = bench_train(config, mesh, timed)
+  out = bench_train(config, mesh, timed, FLAGS.steps, FLAGS.warmup)
   timing_keys = ('train_step_ms', 'images_per_s', 'achieved_flops', 'peak_flops', 'mfu')
   out |= {k: out.get(k) for k in timing_keys}
   out |= {'infer_ms_per_slice': None, 'infer_ms_per_slice_unfolded': None}

@@ -301,6 +301,18 @@ def generate(
   return images
 
 
+def volume_file(directory: str | pathlib.Path, size: int, slices: int) -> pathlib.Path:
+  """One phantom case of `size` x `size` in-plane resampled along z to `slices` slices
+  (nearest), as DIRECTORY/volume_SxSxZ.nii.gz: a volume of a given shape to time."""
+  directory = pathlib.Path(directory)
+  image = nib.load(generate(directory / 'phantom', 1, seed=0, size=size)[0])
+  data = np.asanyarray(image.dataobj)  # the phantom's files are [x, y, z]: axial slices last
+  picks = np.linspace(0, data.shape[2] - 1, slices).round().astype(int)
+  path = directory / f'volume_{size}x{size}x{slices}.nii.gz'
+  nib.save(nib.Nifti1Image(data[:, :, picks], image.affine), path)
+  return path
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--out', required=True, help='folder to create (MSD layout)')
