@@ -149,6 +149,14 @@ def labels_at(labels: jax.Array, size: tuple[int, int]) -> jax.Array:
   return labels[:, :, _nearest_exact(width, size[1])]
 
 
+def deep_supervision_weights(outputs: int) -> tuple[float, ...]:
+  """nnU-Net's weights of its outputs, from full resolution down: 1 / 2**i, the last (the
+  lowest resolution) 0, normalized to sum 1 (nnUNetTrainer._build_loss)."""
+  raw = [1 / 2**i for i in range(outputs)]
+  raw[-1] = 0.0
+  return tuple(w / sum(raw) for w in raw)
+
+
 def loss_weights(config: ml_collections.ConfigDict) -> tuple[float, float, float]:
   """(w_dice, w_bce, w_side); eq. 17's alpha, when set, gives w_dice = alpha and
   w_bce = 1 - alpha."""
@@ -166,7 +174,10 @@ def total_loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """w_dice Dice(main) + w_bce BCE(main) + w_side mean_k BCE(side_k) and its parts; with
   K + 1 > 1 logits, the per-class soft Dice mean and cross-entropy ('ce', 'side_ce') in
-  their places (w_bce weighs the cross-entropy).
+  their places (w_bce weighs the cross-entropy). With config.deep_supervision 'nnunet' and
+  side outputs, nnU-Net's instead: sum_i weight_i (w_dice Dice_i + w_bce BCE_i) over the
+  main output (i = 0) and the sides in the order the network lists them (nnunet2d: finest
+  first), the weights `deep_supervision_weights` (the last output's 0; w_side unused).
 
   outputs: the model's {'logits': [B, H, W, K], 'side_logits': ([B, h, w, K], ...)}, each
   side at full size (h, w = H, W) or smaller, compared with `labels_at` its size;
@@ -176,19 +187,27 @@ def total_loss(
   w_dice, w_bce, w_side = loss_weights(config)
   weights = None if config.class_weights is None else tuple(map(float, config.class_weights))
   logits = outputs['logits']
-  if logits.shape[-1] == 1:
-    dice, pixel, name = (
-      dice_loss(logits, labels, config.dice_smooth, axis_name, rows),
-      bce_loss,
-      'bce',
-    )
-  else:
-    dice = softmax_dice_loss(logits, labels, config.dice_smooth, axis_name, rows, weights)
-    pixel, name = cross_entropy_loss, 'ce'
-  parts = {'dice': dice, name: pixel(logits, labels, axis_name, rows, weights)}
+  binary = logits.shape[-1] == 1
+  pixel, name = (bce_loss, 'bce') if binary else (cross_entropy_loss, 'ce')
+
+  def dice(out: jax.Array, target: jax.Array) -> jax.Array:
+    if binary:
+      return dice_loss(out, target, config.dice_smooth, axis_name, rows)
+    return softmax_dice_loss(out, target, config.dice_smooth, axis_name, rows, weights)
+
+  parts = {'dice': dice(logits, labels), name: pixel(logits, labels, axis_name, rows, weights)}
   total = w_dice * parts['dice'] + w_bce * parts[name]
   sides = outputs.get('side_logits', ())
-  if sides:
+  if sides and config.deep_supervision == 'nnunet':
+    weighted = deep_supervision_weights(1 + len(sides))
+    for weight, side in zip(weighted[1:], sides, strict=True):
+      if weight > 0:
+        target = labels_at(labels, side.shape[1:3])
+        both = w_dice * dice(side, target) + w_bce * pixel(side, target, axis_name, rows, weights)
+        total = total + weight / weighted[0] * both
+    total = weighted[0] * total  # = sum_i weight_i (w_dice Dice_i + w_bce CE_i)
+    parts['deep_supervision'] = total
+  elif sides:
     side = sum(
       pixel(s, labels_at(labels, s.shape[1:3]), axis_name, rows, weights) for s in sides
     ) / len(sides)

@@ -31,7 +31,15 @@ def _np_bce(logits, labels):
 
 def _config(**kwargs):
   config = ml_collections.ConfigDict(
-    dict(w_dice=1.0, w_bce=1.0, w_side=1.0, alpha=None, dice_smooth=1.0, class_weights=None)
+    dict(
+      w_dice=1.0,
+      w_bce=1.0,
+      w_side=1.0,
+      alpha=None,
+      dice_smooth=1.0,
+      class_weights=None,
+      deep_supervision='paper',
+    )
   )
   config.update(kwargs)
   return config
@@ -212,3 +220,34 @@ def test_multiclass_side_outputs_below_full_resolution():
   _, parts = jax.jit(lambda o, y: losses.total_loss(o, y, config))(outputs, MC_LABELS)
   _, side_ce = _np_multiclass(side, np.asarray(MC_LABELS)[:, 1::3, 1::2])
   chex.assert_trees_all_close(parts['side_ce'], side_ce, rtol=1e-5)
+
+
+def test_nnunets_deep_supervision_weights():
+  """1/2**i from full resolution down, the lowest 0, normalized (nnUNetTrainer)."""
+  assert losses.deep_supervision_weights(2) == (1.0, 0.0)
+  np.testing.assert_allclose(losses.deep_supervision_weights(4), np.array([8, 4, 2, 0]) / 14)
+  assert sum(losses.deep_supervision_weights(7)) == pytest.approx(1.0)
+
+
+def test_deep_supervision_as_nnunet_weighs_dice_and_ce_of_every_output():
+  """The nnU-Net recipe's loss: each output's Dice + BCE against the labels at its size,
+  weighted [2/3, 1/3, 0] for the full, half and quarter resolution outputs (w_dice, w_bce
+  weigh each output's terms); padding rows left out of every term."""
+  half = jax.random.normal(jax.random.key(9), (8, 3, 3, 1))
+  quarter = jax.random.normal(jax.random.key(10), (8, 2, 2, 1))
+  rows = jnp.arange(8) < 6
+  outputs = {'logits': LOGITS, 'side_logits': (half, quarter)}
+  config = _config(deep_supervision='nnunet', w_dice=0.8, w_bce=1.0, dice_smooth=1e-5)
+  total, parts = jax.jit(lambda o, y, r: losses.total_loss(o, y, config, rows=r))(
+    outputs, LABELS, rows
+  )
+  labels = np.asarray(LABELS)[:6]
+
+  def both(logits, target):
+    logits = np.asarray(logits)[:6]
+    return 0.8 * _np_dice(logits, target, 1e-5) + _np_bce(logits, target)
+
+  expected = 2 / 3 * both(LOGITS, labels) + 1 / 3 * both(half, labels[:, 1::2, 1::2])
+  chex.assert_trees_all_close(total, expected, rtol=1e-5)
+  chex.assert_trees_all_close(parts['deep_supervision'], expected, rtol=1e-5)
+  assert 'side_bce' not in parts
