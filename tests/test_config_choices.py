@@ -72,9 +72,20 @@ TRAINED = {
       'model.use_dws': True,
       'model.side_outputs': SIDES,
       'model.remat': True,
+      'loss.deep_supervision': 'nnunet',  # nnU-Net's weights over the four side outputs
     },
   ),
-  'cbam_serial': ('unet_cbam', {'model.use_mus': True, 'model.fusion': 'serial'}),
+  'cbam_serial_nnunet_recipe': (
+    'unet_cbam',
+    {
+      'model.use_mus': True,
+      'model.fusion': 'serial',
+      'train.optimizer': 'sgd',
+      'train.schedule': 'poly',
+      'train.nesterov': False,
+      'augment.pipeline': 'nnunet',
+    },
+  ),
 }
 
 # Traced, not run: (variant, changes, why). The network tests named train the same values
@@ -108,6 +119,12 @@ TRACED = {
     "ResNet-50's Bottlenecks: tests/test_resnet.py checks them against NumPy",
   ),
   'unetpp_deep_supervision': ('unetpp', {}, 'tests/test_networks.py trains it'),
+  'nnunet2d': ('nnunet2d', {}, 'tests/test_networks.py trains it, with its heads and biases'),
+  'nnunet2d_no_heads_no_biases': (
+    'nnunet2d',
+    {'model.deep_supervision': False, 'model.conv_bias': False},
+    'the trained network without its side heads and conv biases: less of the same code',
+  ),
   'cenet_resnet18': (
     'cenet',
     {'model.resnet_depth': 18},
@@ -253,6 +270,10 @@ def test_every_accepted_value_is_covered():
   """Values that reach the train step are trained below; data and evaluation values are
   accepted by the check (they cannot train a step without a dataset)."""
   for key, values in _walked().items():
+    if key == 'recipe':  # a recipe only sets keys whose values are walked themselves
+      for value in values:
+        configuration.check(load_config('configs/default.py', f'recipe={value}'))
+      continue
     if key.split('.')[0] in ('data', 'eval'):
       for value in values:
         configuration.check(_set(_config(), {key: value}))
