@@ -17,7 +17,8 @@ How counts become scores (NaN for an empty denominator, HD95/ASSD, means over ca
 import argparse
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent import futures
 from typing import Any
 
 import ml_collections
@@ -275,28 +276,49 @@ def _segment_and_score(
 ) -> dict[str, dict]:
   """{case: score_items} of `case_ids` segmented by `predictor` from their original files
   into out/predictions, with their overlays in out/overlays; each prediction and label also
-  go to `chooser`."""
+  go to `chooser`. Overlapped: while the model segments a case, threads read the next
+  case's image and label and write the last mask (Predictor.segmented); each file is read
+  once."""
   items = classes.scored(config)
   binary = not classes.is_multiclass(config)
   fg = np.asarray(classes.output_label_values(config)[1:])
   scores = {}
-  for case_id in tqdm.tqdm(case_ids, desc=f'eval {what}', unit='case'):
-    case = cases[case_id]
-    image = volumes.load_channels(case.images, len(config.data.channels))[0]
-    pred = predictor.segment_file(case.images, out / 'predictions' / f'{case_id}.nii.gz')
-    label_img = volumes.load_nifti(case.label)
-    label = volumes.integer_labels(label_img, case.label)
-    if binary:  # the written mask holds 1; the label its values
-      label = np.isin(label, config.data.foreground_labels).astype(np.uint8)
-    axis = axial_axis(label_img.affine)
-    spacing = tuple(float(z) for z in label_img.header.get_zooms()[:3])
-    scored = [(classes.BINARY_NAME, (1,))] if binary else items
-    scores[case_id] = score_items(pred, label, scored, spacing, axis)
-    if chooser is not None:
-      chooser.add(pred, label)
-    overlay_path = out / 'overlays' / f'{case_id}.png'
-    _case_overlay(image, np.isin(label, fg), np.isin(pred, fg), axis, config, overlay_path)
+  pairs = [(cases[c].images, out / 'predictions' / f'{c}.nii.gz') for c in case_ids]
+  with futures.ThreadPoolExecutor(max_workers=1) as pool:
+    labels = _read_ahead(pool, [cases[c].label for c in case_ids])
+    done = zip(case_ids, predictor.segmented(pairs), labels, strict=True)
+    for case_id, (pred, arrays, _), (label_img, label) in tqdm.tqdm(
+      done, total=len(case_ids), desc=f'eval {what}', unit='case'
+    ):
+      if binary:  # the written mask holds 1; the label its values
+        label = np.isin(label, config.data.foreground_labels).astype(np.uint8)
+      axis = axial_axis(label_img.affine)
+      spacing = tuple(float(z) for z in label_img.header.get_zooms()[:3])
+      scored = [(classes.BINARY_NAME, (1,))] if binary else items
+      scores[case_id] = score_items(pred, label, scored, spacing, axis)
+      if chooser is not None:
+        chooser.add(pred, label)
+      overlay_path = out / 'overlays' / f'{case_id}.png'
+      _case_overlay(arrays[0], np.isin(label, fg), np.isin(pred, fg), axis, config, overlay_path)
   return scores
+
+
+def _read_ahead(
+  pool: futures.Executor, paths: list[pathlib.Path]
+) -> Iterator[tuple[nib.Nifti1Image, np.ndarray]]:
+  """(image, its integer values) of each label file; the next one is read in `pool` while
+  the caller works on this one."""
+
+  def read(path):
+    img = volumes.load_nifti(path)
+    return img, volumes.integer_labels(img, path)
+
+  ahead = pool.submit(read, paths[0]) if paths else None
+  for k in range(len(paths)):
+    done = ahead.result()
+    if k + 1 < len(paths):
+      ahead = pool.submit(read, paths[k + 1])
+    yield done
 
 
 def headline(summary: dict) -> str:
@@ -309,7 +331,7 @@ def headline(summary: dict) -> str:
 
 
 def _case_overlay(
-  image: nib.Nifti1Image,
+  image: np.ndarray,
   label: np.ndarray,
   pred: np.ndarray,
   axis: int,
@@ -317,10 +339,10 @@ def _case_overlay(
   path: pathlib.Path,
 ) -> None:
   """A few slices with the most label (or prediction) voxels, contours over the image
-  (channel 0)."""
+  (channel 0's array, in the file's voxel order)."""
   areas = (label | pred).sum(axis=tuple(a for a in range(3) if a != axis))
   picks = np.argsort(-areas, kind='stable')[: config.eval.overlay_slices]
-  data = volumes.normalize(np.asanyarray(image.dataobj), config.data)
+  data = volumes.normalize(image, config.data)
   tiles = [
     overlay.overlay(np.take(data, z, axis), np.take(label, z, axis), np.take(pred, z, axis))
     for z in sorted(picks)

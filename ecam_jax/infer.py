@@ -15,7 +15,7 @@ the input's exact shape and affine, written atomically, never over an input.
 import gzip
 import os
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent import futures
 
 import jax
@@ -189,14 +189,24 @@ class Predictor:
     return mask
 
   def segment_files(self, pairs: Sequence[tuple], progress: bool = False) -> None:
-    """`segment_file` of each (source, target), overlapped: while the model segments one
-    case, a thread reads the next and another writes the previous mask. The 'read' and
-    'write' stages then time only what the pipeline waited for."""
+    """`segment_file` of each (source, target), overlapped (`segmented`)."""
+    for _ in tqdm.tqdm(
+      self.segmented(pairs), total=len(pairs), desc='volumes', unit='vol', disable=not progress
+    ):
+      pass
+
+  def segmented(
+    self, pairs: Sequence[tuple]
+  ) -> Iterator[tuple[np.ndarray, list[np.ndarray], nib.Nifti1Image]]:
+    """For each (source, target): the case segmented into target, yielded as (mask, its
+    channels' arrays, channel 0's image). Overlapped: while the model segments one case, a
+    thread reads the next and another writes the previous mask; the 'read' and 'write'
+    stages then time only what the pipeline waited for."""
     if not pairs:
       return
     with futures.ThreadPoolExecutor(max_workers=2) as pool:
       reading, writing = pool.submit(self._read, pairs[0][0]), None
-      for k in tqdm.trange(len(pairs), desc='volumes', unit='vol', disable=not progress):
+      for k in range(len(pairs)):
         with self.times('read'):
           arrays, like = reading.result()
         if k + 1 < len(pairs):
@@ -206,6 +216,7 @@ class Predictor:
           if writing is not None:
             writing.result()
         writing = pool.submit(write_mask, mask, like, pairs[k][1])
+        yield mask, arrays, like
       with self.times('write'):
         writing.result()
 
