@@ -198,12 +198,18 @@ def bench_loader(config: ml_collections.ConfigDict, workdir: str) -> float | Non
 
 
 def bench(
-  config: ml_collections.ConfigDict, workdir: str | None, loader: bool, timed: bool = True
+  config: ml_collections.ConfigDict,
+  workdir: str | None,
+  loader: bool,
+  timed: bool = True,
+  repeats: int = 10,
+  warmup: int = 2,
 ) -> dict:
-  """Every number of the module docstring for one config."""
+  """Every number of the module docstring for one config; timings are medians of
+  `repeats` runs after `warmup`."""
   configuration.check(config)
   mesh = parallel.data_mesh(jax.local_devices())
-  out = bench_train(config, mesh, timed, FLAGS.steps, FLAGS.warmup)
+  out = bench_train(config, mesh, timed, repeats, warmup)
   timing_keys = ('train_step_ms', 'images_per_s', 'achieved_flops', 'peak_flops', 'mfu')
   out |= {k: out.get(k) for k in timing_keys}
   out |= {'infer_ms_per_slice': None, 'infer_ms_per_slice_unfolded': None}
@@ -213,7 +219,6 @@ def bench(
     dtype = jnp.dtype(config.model.dtype)
     out['peak_flops'] = matmul_peak(dtype, jax.local_devices()[0]) * mesh.devices.size
     out['mfu'] = out['achieved_flops'] / out['peak_flops']
-    repeats, warmup = FLAGS.steps, FLAGS.warmup
     out['infer_ms_per_slice'] = bench_infer(
       config, mesh, variables, has_ec_blocks(config.model), repeats, warmup
     )
@@ -252,7 +257,7 @@ def _suite_rows(config: ml_collections.ConfigDict) -> list[dict]:
         c.data.image_size, c.train.batch_size, c.model.remat = size, batch, remat
         if 'attention_impl' in c.model:
           c.model.attention_impl = impl
-        row = bench(c, None, loader=False, timed=FLAGS.time)
+        row = bench(c, None, False, FLAGS.time, FLAGS.steps, FLAGS.warmup)
         rows.append(row)
         print(json.dumps(row), flush=True)
   return rows
@@ -288,7 +293,8 @@ def main(argv: list[str]) -> None:
   if FLAGS.suite:
     print(_table(_suite_rows(config)))
   else:
-    print(json.dumps(bench(config, FLAGS.workdir, FLAGS.loader, FLAGS.time)))
+    out = bench(config, FLAGS.workdir, FLAGS.loader, FLAGS.time, FLAGS.steps, FLAGS.warmup)
+    print(json.dumps(out))
 
 
 if __name__ == '__main__':

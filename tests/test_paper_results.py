@@ -35,7 +35,7 @@ def test_every_row_of_every_table_has_the_papers_cells():
   for name, table in tables.TABLES.items():
     if name == 'fig5':  # a figure of heat maps: no numbers
       continue
-    for row in table.rows:
+    for row in (r for r in table.rows if r.in_paper):  # rows we add have no paper cells
       for dataset in paper.COLUMNS if name != 'fig4' else ('tcia',):
         for metric in table.metrics:
           value = paper.value(name, row.id, dataset, metric)
