@@ -51,6 +51,11 @@ class NNUNet2DOptions(Options):
 
 NETWORK = Network(
   NNUNet2DOptions,
-  {'nnunet2d': Preset("nnU-Net's 2-D U-Net (PlainConvUNet, Isensee et al. 2021/2024)", 'I')},
+  {
+    'nnunet2d': Preset(
+      "nnU-Net's 2-D U-Net (PlainConvUNet, Isensee et al. 2021/2024)",
+      'not in the paper: a row Table I adds beyond it',
+    )
+  },
   'ecam_jax.models.baselines.nnunet2d:NNUNet2D',
 )
