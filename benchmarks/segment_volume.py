@@ -36,6 +36,9 @@ def main() -> None:
   parser.add_argument('--base', type=int, default=64)
   parser.add_argument('--variant', default='ec_cam_unet')
   parser.add_argument('--batch', type=int, default=8, help='slices per model call')
+  parser.add_argument(
+    '--ec', default='folded,unfolded', help='EC folded, unfolded or both (comma-separated)'
+  )
   args = parser.parse_args()
 
   config = load_config(ROOT / 'configs/msd.py', f'variant={args.variant}')
@@ -51,7 +54,7 @@ def main() -> None:
   }
   with tempfile.TemporaryDirectory() as tmp:
     source = phantom.volume_file(tmp, args.size, args.slices)
-    for fold in (True, False):
+    for fold in (mode == 'folded' for mode in args.ec.split(',')):
       name = 'folded' if fold else 'unfolded'
       predictor = Predictor(config, tmp, fold=fold, variables=variables)
       start = time.perf_counter()
