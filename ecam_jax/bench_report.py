@@ -245,11 +245,13 @@ def report(
   steps: int = 10,
   slices: int = 100,
   batches=BATCHES,
+  dtypes: tuple[str, ...] = ('bfloat16', 'float32'),
 ) -> dict:
   """Every item of the module docstring that the budget allows, written to
   OUT_DIR/report.{json,md}. `variants`: the networks' variants (default: each registered
   network's first preset, `ec_cam_unet` for the U-Net); `steps` timed per train step;
-  `slices` of the volume; `batches` per device to try."""
+  `slices` of the volume; `batches` per device to try; `dtypes` of the train rows (the
+  first is the headline row's, the one the volume, profile and loader follow)."""
   budget = Budget(budget_s)
   mesh = parallel.data_mesh(jax.local_devices())
   device = jax.local_devices()[0]
@@ -274,7 +276,7 @@ def report(
     peak = out['peak_flops'][dtype]
     return train_rows(base, variant, dtype, mesh, peak, steps, budget, batches)
 
-  out['train'] += rows(headline_variant, 'bfloat16')
+  out['train'] += rows(headline_variant, dtypes[0])
   headline = out['train'][0] if out['train'] else None
   if budget.allows('volume'):
     out['volume'] = volume(base, size, slices)
@@ -282,8 +284,8 @@ def report(
     out['profile'] = profile(base, headline, mesh)
   if budget.allows('loader'):
     out['loader'] = loader(base, size, headline and headline['images_per_s'])
-  rest = [(headline_variant, 'float32')]
-  rest += [(v, d) for d in ('bfloat16', 'float32') for v in variants if v != headline_variant]
+  rest = [(headline_variant, d) for d in dtypes[1:]]
+  rest += [(v, d) for d in dtypes for v in variants if v != headline_variant]
   for variant, dtype in rest:
     if budget.allows(f'{variant} {dtype}'):
       out['train'] += rows(variant, dtype)
