@@ -40,6 +40,7 @@ SLOW_FILES = {
   'test_export.py': 62,
   'test_multichannel.py': 55,
   'test_compatibility.py': 49,
+  'test_bench_report.py': 30,  # estimated (2026-12-06, under load: 36)
   'test_multiclass.py': 36,
   'test_resnet.py': 34,
   'test_gradcam.py': 33,
