@@ -266,7 +266,7 @@ def markdown(result: dict) -> str:
   if added:
     lines.insert(-1, '† Not in the paper: added by this project.')
   lines.insert(
-    -1, "Recipe: the paper's (Adam, lr 1e-5, cosine, Dice + BCE) unless a row names another."
+    -1, "Recipe: the config's, the paper's unless a row names another (ecam_jax/recipes.py)."
   )
   header = ['row', 'status']
   for m in metrics:
