@@ -160,11 +160,15 @@ def test_two_processes_train_like_one_and_resume_elastically(tmp_path):
     chex.assert_trees_all_close(got, want, rtol=rtol)
 
 
-def test_a_killed_process_ends_the_others(tmp_path):
+def test_a_killed_process_ends_the_others_and_the_job_resumes(tmp_path):
+  """Process 1 of a 2-process run is SIGKILLed after the first checkpoint (a lost node):
+  process 0 stops with an error instead of hanging; the job rerun through the launcher, as
+  a user would, resumes from that checkpoint."""
   workdir = tmp_path / 'run'
   procs = _start(2, 2, workdir)
+  latest = workdir / 'checkpoints' / 'latest'
   try:
-    _wait_for(lambda: (workdir / 'metrics.jsonl').exists(), procs)
+    _wait_for(lambda: latest.exists() and any(p.name.isdigit() for p in latest.iterdir()), procs)
     procs[1].send_signal(signal.SIGKILL)
     killed = time.monotonic()
     code = procs[0].wait(timeout=RUN_TIMEOUT_S)
@@ -172,20 +176,9 @@ def test_a_killed_process_ends_the_others(tmp_path):
   finally:
     for p in procs:
       p.kill()
+    _wait(procs)
   assert code != 0
   assert elapsed < 90, f'process 0 took {elapsed:.0f} s to stop'
-
-
-def test_killed_job_resumes_from_its_last_checkpoint(tmp_path):
-  workdir = tmp_path / 'run'
-  procs = _start(2, 2, workdir)
-  latest = workdir / 'checkpoints' / 'latest'
-  try:
-    _wait_for(lambda: latest.exists() and any(p.name.isdigit() for p in latest.iterdir()), procs)
-  finally:
-    for p in procs:
-      p.send_signal(signal.SIGKILL)
-    _wait(procs)
   saved = max(int(p.name) for p in latest.iterdir() if p.name.isdigit())
   # The rerun goes through the launcher, as a user would run it.
   command = [
