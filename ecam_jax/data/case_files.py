@@ -1,4 +1,4 @@
-"""A case and its files: nnU-Net's `{CASE}_{XXXX}` channel file names, NIfTI files in a
+"""A case and its files: nnU-Net's `{CASE}_{NNNN}` channel file names, NIfTI files in a
 folder, and the cases to segment at a prediction's --input (a folder, or one file and its
 channel siblings)."""
 
@@ -40,7 +40,7 @@ CHANNEL_FILE = re.compile(r'^(?P<case>.+)_(?P<channel>\d{4})$')
 
 
 def channel_of(path: pathlib.Path) -> tuple[str, int] | None:
-  """(case id, channel) of nnU-Net's `{CASE}_{XXXX}` image file name, else None."""
+  """(case id, channel) of nnU-Net's `{CASE}_{NNNN}` image file name, else None."""
   match = CHANNEL_FILE.match(case_id_of(path))
   return (match['case'], int(match['channel'])) if match else None
 
@@ -58,7 +58,7 @@ def nifti_files(folder: pathlib.Path) -> list[pathlib.Path]:
 
 
 def _grouped(files: list[pathlib.Path], channels: int, where: str) -> list[tuple[str, tuple]]:
-  """(case id, its files) of NIfTI files: nnU-Net's {CASE}_{XXXX} channel files grouped by
+  """(case id, its files) of NIfTI files: nnU-Net's {CASE}_{NNNN} channel files grouped by
   case when every file is named so, else one case per file (a 4-D file of every channel
   when the model takes several)."""
   named = [channel_of(p) for p in files]

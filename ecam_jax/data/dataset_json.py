@@ -7,7 +7,7 @@
 - nnU-Net v2 (nnU-Net's documentation/dataset_format.md): `channel_names` (index -> name),
   `labels` (name -> value, or name -> a list of values for a region, with
   `regions_class_order`), `numTraining` and `file_ending`; the cases are the files in
-  imagesTr/ ({CASE}_{XXXX}{file_ending}, one per channel) and labelsTr/.
+  imagesTr/ ({CASE}_{NNNN}{file_ending}, one per channel) and labelsTr/.
 
 Reading one is cheap (no volume is read), and every mistake in it is a DataError naming
 the file and the key.

@@ -5,8 +5,8 @@
   label values to names and whose `modality` names the channel(s); a multi-modal case is
   one 4-D file, a channel per `modality` entry.
 - `nnunet` (nnU-Net v2's raw format): `dataset.json` with `channel_names`, `labels`,
-  `numTraining` and `file_ending`; `imagesTr/{CASE}_{XXXX}{file_ending}` (one file per
-  channel XXXX = 0000, 0001, ...) and `labelsTr/{CASE}{file_ending}`. An MSD-style folder
+  `numTraining` and `file_ending`; `imagesTr/{CASE}_{NNNN}{file_ending}` (one file per
+  channel NNNN = 0000, 0001, ...) and `labelsTr/{CASE}{file_ending}`. An MSD-style folder
   whose dataset.json is of this form is read as this layout, with a note.
 - `kits19` (KiTS19 challenge repository): `case_00000/imaging.nii.gz` and
   `case_00000/segmentation.nii.gz`; the official test cases (210-299) have no segmentation

@@ -1,5 +1,5 @@
-"""nnU-Net v2's raw dataset folder: `imagesTr/{CASE}_{XXXX}{file_ending}`, one file per
-channel XXXX = 0000, 0001, ..., and `labelsTr/{CASE}{file_ending}`; dataset.json declares
+"""nnU-Net v2's raw dataset folder: `imagesTr/{CASE}_{NNNN}{file_ending}`, one file per
+channel NNNN = 0000, 0001, ..., and `labelsTr/{CASE}{file_ending}`; dataset.json declares
 the channels, the labels, `numTraining` and `file_ending`.
 
 nnU-Net keeps its test images in `imagesTs/`, usually without labels. A dataset that also
@@ -16,7 +16,7 @@ from ecam_jax.errors import DataError
 
 DESCRIPTION = (
   "nnU-Net v2's dataset.json (channel_names, labels, file_ending), imagesTr/"
-  '{CASE}_{XXXX}{file_ending} per channel and labelsTr/{CASE}{file_ending} (a labelled '
+  '{CASE}_{NNNN}{file_ending} per channel and labelsTr/{CASE}{file_ending} (a labelled '
   'test set in imagesTs/ and labelsTs/ is the held-out test split)'
 )
 
