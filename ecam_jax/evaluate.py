@@ -27,7 +27,7 @@ import numpy as np
 import tqdm
 
 from ecam_jax import classes, overlay, postprocess, scoring
-from ecam_jax.data import case_files, splits, volumes
+from ecam_jax.data import case_files, normalization, splits, volumes
 from ecam_jax.errors import DataError
 
 # Affines of a prediction and its label must agree to this tolerance (float32 headers).
@@ -342,7 +342,7 @@ def _case_overlay(
   (channel 0's array, in the file's voxel order)."""
   areas = (label | pred).sum(axis=tuple(a for a in range(3) if a != axis))
   picks = np.argsort(-areas, kind='stable')[: config.eval.overlay_slices]
-  data = volumes.normalize(image, config.data)
+  data = normalization.normalize(image, config.data)
   tiles = [
     overlay.overlay(np.take(data, z, axis), np.take(label, z, axis), np.take(pred, z, axis))
     for z in sorted(picks)

@@ -12,10 +12,10 @@ dataset's label values (`classes.output_label_values`; 1 for a binary run's fore
 the input's exact shape and affine, written atomically, never over an input.
 """
 
-import gzip
 import os
 import pathlib
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 
 import jax
@@ -25,12 +25,20 @@ import numpy as np
 import tqdm
 from jax.sharding import Mesh
 
-from ecam_jax import checkpoint, classes, configuration, parallel, postprocess, steps
-from ecam_jax.atomic import write_bytes_atomic
-from ecam_jax.data import case_files, volumes
+from ecam_jax import (
+  checkpoint,
+  classes,
+  configuration,
+  parallel,
+  postprocess,
+  steps,
+  volume_steps,
+)
+from ecam_jax.data import case_files, normalization, volumes
 from ecam_jax.data import source as data_source
 from ecam_jax.data.case_files import NIFTI_SUFFIXES
 from ecam_jax.errors import DataError
+from ecam_jax.label_maps import finish_labels, write_mask
 from ecam_jax.models.build import abstract_variables, build_model, has_ec_blocks
 from ecam_jax.models.layers import fold_ec
 from ecam_jax.stage_times import StageTimes
@@ -86,7 +94,10 @@ class Predictor:
       model = build_model(config.model, folded=True)
     self.members = members
     self.times = StageTimes()  # where segment_file's time went, summed over its volumes
+    self._replicated, self._sharded = replicated, parallel.batch_sharded(self.mesh)
     self._step = steps.make_predict_step(model, self.mesh, config.eval.tta_flip)
+    self._prepare = volume_steps.make_prepare(self.mesh, size)
+    self._finish = volume_steps.make_finish(self.mesh, config.eval.threshold)
     keep, merged, self.postprocessing = config.eval.keep_components, 0, None
     if keep is None and variables is None and len(members) > 1:
       chosen, self.postprocessing = postprocess.decided(workdirs)
@@ -103,27 +114,10 @@ class Predictor:
 
   def probabilities(self, slices: np.ndarray, progress: bool = False) -> np.ndarray:
     """float32 [Z, S, S, C] preprocessed slices ([Z, S, S] for one channel) -> foreground
-    probabilities [Z, S, S] (one logit) or each class's [Z, S, S, K + 1] (softmax).
-
-    Batches of config.eval.batch_size slices rounded up to a multiple of the device count
-    (`parallel.fit_batch`); the last batch is padded with zero slices to the same size (one
-    compiled shape) whose outputs are dropped. An ensemble's members are averaged on the
-    device; each batch is transferred back once."""
-    batch = parallel.fit_batch(self.config.eval.batch_size, self.mesh, 'config.eval.batch_size')
+    probabilities [Z, S, S] (one logit) or each class's [Z, S, S, K + 1] (softmax); an
+    ensemble's members averaged on the device (`_batches`)."""
     slices = slices[..., None] if slices.ndim == 3 else slices
-    out, pending = [], None
-    starts = range(0, slices.shape[0], batch)
-    for start in tqdm.tqdm(starts, desc='slices', unit='batch', disable=not progress, leave=False):
-      chunk = slices[start : start + batch]
-      padded = parallel.pad_rows(chunk, batch)
-      images = jax.device_put(padded, parallel.batch_sharded(self.mesh))
-      prob = sum(self._step(v, images) for v in self.members) / len(self.members)
-      # Dispatched, not waited for: the previous batch comes back while this one runs.
-      if pending is not None:
-        out.append(np.asarray(pending[0])[: pending[1]])
-      pending = (prob, chunk.shape[0])
-    if pending is not None:
-      out.append(np.asarray(pending[0])[: pending[1]])
+    out = self._batches(len(slices), lambda a, b: slices[a:b], self._mean_probability, progress)
     if not out:
       k = self.config.model.num_classes
       return np.zeros((*slices.shape[:3], *((k,) if k > 1 else ())), np.float32)
@@ -149,16 +143,101 @@ class Predictor:
     where: str = 'the image',
   ) -> np.ndarray:
     """`segment_image` of channels already read (one array per channel, on one grid)."""
-    names = volumes.channel_names(self.config.data)
+    with self.times('preprocess'):
+      case = self._canonical(arrays, affine, where)
+    return self.segment_case(case, progress)
+
+  def segment_case(self, case: volumes.CanonicalCase, progress: bool = False) -> np.ndarray:
+    """`segment_image` of a case read and oriented.
+
+    Batches of its raw slices go to the device, which normalizes and resizes them, runs the
+    model and resizes and decides its probabilities (volume_steps.py); only uint8 indices
+    come back. The host's work per batch (slicing, the transfer) overlaps the device's
+    (`_batches`); the 3-D components and the label values follow on the host."""
+    numbers = jax.device_put(np.asarray(case.numbers, np.float32), self._replicated)
+    shape = tuple(case.record.canonical_shape[1:])
+
+    def load(start: int, stop: int) -> np.ndarray:
+      return np.stack([c[start:stop] for c in case.channels], axis=-1)
+
+    def run(raw: jax.Array) -> jax.Array:
+      return self._finish(self._mean_probability(self._prepare(raw, numbers)), shape)
+
+    index = np.concatenate(self._batches(len(case.channels[0]), load, run, progress))
+    with self.times('restore'):
+      index = volumes.from_canonical(index, case.record)
+    return finish_labels(index, self.decision, self.label_values, self.times)
+
+  def device_seconds(self, case: volumes.CanonicalCase) -> dict[str, float]:
+    """Where the device's time on a case goes: its batches through each device step
+    alone, each step waited for (so the sum exceeds the overlapped pipeline's): the
+    transfer of raw slices, normalizing and resizing, the model, and resizing back with
+    the decision. Call it after a first `segment_case` of the same in-plane size, so that
+    nothing compiles here."""
+    batch = parallel.fit_batch(self.config.eval.batch_size, self.mesh, 'config.eval.batch_size')
+    numbers = jax.device_put(np.asarray(case.numbers, np.float32), self._replicated)
+    shape = tuple(case.record.canonical_shape[1:])
+    seconds = dict.fromkeys(('transfer', 'normalize_resize', 'model', 'resize_back_decide'), 0.0)
+    for start in range(0, len(case.channels[0]), batch):
+      rows = np.stack([c[start : start + batch] for c in case.channels], axis=-1)
+      x = parallel.pad_rows(rows, batch)
+      for stage, step in (
+        ('transfer', lambda a: jax.device_put(a, self._sharded)),
+        ('normalize_resize', lambda a: self._prepare(a, numbers)),
+        ('model', self._mean_probability),
+        ('resize_back_decide', lambda a: self._finish(a, shape)),
+      ):
+        begin = time.perf_counter()
+        x = jax.block_until_ready(step(x))
+        seconds[stage] += time.perf_counter() - begin
+    return {stage: round(s, 4) for stage, s in seconds.items()}
+
+  def _canonical(self, arrays, affine, where: str) -> volumes.CanonicalCase:
+    """`volumes.canonical_case`, with the channel count checked."""
+    names = normalization.channel_names(self.config.data)
     if len(arrays) != len(names):
       raise DataError(
         f'{where}: {len(arrays)} channels; the model takes {len(names)} ({list(names)})'
       )
-    with self.times('preprocess'):
-      slices, record = volumes.preprocess_arrays(arrays, affine, self.config.data)
+    return volumes.canonical_case(arrays, affine, self.config.data)
+
+  def _mean_probability(self, images: jax.Array) -> jax.Array:
+    """The members' mean probabilities of a device batch (dispatched, not waited for)."""
+    return sum(self._step(v, images) for v in self.members) / len(self.members)
+
+  def _batches(
+    self,
+    rows: int,
+    load: Callable[[int, int], np.ndarray],
+    run: Callable[[jax.Array], jax.Array],
+    progress: bool = False,
+  ) -> list[np.ndarray]:
+    """`run` of each batch of `load(start, stop)` rows, on the host, in order.
+
+    Batches of config.eval.batch_size rows rounded up to a multiple of the device count
+    (`parallel.fit_batch`), the last one padded with zero rows to the same size (one
+    compiled shape) whose outputs are dropped. Overlapped: a batch is loaded and
+    dispatched before the previous one's result is waited for, so the host's work runs
+    while the device computes; each result is transferred once. 'preprocess' times the
+    loading, 'model' the waiting."""
+    batch = parallel.fit_batch(self.config.eval.batch_size, self.mesh, 'config.eval.batch_size')
+    out, pending = [], None
+    starts = range(0, rows, batch)
+    for start in tqdm.tqdm(starts, desc='slices', unit='batch', disable=not progress, leave=False):
+      with self.times('preprocess'):
+        chunk = load(start, min(start + batch, rows))
+        device_batch = jax.device_put(parallel.pad_rows(chunk, batch), self._sharded)
+      result = run(device_batch)
+      if pending is not None:
+        out.append(self._fetch(*pending))
+      pending = (result, len(chunk))
+    if pending is not None:
+      out.append(self._fetch(*pending))
+    return out
+
+  def _fetch(self, result: jax.Array, rows: int) -> np.ndarray:
     with self.times('model'):
-      prob = self.probabilities(slices, progress)
-    return label_map(prob, record, self.decision, self.label_values, self.times)
+      return np.asarray(result)[:rows]
 
   def segment_array(self, volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """From Python: a 3-D array, or [x, y, z, C] with its channels last (in the voxel order
@@ -200,18 +279,19 @@ class Predictor:
   ) -> Iterator[tuple[np.ndarray, list[np.ndarray], nib.Nifti1Image]]:
     """For each (source, target): the case segmented into target, yielded as (mask, its
     channels' arrays, channel 0's image). Overlapped: while the model segments one case, a
-    thread reads the next and another writes the previous mask; the 'read' and 'write'
-    stages then time only what the pipeline waited for."""
+    thread reads the next (and computes its normalization numbers) and another writes the
+    previous mask; the 'read' and 'write' stages then time only what the pipeline waited
+    for."""
     if not pairs:
       return
     with futures.ThreadPoolExecutor(max_workers=2) as pool:
-      reading, writing = pool.submit(self._read, pairs[0][0]), None
+      reading, writing = pool.submit(self._load, pairs[0][0]), None
       for k in range(len(pairs)):
         with self.times('read'):
-          arrays, like = reading.result()
+          arrays, like, case = reading.result()
         if k + 1 < len(pairs):
-          reading = pool.submit(self._read, pairs[k + 1][0])
-        mask = self.segment_arrays(arrays, like.affine, where=like.get_filename())
+          reading = pool.submit(self._load, pairs[k + 1][0])
+        mask = self.segment_case(case)
         with self.times('write'):
           if writing is not None:
             writing.result()
@@ -223,70 +303,13 @@ class Predictor:
   def _read(self, source) -> tuple[list[np.ndarray], nib.Nifti1Image]:
     """A case's channels, decompressed, and channel 0's image (the output's grid)."""
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
-    channels = volumes.load_channels(sources, len(volumes.channel_names(self.config.data)))
+    channels = volumes.load_channels(sources, len(normalization.channel_names(self.config.data)))
     return [np.asanyarray(c.dataobj) for c in channels], channels[0]
 
-
-def label_map(
-  prob: np.ndarray,
-  record: volumes.VolumeRecord,
-  decision,
-  label_values: np.ndarray,
-  times: StageTimes | None = None,
-) -> np.ndarray:
-  """`Predictor.probabilities` of a volume -> its label map in the file's voxel grid.
-
-  Probabilities are resized back linearly (each class's apart), then thresholded at
-  decision.threshold (one logit) or reduced to the most probable class; each class then
-  keeps the 3-D components its decision.keep_components value selects (one value, or one
-  per foreground class: `postprocess.keep_components`; the rest becomes background), after
-  the merged foreground's largest component alone is kept when
-  decision.keep_foreground_component says so (several classes; `postprocess.keep_foreground`),
-  and output index k is written as label_values[k]."""
-  times = times or StageTimes()
-  keep = postprocess.per_class(decision.keep_components, len(label_values) - 1)
-  if prob.ndim == 3:
-    with times('restore'):
-      restored = volumes.restore(prob, record, order=1)
-    with times('decide'):
-      mask = restored > decision.threshold
-    with times('components'):
-      return postprocess.keep_components(mask, keep[0]).astype(np.uint8)
-  with times('restore'):
-    restored = [volumes.restore(prob[..., k], record, order=1) for k in range(prob.shape[-1])]
-  with times('decide'):
-    index = np.argmax(np.stack(restored, axis=-1), axis=-1)
-  with times('components'):
-    if decision.get('keep_foreground_component', 0):
-      index = postprocess.keep_foreground(index)
-    for k in range(1, prob.shape[-1]):
-      mask = index == k
-      index[mask & ~postprocess.keep_components(mask, keep[k - 1])] = 0
-  return label_values[index].astype(label_dtype(label_values))
-
-
-def label_dtype(values) -> type:
-  """uint8, or uint16 for label values past 255."""
-  return np.uint8 if int(np.max(values)) < 256 else np.uint16
-
-
-def write_mask(mask: np.ndarray, like: nib.Nifti1Image, path: pathlib.Path) -> None:
-  """A label map (uint8, or uint16 for values past 255) with `like`'s affine and header
-  geometry, written atomically."""
-  dtype = label_dtype(mask) if mask.size else np.uint8
-  header = like.header.copy()
-  header.set_data_dtype(dtype)
-  # NIfTI stores x fastest: a Fortran-ordered array is written in one pass (7x faster)
-  out = nib.Nifti1Image(np.asfortranarray(mask, dtype=dtype), like.affine, header)
-  out.set_sform(like.get_sform(), int(like.header['sform_code']))
-  out.set_qform(like.get_qform(), int(like.header['qform_code']))
-  out.header['scl_slope'], out.header['scl_inter'] = 1.0, 0.0
-  data = out.to_bytes()
-  if path.name.endswith('.gz'):
-    # level 1: 9x faster than 6 on a speckled mask (2.0 -> 0.23 s at 512x512x100); a
-    # sparse one stays small (165 KB against 28 KB)
-    data = gzip.compress(data, compresslevel=1)
-  write_bytes_atomic(path, data)
+  def _load(self, source) -> tuple[list[np.ndarray], nib.Nifti1Image, volumes.CanonicalCase]:
+    """`_read`, and the case oriented with its normalization numbers."""
+    arrays, like = self._read(source)
+    return arrays, like, self._canonical(arrays, like.affine, like.get_filename())
 
 
 def plan_outputs(source: str, target: str, channels: int = 1) -> list[tuple[tuple, pathlib.Path]]:

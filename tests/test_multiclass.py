@@ -10,7 +10,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ecam_jax import classes, evaluate, infer, losses, parallel, steps, train, validate
+from ecam_jax import (
+  classes,
+  evaluate,
+  infer,
+  label_maps,
+  losses,
+  parallel,
+  steps,
+  train,
+  validate,
+)
 from ecam_jax.data import augment, cache, phantom, source, volumes
 
 import nifti_fixtures as fx
@@ -185,21 +195,21 @@ def test_label_map_keeps_components_per_class_and_writes_label_values():
   config = fx.config()
   config.eval.keep_components = 1
   values = np.array([0, 5, 2])
-  out = infer.label_map(prob, record, config.eval, values)
+  out = label_maps.label_map(prob, record, config.eval, values)
   canonical = volumes.to_canonical(out, fx.LPS)[0]
   assert out.dtype == np.uint8 and out.shape == (16, 16, 8)
   assert (canonical == 5).sum() == 6 * 7 * 7 and (canonical == 2).sum() == 2 * 3 * 3
   assert (canonical[blobs[1][1]] == 0).all()
   config.eval.keep_components = 0
   assert (
-    volumes.to_canonical(infer.label_map(prob, record, config.eval, values), fx.LPS)[0] == 5
+    volumes.to_canonical(label_maps.label_map(prob, record, config.eval, values), fx.LPS)[0] == 5
   ).sum() == 6 * 7 * 7 + 3 * 4 * 4
-  assert infer.label_map(prob, record, config.eval, np.array([0, 300, 2])).dtype == np.uint16
+  assert label_maps.label_map(prob, record, config.eval, np.array([0, 300, 2])).dtype == np.uint16
   config.eval.keep_components = (0, 1)  # one value per class (a cross-validation's choice)
-  kept = volumes.to_canonical(infer.label_map(prob, record, config.eval, values), fx.LPS)[0]
+  kept = volumes.to_canonical(label_maps.label_map(prob, record, config.eval, values), fx.LPS)[0]
   assert (kept == 5).sum() == 6 * 7 * 7 + 3 * 4 * 4 and (kept == 2).sum() == 2 * 3 * 3
   config.eval.keep_components = (1, 0)
-  kept = volumes.to_canonical(infer.label_map(prob, record, config.eval, values), fx.LPS)[0]
+  kept = volumes.to_canonical(label_maps.label_map(prob, record, config.eval, values), fx.LPS)[0]
   assert (kept == 5).sum() == 6 * 7 * 7
 
 

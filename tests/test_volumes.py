@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ecam_jax.data import volumes
+from ecam_jax.data import normalization, volumes
 from ecam_jax.errors import DataError
 
 import nifti_fixtures as fx
@@ -76,21 +76,21 @@ def test_normalize_each_channel_by_its_name():
   data = fx.config().data
   data.channels = ('CT', 'MR', 'noNorm', 'Rescale_to_0_1', 'rgb_to_0_1', 'T2')
   hu = np.array([-1000, -100, 70, 240, 3000], np.int16)
-  np.testing.assert_allclose(volumes.normalize(hu, data, 0), [0, 0, 0.5, 1, 1], atol=1e-6)
+  np.testing.assert_allclose(normalization.normalize(hu, data, 0), [0, 0, 0.5, 1, 1], atol=1e-6)
   data.mr_percentiles = (10.0, 90.0)
   mr = np.concatenate([np.linspace(0, 100, 1001), [1e6]])
   for channel in (1, 5):
-    out = volumes.normalize(mr, data, channel)
+    out = normalization.normalize(mr, data, channel)
     assert out.dtype == np.float32
     assert abs(out.mean()) < 1e-5 and abs(out.std() - 1) < 1e-4
     assert out.max() == out[-1] and np.isclose(out[-1], out[out < out[-1] + 1].max())  # clipped
-  np.testing.assert_array_equal(volumes.normalize(hu, data, 2), hu.astype(np.float32))
-  np.testing.assert_allclose(volumes.normalize(hu, data, 3), (hu + 1000) / 4000, atol=1e-7)
-  np.testing.assert_allclose(volumes.normalize(hu, data, 4), hu / 255, rtol=1e-6)
+  np.testing.assert_array_equal(normalization.normalize(hu, data, 2), hu.astype(np.float32))
+  np.testing.assert_allclose(normalization.normalize(hu, data, 3), (hu + 1000) / 4000, atol=1e-7)
+  np.testing.assert_allclose(normalization.normalize(hu, data, 4), hu / 255, rtol=1e-6)
   data.ct_normalization = 'nnunet'
   data.ct_statistics = ((-50.0, 150.0, 40.0, 20.0),)
   expected = (np.clip(hu, -50, 150) - 40) / 20
-  np.testing.assert_allclose(volumes.normalize(hu, data, 0), expected, rtol=1e-6)
+  np.testing.assert_allclose(normalization.normalize(hu, data, 0), expected, rtol=1e-6)
 
 
 def test_resize_inplane_orders():

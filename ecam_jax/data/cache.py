@@ -35,7 +35,7 @@ import tqdm
 
 from ecam_jax import folder_lock
 from ecam_jax.atomic import TEMP_PREFIXES, atomic_path, remove, write_json_atomic
-from ecam_jax.data import case_files, fingerprint, layouts, volumes
+from ecam_jax.data import case_files, fingerprint, layouts, normalization, volumes
 from ecam_jax.errors import DataError
 
 PREPARE_LOCK = '.prepare.lock'  # beside the cache folder (.cache.prepare.lock), held while building
@@ -101,7 +101,7 @@ class SliceCache:
     return self._arrays[key]
 
   def image(self, case_id: str) -> np.memmap:
-    """float32 [Z, S, S, C], each channel normalized (see volumes.normalize)."""
+    """float32 [Z, S, S, C], each channel normalized (see normalization.normalize)."""
     return self._array(case_id, 'image')
 
   def label(self, case_id: str) -> np.memmap:
@@ -152,7 +152,7 @@ def cache_path(data: ml_collections.ConfigDict, workdir: str | os.PathLike) -> p
 
 def _settings(data: ml_collections.ConfigDict, declared: tuple[int, ...]) -> dict[str, Any]:
   """Everything that changes the cached arrays: a change rebuilds every case."""
-  schemes = [volumes.normalization_of(c) for c in data.channels]
+  schemes = [normalization.normalization_of(c) for c in data.channels]
   settings = {
     'version': CACHE_VERSION,
     'dtype': np.dtype(IMAGE_DTYPE).name,
@@ -248,7 +248,7 @@ def _resolve_ct_statistics(data, cases: list[case_files.Case], path: pathlib.Pat
   """Fills data.ct_statistics (ct_normalization 'nnunet', when unset) from the cases'
   intensities: computed once and kept in the cache folder, keyed by the cases' files. As
   nnU-Net, from the training cases (imagesTr) only: a held-out test set is not looked at."""
-  if data.ct_normalization != 'nnunet' or data.ct_statistics or not volumes.ct_channels(data):
+  if data.ct_normalization != 'nnunet' or data.ct_statistics or not normalization.ct_channels(data):
     return
   cases = [c for c in cases if not c.held_out]
   record = path / 'ct_statistics.json'

@@ -5,7 +5,7 @@ config.data.ct_statistics (and so in config.json and the export contract)."""
 
 import numpy as np
 
-from ecam_jax.data import volumes
+from ecam_jax.data import normalization, volumes
 from ecam_jax.errors import DataError
 
 SAMPLES_PER_CASE = 10_000  # foreground voxels drawn from each case for the percentiles, as nnU-Net
@@ -13,10 +13,10 @@ PERCENTILES = (0.5, 99.5)
 
 
 def ct_statistics(cases, data_config) -> tuple[tuple[float, float, float, float], ...]:
-  """((p0.5, p99.5, mean, std) of each CT channel (volumes.ct_channels)): over the
+  """((p0.5, p99.5, mean, std) of each CT channel (normalization.ct_channels)): over the
   foreground voxels (label > 0) of `cases`; the percentiles from up to SAMPLES_PER_CASE
   voxels of each case drawn with a fixed seed, the mean and std from all of them."""
-  channels = volumes.ct_channels(data_config)
+  channels = normalization.ct_channels(data_config)
   samples = [[] for _ in channels]
   sums = np.zeros((len(channels), 3))  # count, sum, sum of squares
   for k, case in enumerate(cases):

@@ -5,8 +5,8 @@ from inferior to superior, rows from anterior (row 0, the top of the image) to p
 columns from the patient's right (column 0, the image's left) to the patient's left: the
 radiological view of an axial slice, whatever the file's affine. A case has one or
 several channels (one file each, or one 4-D file), all on one grid; each is normalized by
-its name (`normalization_of`: CT a HU window scaled to [0, 1] or nnU-Net's CT scheme; MR
-and any other name a percentile clip and z-score per volume) and slices are resized
+its name (data/normalization.py: CT a HU window scaled to [0, 1] or nnU-Net's CT scheme;
+MR and any other name a percentile clip and z-score per volume) and slices are resized
 in-plane with `scipy.ndimage.zoom` (grid mode: pixel areas, not pixel centres, are
 aligned), giving [Z, S, S, C]. A `VolumeRecord` keeps what `restore` needs to put a
 prediction back into the file's voxel grid (channel 0's).
@@ -18,7 +18,7 @@ import os
 import pathlib
 import zlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_collections
 import nibabel as nib
@@ -26,7 +26,8 @@ import numpy as np
 import scipy.ndimage
 
 from ecam_jax import classes
-from ecam_jax.errors import ConfigError, DataError
+from ecam_jax.data.normalization import Normalization, channel_names, normalization
+from ecam_jax.errors import DataError
 
 CANONICAL_AXCODES = ('S', 'P', 'L')
 AFFINE_TOLERANCE_MM = 1e-3  # image and label affines may differ by rounding, not more
@@ -230,79 +231,6 @@ def from_canonical(canonical: np.ndarray, record: VolumeRecord) -> np.ndarray:
   return nib.orientations.apply_orientation(canonical, inverse)
 
 
-# nnU-Net's channel_names that name a normalization (matched case-insensitively); any other
-# name (MRI, T2, ADC, zscore, ...) is z-scored per volume.
-NORMALIZATIONS = {
-  'ct': 'CT',
-  'nonorm': 'noNorm',
-  'rescale_to_0_1': 'rescale_to_0_1',
-  'rgb_to_0_1': 'rgb_to_0_1',
-}
-
-
-def normalization_of(channel: str) -> str:
-  """How a channel named `channel` is normalized: 'CT', 'noNorm', 'rescale_to_0_1',
-  'rgb_to_0_1' or 'zscore'."""
-  return NORMALIZATIONS.get(str(channel).strip().lower(), 'zscore')
-
-
-def channel_names(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """config.data.channels, or for one channel config.data.modality."""
-  if data_config.channels:
-    return tuple(data_config.channels)
-  if data_config.modality:
-    return (data_config.modality,)
-  raise ConfigError(
-    'config.data.channels is unset (and config.data.modality too): they are read from the '
-    "dataset (source.resolve_data), or set config.data.modality ('CT' or 'MR') or "
-    'config.data.channels'
-  )
-
-
-def ct_channels(data_config: ml_collections.ConfigDict) -> list[int]:
-  """The channels normalized as CT."""
-  names = channel_names(data_config)
-  return [c for c, name in enumerate(names) if normalization_of(name) == 'CT']
-
-
-def normalize(
-  array: np.ndarray, data_config: ml_collections.ConfigDict, channel: int = 0
-) -> np.ndarray:
-  """float32 intensities of channel `channel` (data.channels names it), by its name: CT a
-  window (data.hu_window) scaled to [0, 1], or with data.ct_normalization='nnunet' clipped
-  to data.ct_statistics' percentiles and z-scored with their mean and std; 'zscore' (MR and
-  any other name) clipped at data.mr_percentiles and z-scored per volume; 'noNorm' as it
-  is; 'rescale_to_0_1' to [0, 1] per volume; 'rgb_to_0_1' divided by 255.
-
-  The keys are checked by configuration.check, and data.channels filled in by
-  layouts.resolve_settings, before any volume is read.
-  """
-  array = np.asarray(array, np.float32)
-  scheme = normalization_of(channel_names(data_config)[channel])
-  if scheme == 'CT' and data_config.ct_normalization == 'nnunet':
-    if not data_config.ct_statistics:
-      raise ConfigError(
-        "config.data.ct_statistics is unset; config.data.ct_normalization='nnunet' needs "
-        "them (computed with the cache, recorded in the workdir's config.json)"
-      )
-    lo, hi, mean, std = data_config.ct_statistics[ct_channels(data_config).index(channel)]
-    return ((np.clip(array, lo, hi) - mean) / max(float(std), 1e-8)).astype(np.float32)
-  if scheme == 'CT':
-    lo, hi = (float(v) for v in data_config.hu_window)
-    return (np.clip(array, lo, hi) - lo) / np.float32(hi - lo)
-  if scheme == 'noNorm':
-    return array
-  if scheme == 'rescale_to_0_1':
-    lo, hi = float(array.min()), float(array.max())
-    return ((array - lo) / max(hi - lo, 1e-8)).astype(np.float32)
-  if scheme == 'rgb_to_0_1':
-    return array / np.float32(255)
-  p_lo, p_hi = data_config.mr_percentiles
-  lo, hi = np.percentile(array, (p_lo, p_hi))
-  array = np.clip(array, lo, hi)
-  return ((array - array.mean()) / max(float(array.std()), 1e-6)).astype(np.float32)
-
-
 def resize_inplane(array: np.ndarray, size: int | tuple[int, int], order: int) -> np.ndarray:
   """[Z, H, W] -> [Z, size, size] (or [Z, *size]); order 1 for images, 0 for labels.
 
@@ -339,16 +267,39 @@ def preprocess_image(
   )
 
 
+class CanonicalCase(NamedTuple):
+  """A case read and oriented, before anything is resized: what segmenting it needs."""
+
+  channels: list[np.ndarray]  # [Z, H, W] each, in CANONICAL_AXCODES order (views, as read)
+  record: VolumeRecord  # channel 0's
+  numbers: list[Normalization]  # each channel's
+
+
+def canonical_case(
+  arrays: Sequence[np.ndarray], affine: np.ndarray, data_config: ml_collections.ConfigDict
+) -> CanonicalCase:
+  """Channels already read (one array per channel, on one grid) -> their canonical views
+  and each one's normalization numbers (the only pass over the whole volume, for the
+  schemes that need one)."""
+  channels, record = [], None
+  for array in arrays:
+    canonical, rec = to_canonical(array, affine)  # [Z, H, W]
+    channels.append(canonical)
+    record = record or rec
+  numbers = [normalization(c, data_config, i) for i, c in enumerate(channels)]
+  return CanonicalCase(channels, record, numbers)
+
+
 def preprocess_arrays(
   arrays: Sequence[np.ndarray], affine: np.ndarray, data_config: ml_collections.ConfigDict
 ) -> tuple[np.ndarray, VolumeRecord]:
   """`preprocess_image` of channels already read (one array per channel, on one grid)."""
-  out, record = [], None
-  for c, array in enumerate(arrays):
-    canonical, rec = to_canonical(array, affine)  # [Z, H, W]
-    record = record or rec
-    out.append(resize_inplane(normalize(canonical, data_config, c), data_config.image_size, 1))
-  return np.stack(out, axis=-1), record
+  case = canonical_case(arrays, affine, data_config)
+  out = [
+    resize_inplane(n.apply(np.asarray(c, np.float32)), data_config.image_size, 1)
+    for c, n in zip(case.channels, case.numbers, strict=True)
+  ]
+  return np.stack(out, axis=-1), case.record
 
 
 def preprocess_label(img: nib.Nifti1Image, data_config: ml_collections.ConfigDict) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import Any
 import ml_collections
 
 from ecam_jax import classes, postprocess
-from ecam_jax.data import volumes
+from ecam_jax.data import normalization, volumes
 from ecam_jax.errors import DataError
 
 FILE = 'preprocessing.json'
@@ -36,12 +36,12 @@ _ZOOM_HOW = (
 
 
 def _intensity(data: ml_collections.ConfigDict, channel: int) -> dict[str, Any]:
-  """How channel `channel` is normalized (volumes.normalize), with its numbers."""
+  """How channel `channel` is normalized (normalization.normalize), with its numbers."""
   name = data.channels[channel]
-  scheme = volumes.normalization_of(name)
+  scheme = normalization.normalization_of(name)
   out: dict[str, Any] = {'channel': channel, 'name': name, 'normalization': scheme}
   if scheme == 'CT' and data.ct_normalization == 'nnunet':
-    lo, hi, mean, std = data.ct_statistics[volumes.ct_channels(data).index(channel)]
+    lo, hi, mean, std = data.ct_statistics[normalization.ct_channels(data).index(channel)]
     out.update(
       ct_statistics=[lo, hi, mean, std],
       formula='(clip(x, lo, hi) - mean) / max(std, 1e-8) with ct_statistics, in float32',
@@ -194,7 +194,7 @@ def read(folder: str | pathlib.Path) -> dict[str, Any]:
 
 
 def eval_settings(contract: dict[str, Any]) -> ml_collections.ConfigDict:
-  """The config.eval values `infer.label_map` reads, from the contract alone."""
+  """The config.eval values `label_maps.label_map` reads, from the contract alone."""
   out = contract['output']
   threshold = out['decision'].get('threshold')  # none for argmax
   return ml_collections.ConfigDict(

@@ -2,7 +2,7 @@
 `python -m ecam_jax.export_check` compares, and what a deployment has to reproduce.
 
 The numbers come from preprocessing.json (never from a config); the steps are the
-project's own (data/volumes.py, infer.label_map), so a contract that omitted a
+project's own (data/volumes.py, label_maps.label_map), so a contract that omitted a
 number the pipeline needs would fail here.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 from ecam_jax.data import volumes
 from ecam_jax.export import contract as contract_lib
 from ecam_jax.export.runtimes import Run
-from ecam_jax.infer import label_map
+from ecam_jax.label_maps import label_map
 
 
 @dataclasses.dataclass(frozen=True)
