@@ -34,6 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import app, flags
 
 from ecam_jax import bench, configuration, parallel
@@ -189,19 +190,30 @@ def profile(base: ml_collections.ConfigDict, row: dict, mesh, steps: int = 3) ->
     return {'variant': row['variant'], 'steps': steps, 'top_ops': top_ops(tmp)}
 
 
-def volume(base: ml_collections.ConfigDict, size: int, slices: int) -> dict:
-  """A phantom volume of size x size x slices segmented end to end (Predictor.segment_file,
-  EC folded), with freshly initialized weights, after one untimed call that compiles."""
-  from ecam_jax.data import phantom
+def volume(
+  base: ml_collections.ConfigDict,
+  size: int,
+  slices: int,
+  image_size: int | None = None,
+  fold: bool = True,
+) -> dict:
+  """A phantom volume of size x size x slices segmented end to end (Predictor.segment_file)
+  by the config's network at `image_size` (default: size) with freshly initialized
+  weights (the time does not depend on them), EC folded or not, after one untimed call
+  that compiles: the seconds, each host stage's (Predictor.times: what the host did or
+  waited for) and each device step's alone (Predictor.device_seconds)."""
+  import nibabel as nib
+
+  from ecam_jax.data import phantom, volumes
   from ecam_jax.infer import Predictor
   from ecam_jax.models.build import build_model, init_variables
 
   config = network_config(base, base.model.variant, base.model.dtype, False)
-  config.data.image_size = size
-  variables = jax.jit(lambda: init_variables(build_model(config.model), 0, size))()
+  config.data.image_size = image_size = image_size or size
+  variables = jax.jit(lambda: init_variables(build_model(config.model), 0, image_size))()
   with tempfile.TemporaryDirectory() as tmp:
     source = phantom.volume_file(tmp, size, slices)
-    predictor = Predictor(config, tmp, variables=variables)
+    predictor = Predictor(config, tmp, variables=variables, fold=fold)
     start = time.perf_counter()
     predictor.segment_file(source, pathlib.Path(tmp) / 'warm.nii.gz')
     first = time.perf_counter() - start
@@ -209,14 +221,21 @@ def volume(base: ml_collections.ConfigDict, size: int, slices: int) -> dict:
     start = time.perf_counter()
     predictor.segment_file(source, pathlib.Path(tmp) / 'mask.nii.gz')
     seconds = time.perf_counter() - start
+    image = nib.load(source)
+    case = volumes.canonical_case([np.asanyarray(image.dataobj)], image.affine, config.data)
+    device = predictor.device_seconds(case)
   return {
     'shape': f'{size}x{size}x{slices}',
+    'image_size': image_size,
     'variant': config.model.variant,
     'base_channels': config.model.get('base_channels'),
     'dtype': config.model.dtype,
+    'ec_folded': predictor.folded,
+    'batch_size': config.eval.batch_size,
     'seconds': seconds,
     'first_call_s': first,
     'stages': predictor.times.report(),
+    'device_stages': device,
   }
 
 
@@ -333,11 +352,12 @@ def markdown(out: dict) -> str:
   if 'volume' in out:
     v = out['volume']
     stages = ', '.join(f'{k} {s:.2f}' for k, s in v['stages'].items() if k != 'total')
+    device = ', '.join(f'{k.replace("_", " ")} {s:.2f}' for k, s in v['device_stages'].items())
     lines += [
       '',
       f'Volume {v["shape"]} end to end ({v["variant"]}, base {v["base_channels"]}, {v["dtype"]}): '
       f'**{v["seconds"]:.2f} s** (first call, compiling: {v["first_call_s"]:.1f} s). '
-      f'Seconds per stage: {stages}.',
+      f'Seconds per host stage: {stages}. Each device step alone: {device}.',
     ]
   if 'loader' in out:
     lo = out['loader']

@@ -1,15 +1,19 @@
 """Segmenting volumes with a trained model (prediction only; scoring is evaluate.py's).
 
 A case (one NIfTI file, one file per channel as nnU-Net names them, or one 4-D file of
-several channels) goes: -> canonical axial slices, normalized and resized (data/volumes.py)
--> the model on batches of slices, spread over this process's devices (EC folded into
-single convs; optional flip TTA, averaging probabilities) -> probabilities resized back
-(linearly) and thresholded at config.eval.threshold, or, with several classes, the most
-probable class -> the file's orientation -> optionally only the largest 3-D connected
+several channels) goes: -> canonical axial slices and each channel's normalization numbers
+(data/volumes.py, data/normalization.py) -> batches of raw slices to the device, spread
+over this process's devices, where they are normalized and resized, go through the model
+(EC folded into single convs; optional flip TTA, averaging probabilities; an ensemble's
+members averaged) and come out resized back (linearly) and thresholded at
+config.eval.threshold, or, with several classes, as the most probable class
+(volume_steps.py) -> the file's orientation -> optionally only the largest 3-D connected
 components of each class (config.eval.keep_components, or what the cross-validation of an
-ensemble of folds chose: postprocess.py) -> a NIfTI label map with the
-dataset's label values (`classes.output_label_values`; 1 for a binary run's foreground),
-the input's exact shape and affine, written atomically, never over an input.
+ensemble of folds chose: postprocess.py) -> a NIfTI label map with the dataset's label
+values (`classes.output_label_values`; 1 for a binary run's foreground), the input's exact
+shape and affine, written atomically, never over an input (label_maps.py). The host
+prepares the next batch while the device runs the last, reads the next case and writes the
+last mask while the device runs this one.
 """
 
 import os
@@ -97,7 +101,7 @@ class Predictor:
     self._replicated, self._sharded = replicated, parallel.batch_sharded(self.mesh)
     self._step = steps.make_predict_step(model, self.mesh, config.eval.tta_flip)
     self._prepare = volume_steps.make_prepare(self.mesh, size)
-    self._finish = volume_steps.make_finish(self.mesh, config.eval.threshold)
+    self._finish = volume_steps.make_finish(self.mesh)
     keep, merged, self.postprocessing = config.eval.keep_components, 0, None
     if keep is None and variables is None and len(members) > 1:
       chosen, self.postprocessing = postprocess.decided(workdirs)
@@ -161,7 +165,8 @@ class Predictor:
       return np.stack([c[start:stop] for c in case.channels], axis=-1)
 
     def run(raw: jax.Array) -> jax.Array:
-      return self._finish(self._mean_probability(self._prepare(raw, numbers)), shape)
+      prob = self._mean_probability(self._prepare(raw, numbers))
+      return self._finish(prob, self.decision.threshold, shape)
 
     index = np.concatenate(self._batches(len(case.channels[0]), load, run, progress))
     with self.times('restore'):
@@ -185,7 +190,7 @@ class Predictor:
         ('transfer', lambda a: jax.device_put(a, self._sharded)),
         ('normalize_resize', lambda a: self._prepare(a, numbers)),
         ('model', self._mean_probability),
-        ('resize_back_decide', lambda a: self._finish(a, shape)),
+        ('resize_back_decide', lambda a: self._finish(a, self.decision.threshold, shape)),
       ):
         begin = time.perf_counter()
         x = jax.block_until_ready(step(x))

@@ -54,10 +54,14 @@ def finish_labels(
   with times('components'):
     if decision.get('keep_foreground_component', 0):
       index = postprocess.keep_foreground(index)
-    for k in range(1, len(label_values)):
-      mask = index == k
-      index[mask & ~postprocess.keep_components(mask, keep[k - 1])] = 0
-    return label_values[index].astype(label_dtype(label_values))
+    for k, keep_k in enumerate(keep, start=1):
+      if keep_k:  # 0 keeps every voxel
+        mask = index == k
+        index[mask & ~postprocess.keep_components(mask, keep_k)] = 0
+    dtype = label_dtype(label_values)
+    if np.array_equal(label_values, np.arange(len(label_values))):
+      return index.astype(dtype)  # a binary run's mask: no lookup
+    return label_values.astype(dtype)[index]
 
 
 def label_dtype(values) -> type:

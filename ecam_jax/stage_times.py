@@ -1,7 +1,9 @@
-"""Where a volume's time goes: seconds per named stage (read, preprocess, model, restore,
-decide, components, write), summed over the volumes a Predictor segments. The model's
-stage is measured when its results reach the host, so it holds the device's time that
-the host waited for; host work done while the device runs is the host's stage's."""
+"""Where a volume's time goes on the host: seconds per named stage (read, preprocess,
+model, restore, decide, components, write), summed over the volumes a Predictor segments.
+The device normalizes, resizes, runs the model, resizes back and decides per batch
+(volume_steps.py) while the host prepares the next batch ('preprocess'); 'model' is the
+time the host waited for the device's results, so the device's work that the host's
+overlapped is in neither. Predictor.device_seconds gives each device step's own time."""
 
 import collections
 import contextlib

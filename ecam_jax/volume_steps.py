@@ -39,11 +39,11 @@ def make_prepare(mesh: Mesh, size: int) -> Callable[[jax.Array, jax.Array], jax.
   return jax.jit(prepare, out_shardings=parallel.batch_sharded(mesh))
 
 
-def make_finish(mesh: Mesh, threshold: float) -> Callable[[jax.Array, tuple[int, int]], jax.Array]:
-  """(probabilities [B, S, S] or [B, S, S, K + 1], batch-sharded; the slices' (H, W),
-  static) -> uint8 output indices [B, H, W], batch-sharded."""
+def make_finish(mesh: Mesh) -> Callable[[jax.Array, float, tuple[int, int]], jax.Array]:
+  """(probabilities [B, S, S] or [B, S, S, K + 1], batch-sharded; the threshold of one
+  logit's; the slices' (H, W), static) -> uint8 output indices [B, H, W], batch-sharded."""
 
-  def finish(prob: jax.Array, shape: tuple[int, int]) -> jax.Array:
+  def finish(prob: jax.Array, threshold: float, shape: tuple[int, int]) -> jax.Array:
     return decide(resize_linear(prob, shape), threshold).astype(jnp.uint8)
 
-  return jax.jit(finish, static_argnums=1, out_shardings=parallel.batch_sharded(mesh))
+  return jax.jit(finish, static_argnums=2, out_shardings=parallel.batch_sharded(mesh))

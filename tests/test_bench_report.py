@@ -39,6 +39,9 @@ def test_every_field_is_there_and_the_files_agree(report):
   volume = got['volume']
   assert volume['shape'] == '32x32x6' and volume['seconds'] > 0
   assert set(volume['stages']) >= {'read', 'preprocess', 'model', 'restore', 'write', 'total'}
+  device = volume['device_stages']
+  assert list(device) == ['transfer', 'normalize_resize', 'model', 'resize_back_decide']
+  assert all(s > 0 for s in device.values())
   assert got['profile']['top_ops'] and all(o['ms'] > 0 for o in got['profile']['top_ops'])
   assert got['loader']['slices_per_s'] > 0 and got['loader']['device_images_per_s'] > 0
   assert got['skipped'] == []
