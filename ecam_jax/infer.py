@@ -16,6 +16,7 @@ prepares the next batch while the device runs the last, reads the next case and 
 last mask while the device runs this one.
 """
 
+import functools
 import os
 import pathlib
 import time
@@ -161,13 +162,11 @@ class Predictor:
     numbers = jax.device_put(np.asarray(case.numbers, np.float32), self._replicated)
     shape = tuple(case.record.canonical_shape[1:])
 
-    def load(start: int, stop: int) -> np.ndarray:
-      return np.stack([c[start:stop] for c in case.channels], axis=-1)
-
     def run(raw: jax.Array) -> jax.Array:
       prob = self._mean_probability(self._prepare(raw, numbers))
       return self._finish(prob, self.decision.threshold, shape)
 
+    load = functools.partial(raw_rows, case)
     index = np.concatenate(self._batches(len(case.channels[0]), load, run, progress))
     with self.times('restore'):
       index = volumes.from_canonical(index, case.record)
@@ -184,8 +183,7 @@ class Predictor:
     shape = tuple(case.record.canonical_shape[1:])
     seconds = dict.fromkeys(('transfer', 'normalize_resize', 'model', 'resize_back_decide'), 0.0)
     for start in range(0, len(case.channels[0]), batch):
-      rows = np.stack([c[start : start + batch] for c in case.channels], axis=-1)
-      x = parallel.pad_rows(rows, batch)
+      x = parallel.pad_rows(raw_rows(case, start, start + batch), batch)
       for stage, step in (
         ('transfer', lambda a: jax.device_put(a, self._sharded)),
         ('normalize_resize', lambda a: self._prepare(a, numbers)),
@@ -315,6 +313,11 @@ class Predictor:
     """`_read`, and the case oriented with its normalization numbers."""
     arrays, like = self._read(source)
     return arrays, like, self._canonical(arrays, like.affine, like.get_filename())
+
+
+def raw_rows(case: volumes.CanonicalCase, start: int, stop: int) -> np.ndarray:
+  """Slices start:stop of a case's channels as read, [B, H, W, C]."""
+  return np.stack([c[start:stop] for c in case.channels], axis=-1)
 
 
 def plan_outputs(source: str, target: str, channels: int = 1) -> list[tuple[tuple, pathlib.Path]]:
