@@ -4,6 +4,7 @@ same training as one process; a killed process ends the job; a killed job resume
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -105,27 +106,31 @@ def _wait_for(predicate, procs, timeout=EVENT_TIMEOUT_S):
 
 
 def test_two_processes_train_like_one_and_resume_elastically(tmp_path):
-  """2 processes x 2 devices reach the parameters and BatchNorm statistics of
-  1 process x 4 devices after 3 steps (pipeline shards, global batch, BN and gradient
-  reductions), and log the same losses and gradient norms; then each resumes on the other
-  process count and they still agree after 6 steps."""
+  """A 1-process x 4-device run stopped after 3 steps is continued twice to step 6: as it
+  was, and elastically as 2 processes x 2 devices. Both reach the same parameters and
+  BatchNorm statistics (pipeline shards at a position mid-epoch, global batch, BN and
+  gradient reductions across processes) and log the same losses and gradient norms,
+  process 0 alone writing them. (A 2-process run from step 0, resumed as 2 processes:
+  test_a_killed_process_ends_the_others_and_the_job_resumes.)"""
   one, two = tmp_path / 'one', tmp_path / 'two'
   # Steps of ~1e-3: a wrong update would show. Adam's eps is raised from 1e-8 so that a
   # weight whose gradient is at rounding level (gloo sums in another order than one
   # process does) is not blown up to a full step of noisy sign: that is Adam's behaviour,
   # not the parallel path's, and it made the comparison depend on the initial weights.
   flags = (
-    '--config.train.max_steps=3',
     '--config.train.warmup_steps=0',
     '--config.train.lr=1e-3',
     '--config.train.adam_eps=1e-3',
   )
-  assert _wait(_start(1, 4, one, *flags)) == [0], _log(one)
-  codes = _wait(_start(2, 2, two, *flags))
+  assert _wait(_start(1, 4, one, '--config.train.max_steps=3', *flags)) == [0], _log(one)
+  shutil.copytree(one, two)
+  assert _wait(_start(1, 4, one, '--config.train.max_steps=6', *flags)) == [0], _log(one)
+  codes = _wait(_start(2, 2, two, '--config.train.max_steps=6', *flags))
   assert codes == [0, 0], _log(two, 0)[-3000:] + _log(two, 1)[-3000:]
+  assert 'resumed from step 3 ' in _log(two, 0)
   a, meta_a = _latest(one)
   b, meta_b = _latest(two)
-  assert meta_a['step'] == meta_b['step'] == 3
+  assert meta_a['step'] == meta_b['step'] == 6
   # Rounding differs across processes (gloo sums in another order): a weight whose
   # gradient is at rounding level can move by a fraction of a step; the rest agree far
   # closer (the mean below).
@@ -142,21 +147,7 @@ def test_two_processes_train_like_one_and_resume_elastically(tmp_path):
   # A gradient reduced twice would be 2x here; rounding moves the norm by ~1e-3 at most.
   for key, rtol in (('loss', 1e-4), ('grad_norm', 2e-3), ('dsc', 1e-3)):
     got, want = ([r[key] for r in rs if r['kind'] == 'train'] for rs in (records, ones))
-    chex.assert_trees_all_close(got, want, rtol=rtol)
-
-  # Elastic resume: the 2-process run goes on as 1 process of 4 devices, the 1-process run
-  # as 2 processes of 2; each must see the global batches the other saw.
-  flags = ('--config.train.max_steps=6', *flags[1:])
-  assert _wait(_start(1, 4, two, *flags)) == [0], _log(two)
-  assert _wait(_start(2, 2, one, *flags)) == [0, 0], _log(one, 0)[-3000:]
-  a, meta_a = _latest(one)
-  b, meta_b = _latest(two)
-  assert meta_a['step'] == meta_b['step'] == 6
-  chex.assert_trees_all_close(b['params'], a['params'], atol=2e-4, rtol=0)
-  records = [json.loads(x) for x in (two / 'metrics.jsonl').read_text().splitlines()]
-  ones = [json.loads(x) for x in (one / 'metrics.jsonl').read_text().splitlines()]
-  for key, rtol in (('loss', 1e-4), ('grad_norm', 2e-3)):  # the same batches, step by step
-    got, want = ([r[key] for r in rs if r['kind'] == 'train'] for rs in (records, ones))
+    assert len(got) == 6
     chex.assert_trees_all_close(got, want, rtol=rtol)
 
 

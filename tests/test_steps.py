@@ -81,12 +81,16 @@ def _padded(batch, rows):
 
 def test_a_batch_that_does_not_split_over_the_devices_is_padded_and_trains_as_one():
   """Global batch 4 on 3 devices (padded to 6) equals batch 4 on 1 device over two steps,
-  with the paper's augmentation and the full model with two classes and a region (K = 3
-  logits: per-class soft Dice, cross-entropy, side cross-entropy, per-item counts):
-  padding rows count in neither the loss, the BatchNorm statistics nor the counts. (A
-  device that holds only padding: test_masked_batch_statistics_equal_numpy, and
-  test_train's batch smaller than the device count.)"""
+  with the paper's augmentation and two classes and a region (K = 3 logits: per-class
+  soft Dice, cross-entropy, side cross-entropy, per-item counts): padding rows count in
+  neither the loss, the BatchNorm statistics nor the counts. The U-Net with its side head
+  but without the blocks that act within an image only (EC, CC, SC, MuS, attention): rows
+  meet only in BatchNorm and the reductions, which it has; the full model's sharded step
+  is test_eight_devices_equal_one_device_over_three_steps'. (A device that holds only
+  padding: test_masked_batch_statistics_equal_numpy, and test_train's batch smaller than
+  the device count.)"""
   config = _config()
+  config.model.update(use_ec=False, use_cc=False, use_sc=False, use_mus=False, attention='none')
   config.data.merge_foreground = False
   config.data.classes, config.data.regions = 'organ:1,tumour:2', 'both:1+2'
   config.data.label_values = (0, 1, 2)

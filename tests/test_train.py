@@ -32,12 +32,22 @@ def tiny_phantom(tmp_path_factory):
 _config = tiny_runs.config
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(tiny_phantom, tmp_path, monkeypatch):
-  config = _config(tiny_phantom)
-  straight = train.train_and_evaluate(config, tmp_path / 'straight')
-  assert not straight.get('interrupted')
-  tiny_runs.assert_binary_unchanged(tmp_path / 'straight', 'tiny_unet')
-  total = straight['total_steps']
+@pytest.fixture(scope='module')
+def straight(tiny_phantom, tmp_path_factory):
+  """The uninterrupted tiny run that the resumed ones must end equal to: (its workdir,
+  its summary)."""
+  workdir = tmp_path_factory.mktemp('straight')
+  summary = train.train_and_evaluate(_config(tiny_phantom), workdir)
+  assert not summary.get('interrupted')
+  return workdir, summary
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(
+  tiny_phantom, straight, tmp_path, monkeypatch
+):
+  straight_dir, summary = straight
+  tiny_runs.assert_binary_unchanged(straight_dir, 'tiny_unet')
+  total = summary['total_steps']
 
   original_write = train.Monitor.write
 
@@ -53,7 +63,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tiny_phantom, tmp_path, mo
   second = train.train_and_evaluate(_config(tiny_phantom), tmp_path / 'resumed')
   assert second['step'] == total and not second.get('interrupted')
 
-  a, meta_a = tiny_runs.variables(tmp_path / 'straight')
+  a, meta_a = tiny_runs.variables(straight_dir)
   b, meta_b = tiny_runs.variables(tmp_path / 'resumed')
   assert meta_a['step'] == meta_b['step'] == total
   chex.assert_trees_all_close(a, b, atol=1e-6, rtol=1e-6)
@@ -112,12 +122,10 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
     prepare.prepare_workdir(blocker / 'run')
 
 
-def test_resume_with_reader_workers_sees_the_same_data(tiny_phantom, tmp_path):
+def test_resume_with_reader_workers_sees_the_same_data(tiny_phantom, straight, tmp_path):
   """The data position is a global batch index, so a run resumed with grain reader
   workers (or another process count: tests/test_multiprocess.py) reads what it would have
   read without stopping, and ends with the same parameters."""
-  straight = tmp_path / 'straight'
-  train.train_and_evaluate(_config(tiny_phantom), straight)
   resumed = tmp_path / 'resumed'
   train.train_and_evaluate(_config(tiny_phantom, max_steps=3), resumed)
   config = _config(tiny_phantom)
@@ -125,7 +133,7 @@ def test_resume_with_reader_workers_sees_the_same_data(tiny_phantom, tmp_path):
   if not flags.FLAGS.is_parsed():  # as absl.app.run does; grain's workers read flags
     flags.FLAGS.mark_as_parsed()
   train.train_and_evaluate(config, resumed)
-  a, meta_a = tiny_runs.variables(straight)
+  a, meta_a = tiny_runs.variables(straight[0])
   b, meta_b = tiny_runs.variables(resumed)
   assert meta_a['step'] == meta_b['step']
   chex.assert_trees_all_close(a, b, atol=1e-6, rtol=1e-6)
