@@ -32,8 +32,8 @@ EVENT_TIMEOUT_S = 600
 
 
 def _config(root, **train):
-  """tiny_runs' config for 3 epochs, logging every step and saving every 2."""
-  overrides = dict(epochs=3, log_every_steps=1, overlay_slices=1, checkpoint_every_steps=2)
+  """tiny_runs' config (2 epochs), logging every step and saving every 2."""
+  overrides = dict(epochs=2, log_every_steps=1, overlay_slices=1, checkpoint_every_steps=2)
   return tiny_runs.config(root, **{**overrides, **train})
 
 
@@ -112,7 +112,7 @@ def _main(workdir, data, *extra):
     '--config.data.prepare_workers=1',
     '--config.model.base_channels=4',
     '--config.train.batch_size=8',
-    '--config.train.epochs=3',
+    '--config.train.epochs=2',
     '--config.train.log_every_steps=1',
     '--config.train.warmup_steps=0',
     '--config.train.overlay_slices=1',
@@ -170,7 +170,7 @@ def test_sigkill_anywhere_then_rerun_equals_uninterrupted(data, reference, tmp_p
 def test_changed_config_is_refused_naming_each_key(data, tmp_path):
   train.train_and_evaluate(_config(data, max_steps=2), tmp_path)
   config = _config(data, epochs=5, lr=1e-3)
-  with pytest.raises(ConfigError, match=r'train\.epochs: 3 then, 5 now; train\.lr') as e:
+  with pytest.raises(ConfigError, match=r'train\.epochs: 2 then, 5 now; train\.lr') as e:
     train.train_and_evaluate(config, tmp_path)
   assert '--resume_with_changes' in str(e.value)
   other_net = _config(data)
@@ -187,9 +187,9 @@ def test_allowed_changes_continue_the_stated_schedule(data, reference, tmp_path)
   """A longer run continues: the schedule spans the new epochs from the step it stopped
   at, and a new batch size resumes at the same fraction of the epochs."""
   train.train_and_evaluate(_config(data, max_steps=3), tmp_path)
-  longer = train.train_and_evaluate(_config(data, epochs=4), tmp_path, allow_changes=True)
+  longer = train.train_and_evaluate(_config(data, epochs=3), tmp_path, allow_changes=True)
   per_epoch = reference[0]['steps_per_epoch']
-  assert longer['total_steps'] == longer['step'] == 4 * per_epoch
+  assert longer['total_steps'] == longer['step'] == 3 * per_epoch
   records = [json.loads(x) for x in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   resumed = [r for r in records if r['kind'] == 'resume']
   assert resumed and resumed[0]['changed'] == ['train.epochs']
@@ -197,7 +197,7 @@ def test_allowed_changes_continue_the_stated_schedule(data, reference, tmp_path)
   # The lr logged at step s is the schedule's value at s - 1 (the step being taken).
   import numpy as np
 
-  total = 4 * per_epoch
+  total = 3 * per_epoch
   for s in (4, total):
     want = 2e-3 * 0.5 * (1 + np.cos(np.pi * (s - 1) / total))
     assert abs(lrs[s] - want) < 1e-9
