@@ -27,7 +27,7 @@ import numpy as np
 import tqdm
 
 from ecam_jax import classes, overlay, postprocess, scoring
-from ecam_jax.data import case_files, normalization, splits, volumes
+from ecam_jax.data import case_files, normalization, splits_file, volumes
 from ecam_jax.errors import DataError
 
 # Affines of a prediction and its label must agree to this tolerance (float32 headers).
@@ -262,7 +262,7 @@ def _cases(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
 
 
 def _run_splits(run: pathlib.Path, cases: dict[str, Any]) -> dict[str, list[str]]:
-  return splits.read_splits_file(run / 'splits.json', sorted(cases), run_file=True)
+  return splits_file.read_splits_file(run / 'splits.json', sorted(cases), run_file=True)
 
 
 def _segment_and_score(

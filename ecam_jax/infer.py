@@ -149,7 +149,7 @@ class Predictor:
   ) -> np.ndarray:
     """`segment_image` of channels already read (one array per channel, on one grid)."""
     with self.times('preprocess'):
-      case = self._canonical(arrays, affine, where)
+      case = volumes.canonical_case(arrays, affine, self.config.data, where)
     return self.segment_case(case, progress)
 
   def segment_case(self, case: volumes.CanonicalCase, progress: bool = False) -> np.ndarray:
@@ -194,15 +194,6 @@ class Predictor:
         x = jax.block_until_ready(step(x))
         seconds[stage] += time.perf_counter() - begin
     return {stage: round(s, 4) for stage, s in seconds.items()}
-
-  def _canonical(self, arrays, affine, where: str) -> volumes.CanonicalCase:
-    """`volumes.canonical_case`, with the channel count checked."""
-    names = normalization.channel_names(self.config.data)
-    if len(arrays) != len(names):
-      raise DataError(
-        f'{where}: {len(arrays)} channels; the model takes {len(names)} ({list(names)})'
-      )
-    return volumes.canonical_case(arrays, affine, self.config.data)
 
   def _mean_probability(self, images: jax.Array) -> jax.Array:
     """The members' mean probabilities of a device batch (dispatched, not waited for)."""
@@ -312,7 +303,8 @@ class Predictor:
   def _load(self, source) -> tuple[list[np.ndarray], nib.Nifti1Image, volumes.CanonicalCase]:
     """`_read`, and the case oriented with its normalization numbers."""
     arrays, like = self._read(source)
-    return arrays, like, self._canonical(arrays, like.affine, like.get_filename())
+    case = volumes.canonical_case(arrays, like.affine, self.config.data, like.get_filename())
+    return arrays, like, case
 
 
 def raw_rows(case: volumes.CanonicalCase, start: int, stop: int) -> np.ndarray:

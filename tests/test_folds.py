@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ecam_jax import configuration, former_keys
-from ecam_jax.data import folds, split_report, splits
+from ecam_jax.data import folds, split_report, splits, splits_file
 from ecam_jax.errors import ConfigError, DataError
 
 import nifti_fixtures as fx
@@ -73,7 +73,7 @@ def test_every_fold_run_reads_the_same_splits_final_json(tmp_path):
     IDS, _fold_config('all', cache_dir=str(cache_dir)), tmp_path / 'all', AMOUNTS
   )
   assert every == {'train': rest, 'val': rest, 'test': test}
-  assert splits.read_splits_file(tmp_path / 'all' / 'splits.json', IDS, run_file=True) == every
+  assert splits_file.read_splits_file(tmp_path / 'all' / 'splits.json', IDS, run_file=True) == every
   lines = split_report.warnings(every, AMOUNTS, _fold_config('all'), 10**9)
   assert lines[0].startswith('note: fold all validates on its training cases')
 

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.ndimage
 
 from ecam_jax import classes
-from ecam_jax.data.normalization import Normalization, channel_names, normalization
+from ecam_jax.data.normalization import Normalization, channel_names, normalization, normalize
 from ecam_jax.errors import DataError
 
 CANONICAL_AXCODES = ('S', 'P', 'L')
@@ -256,15 +256,17 @@ def preprocess_image(
   single = isinstance(channels, (nib.Nifti1Image, str, os.PathLike))
   images = [channels] if single else list(channels)
   images = [img if isinstance(img, nib.Nifti1Image) else load_nifti(img) for img in images]
-  names = channel_names(data_config)
-  if len(images) != len(names):
-    raise DataError(
-      f'{images[0].get_filename() or "the image"}: {len(images)} channels; the model takes '
-      f'{len(names)} ({list(names)})'
-    )
+  check_channel_count(len(images), data_config, images[0].get_filename() or 'the image')
   return preprocess_arrays(
     [np.asanyarray(img.dataobj) for img in images], images[0].affine, data_config
   )
+
+
+def check_channel_count(count: int, data_config: ml_collections.ConfigDict, where: str) -> None:
+  """A case of `count` channels where the model takes data.channels' count."""
+  names = channel_names(data_config)
+  if count != len(names):
+    raise DataError(f'{where}: {count} channels; the model takes {len(names)} ({list(names)})')
 
 
 class CanonicalCase(NamedTuple):
@@ -276,11 +278,15 @@ class CanonicalCase(NamedTuple):
 
 
 def canonical_case(
-  arrays: Sequence[np.ndarray], affine: np.ndarray, data_config: ml_collections.ConfigDict
+  arrays: Sequence[np.ndarray],
+  affine: np.ndarray,
+  data_config: ml_collections.ConfigDict,
+  where: str = 'the image',
 ) -> CanonicalCase:
-  """Channels already read (one array per channel, on one grid) -> their canonical views
-  and each one's normalization numbers (the only pass over the whole volume, for the
-  schemes that need one)."""
+  """Channels already read (one array per channel, on one grid; `where` names them in an
+  error) -> their canonical views and each one's normalization numbers (the only pass over
+  the whole volume, for the schemes that need one)."""
+  check_channel_count(len(arrays), data_config, where)
   channels, record = [], None
   for array in arrays:
     canonical, rec = to_canonical(array, affine)  # [Z, H, W]
@@ -294,12 +300,12 @@ def preprocess_arrays(
   arrays: Sequence[np.ndarray], affine: np.ndarray, data_config: ml_collections.ConfigDict
 ) -> tuple[np.ndarray, VolumeRecord]:
   """`preprocess_image` of channels already read (one array per channel, on one grid)."""
-  case = canonical_case(arrays, affine, data_config)
-  out = [
-    resize_inplane(n.apply(np.asarray(c, np.float32)), data_config.image_size, 1)
-    for c, n in zip(case.channels, case.numbers, strict=True)
-  ]
-  return np.stack(out, axis=-1), case.record
+  out, record = [], None
+  for c, array in enumerate(arrays):
+    canonical, rec = to_canonical(array, affine)  # [Z, H, W]
+    record = record or rec
+    out.append(resize_inplane(normalize(canonical, data_config, c), data_config.image_size, 1))
+  return np.stack(out, axis=-1), record
 
 
 def preprocess_label(img: nib.Nifti1Image, data_config: ml_collections.ConfigDict) -> np.ndarray:
